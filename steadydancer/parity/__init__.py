@@ -1,0 +1,50 @@
+"""Parity checks against the official implementation's outputs.
+
+``python -m steadydancer.parity CASE_DIR`` recognises a case folder (the format of
+``shared/parity``: dit, vae, t5, clip, pose), runs our code on it, prints the relative error
+of each output (||ours - ref|| / ||ref||) and exits non-zero when any is above the tolerance.
+
+Each kind lives in its own module with ``run_case(case_dir) -> dict[str, float]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+TOLERANCE = 1e-3
+
+
+def detect_kind(case_dir: str | Path) -> str:
+    """Name of the case kind from the files in the folder (not from its name)."""
+    case = Path(case_dir)
+    if (case / "ckpt" / "config.json").is_file():
+        return "dit"
+    if any(case.glob("*VAE*.pth")):
+        return "vae"
+    if any(case.glob("models_t5*.pth")):
+        return "t5"
+    if any(case.glob("models_clip*.pth")):
+        return "clip"
+    if (case / "keypoints.json").is_file() and (case / "official").is_dir():
+        return "pose"
+    raise ValueError(f"{case}: not a parity case folder (no ckpt/config.json, *VAE*.pth, "
+                     "models_t5*.pth, models_clip*.pth or keypoints.json + official/)")
+
+
+def run_case(case_dir: str | Path) -> dict[str, float]:
+    """Relative error of each output of the case, by output name."""
+    kind = detect_kind(case_dir)
+    module = importlib.import_module(f"steadydancer.parity.{kind}")
+    return module.run_case(Path(case_dir))
+
+
+def relative_error(ours, ref) -> float:
+    """||ours - ref|| / ||ref|| in float64."""
+    import torch
+
+    ours = torch.as_tensor(ours).double()
+    ref = torch.as_tensor(ref).double()
+    if ours.shape != ref.shape:
+        raise ValueError(f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}")
+    return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
