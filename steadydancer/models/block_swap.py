@@ -1,0 +1,228 @@
+"""Block swap: keep K transformer blocks on the accelerator and stream the others from host memory.
+
+The streamed blocks live in (pinned, on CUDA) host memory, packed into one flat tensor per dtype.
+Two device "slots" of the size of the largest streamed block receive them: while block i computes
+in one slot, block i+1 is copied into the other on a side CUDA stream, so the copy hides behind
+the compute. Events order the two streams: a copy waits until the slot's previous occupant has
+finished computing, and a block's compute waits until its copy has landed.
+
+Weights are copied bit for bit, so the output equals the all-resident model exactly. Works on any
+``nn.ModuleList`` of blocks (forward hooks do the swapping; the blocks' code is untouched). On a
+CPU device there are no streams: the same slot copies run synchronously (a no-op-equivalent path
+used by the tests). Apply quantisation and LoRA merging before enabling the swap: the swap takes
+a snapshot of the blocks' tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from steadydancer.errors import InputError
+
+__all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu"]
+
+
+def check_blocks_on_gpu(blocks_on_gpu: int, num_blocks: int, flag: str = "--blocks_on_gpu") -> None:
+    """Raise InputError unless 0 <= blocks_on_gpu <= num_blocks."""
+    if not isinstance(blocks_on_gpu, int) or not 0 <= blocks_on_gpu <= num_blocks:
+        raise InputError(f"{flag}: expected a whole number from 0 to {num_blocks} "
+                         f"(the model has {num_blocks} blocks), got {blocks_on_gpu!r}")
+
+
+@dataclass
+class _Entry:
+    """One tensor of a streamed block: where it sits inside its dtype's flat buffer."""
+    module: nn.Module
+    name: str
+    is_param: bool
+    dtype: torch.dtype
+    offset: int
+    shape: torch.Size
+
+
+@dataclass
+class _StreamedBlock:
+    entries: list[_Entry]
+    host: dict[torch.dtype, torch.Tensor]           # flat host buffers (pinned on CUDA)
+    slot: int | None = None                          # slot currently holding a copy
+    ready: object = None                             # event: copy finished (CUDA only)
+
+
+@dataclass
+class _Slot:
+    buffers: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
+    holder: int | None = None                        # streamed index whose copy is in it
+    free: object = None                              # event: last compute using it finished
+
+
+def _set_tensor(entry: _Entry, tensor: torch.Tensor) -> None:
+    if entry.is_param:
+        getattr(entry.module, entry.name).data = tensor
+    else:
+        entry.module._buffers[entry.name] = tensor
+
+
+class BlockSwap:
+    """Keeps ``blocks[:blocks_on_gpu]`` on ``device`` and streams ``blocks[blocks_on_gpu:]``.
+
+    Use ``enable_block_swap`` to build one; ``remove()`` puts every block back on the device
+    (or leaves them on the host with ``to_device=False``) and detaches the hooks.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, blocks_on_gpu: int, device: torch.device | str,
+                 prefetch: bool = True) -> None:
+        check_blocks_on_gpu(blocks_on_gpu, len(blocks))
+        self.device = torch.device(device)
+        self.blocks = blocks
+        self.blocks_on_gpu = blocks_on_gpu
+        self.prefetch = prefetch
+        self.use_streams = self.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(self.device) if self.use_streams else None
+        self.bytes_copied = 0                            # host -> device traffic, for the benchmark
+        self._hooks: list = []
+
+        for block in blocks[:blocks_on_gpu]:
+            block.to(self.device)
+        self.streamed: list[_StreamedBlock] = [self._pack(block) for block in blocks[blocks_on_gpu:]]
+        self.slots: list[_Slot] = []
+        if self.streamed:
+            sizes: dict[torch.dtype, int] = {}
+            for sb in self.streamed:
+                for dtype, flat in sb.host.items():
+                    sizes[dtype] = max(sizes.get(dtype, 0), flat.numel())
+            num_slots = min(2, len(self.streamed))
+            for _ in range(num_slots):
+                self.slots.append(_Slot({d: torch.empty(n, dtype=d, device=self.device)
+                                         for d, n in sizes.items()}))
+        for index, block in enumerate(blocks[blocks_on_gpu:]):
+            self._hooks.append(block.register_forward_pre_hook(self._make_pre_hook(index)))
+            self._hooks.append(block.register_forward_hook(self._make_post_hook(index)))
+
+    # ---- packing -------------------------------------------------------------------------
+    def _pack(self, block: nn.Module) -> _StreamedBlock:
+        """Move one block's tensors into flat host buffers, one per dtype; return the layout."""
+        entries: list[_Entry] = []
+        totals: dict[torch.dtype, int] = {}
+        for module in block.modules():
+            named = [(n, p, True) for n, p in module._parameters.items() if p is not None]
+            named += [(n, b, False) for n, b in module._buffers.items() if b is not None]
+            for name, tensor, is_param in named:
+                offset = totals.get(tensor.dtype, 0)
+                entries.append(_Entry(module, name, is_param, tensor.dtype, offset, tensor.shape))
+                totals[tensor.dtype] = offset + tensor.numel()
+        pin = self.use_streams
+        host = {d: torch.empty(n, dtype=d, device="cpu", pin_memory=pin) for d, n in totals.items()}
+        for entry in entries:
+            source = getattr(entry.module, entry.name)
+            view = host[entry.dtype][entry.offset:entry.offset + source.numel()].view(entry.shape)
+            view.copy_(source.detach())
+            _set_tensor(entry, view)                     # drops the original storage
+        return _StreamedBlock(entries, host)
+
+    def _views(self, sb: _StreamedBlock, buffers: dict[torch.dtype, torch.Tensor]) -> None:
+        for entry in sb.entries:
+            size = entry.shape.numel()
+            _set_tensor(entry, buffers[entry.dtype][entry.offset:entry.offset + size].view(entry.shape))
+
+    # ---- copying -------------------------------------------------------------------------
+    def _load(self, index: int, avoid_slot: int | None) -> None:
+        """Start copying streamed block ``index`` into a slot other than ``avoid_slot``."""
+        sb = self.streamed[index]
+        if sb.slot is not None:
+            return                                       # still in its slot from earlier
+        candidates = [s for s in range(len(self.slots)) if s != avoid_slot] or [0]
+        # prefer an empty slot, then the one holding the block used longest ago (any other)
+        slot_id = next((s for s in candidates if self.slots[s].holder is None), candidates[0])
+        slot = self.slots[slot_id]
+        if slot.holder is not None:
+            self.streamed[slot.holder].slot = None
+        slot.holder = index
+        sb.slot = slot_id
+        if self.use_streams:
+            with torch.cuda.stream(self.copy_stream):
+                if slot.free is not None:
+                    self.copy_stream.wait_event(slot.free)
+                for dtype, flat in sb.host.items():
+                    slot.buffers[dtype][:flat.numel()].copy_(flat, non_blocking=True)
+                sb.ready = torch.cuda.Event()
+                sb.ready.record(self.copy_stream)
+        else:
+            for dtype, flat in sb.host.items():
+                slot.buffers[dtype][:flat.numel()].copy_(flat)
+        self.bytes_copied += sum(flat.numel() * flat.element_size() for flat in sb.host.values())
+
+    def _make_pre_hook(self, index: int):
+        def pre_hook(module: nn.Module, args):
+            sb = self.streamed[index]
+            self._load(index, avoid_slot=None)
+            if self.use_streams and sb.ready is not None:
+                torch.cuda.current_stream(self.device).wait_event(sb.ready)
+            self._views(sb, self.slots[sb.slot].buffers)
+            if self.prefetch and len(self.streamed) > 1:
+                # the next streamed block (wrapping round to the first for the next forward)
+                self._load((index + 1) % len(self.streamed), avoid_slot=sb.slot)
+            return None
+        return pre_hook
+
+    def _make_post_hook(self, index: int):
+        def post_hook(module: nn.Module, args, output):
+            sb = self.streamed[index]
+            slot = self.slots[sb.slot]
+            if self.use_streams:
+                slot.free = torch.cuda.Event()
+                slot.free.record(torch.cuda.current_stream(self.device))
+            self._views(sb, sb.host)                      # point the block back at host memory
+            return None
+        return post_hook
+
+    # ---- teardown ------------------------------------------------------------------------
+    def remove(self, to_device: bool = True) -> None:
+        """Detach the hooks; blocks end on ``device`` (or stay on the host)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self.use_streams:
+            torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+        for sb in self.streamed:
+            for entry in sb.entries:
+                host_view = sb.host[entry.dtype][entry.offset:entry.offset + entry.shape.numel()]
+                _set_tensor(entry, (host_view.to(self.device) if to_device else host_view.clone())
+                            .view(entry.shape))
+        self.streamed.clear()
+        self.slots.clear()
+
+    def device_bytes(self) -> int:
+        """Bytes of weights held on the device: resident blocks plus the two slots."""
+        resident = sum(t.numel() * t.element_size() for b in self.blocks[:self.blocks_on_gpu]
+                       for t in list(b.parameters()) + list(b.buffers()))
+        slots = sum(buf.numel() * buf.element_size() for s in self.slots for buf in s.buffers.values())
+        return resident + slots
+
+
+def enable_block_swap(model: nn.Module, blocks_on_gpu: int, device: torch.device | str,
+                      blocks_attr: str = "blocks", prefetch: bool = True) -> BlockSwap:
+    """Move ``model`` to ``device`` except the blocks past the first ``blocks_on_gpu``.
+
+    ``getattr(model, blocks_attr)`` must be an ``nn.ModuleList`` whose blocks run in order.
+    Those past ``blocks_on_gpu`` are streamed in on use. Raises InputError for a count out of
+    range. Returns the BlockSwap (keep it; ``.remove()`` undoes the swap).
+    """
+    blocks = getattr(model, blocks_attr, None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"model.{blocks_attr} is not an nn.ModuleList")
+    check_blocks_on_gpu(blocks_on_gpu, len(blocks))
+    device = torch.device(device)
+    # everything outside the blocks goes to the device now; the blocks are handled by BlockSwap
+    for name, child in model.named_children():
+        if child is not blocks:
+            child.to(device)
+    for name, param in list(model._parameters.items()):
+        if param is not None:
+            param.data = param.data.to(device)
+    for name, buf in list(model._buffers.items()):
+        if buf is not None:
+            model._buffers[name] = buf.to(device)
+    return BlockSwap(blocks, blocks_on_gpu, device, prefetch=prefetch)
