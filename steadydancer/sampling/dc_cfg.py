@@ -1,0 +1,95 @@
+"""Decoupled-condition classifier-free guidance (DC-CFG) sampling loop.
+
+Per step idx of N, with c = model(prompt, positive pose), u_txt = model(negative prompt,
+positive pose), u_pose = model(prompt, negative pose):
+
+    st < idx/N < end (strict):  v = u_txt + g_txt (c - u_txt) + g_pose (c - u_pose)
+    otherwise:                  v = u_txt + g_txt (c - u_txt)          (u_pose not computed)
+
+then one scheduler step. The passes are separate model calls (``run_passes``); a batched
+implementation can replace that one function without touching the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .conditions import DiTConditions
+from .schedulers import make_scheduler
+
+
+class DenoiseModel(Protocol):
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        """latents [B,16,F,h,w], timestep [B] (0..1000) -> flow prediction [B,16,F,h,w]."""
+
+
+def pose_cfg_active(idx: int, steps: int, st_cond_cfg: float, end_cond_cfg: float) -> bool:
+    """Whether step ``idx`` of ``steps`` runs the negative-pose pass (strict inequalities, as official)."""
+    frac = idx / steps
+    return st_cond_cfg < frac < end_cond_cfg
+
+
+def pose_cfg_steps(steps: int, st_cond_cfg: float, end_cond_cfg: float) -> list[int]:
+    """Indices of the steps that run the third (negative-pose) pass."""
+    return [i for i in range(steps) if pose_cfg_active(i, steps, st_cond_cfg, end_cond_cfg)]
+
+
+def run_passes(model: DenoiseModel, latent: torch.Tensor, timestep: torch.Tensor,
+               conditions: Sequence[DiTConditions], out_device: torch.device) -> list[torch.Tensor]:
+    """One model call per condition set; returns float32 predictions [16,F,h,w] on ``out_device``.
+
+    ``latent`` [16,F,h,w] and ``timestep`` [1] are already on the model's device.
+    """
+    outputs = []
+    for cond in conditions:
+        pred = model(latent[None], timestep, **cond.as_kwargs())[0]
+        outputs.append(pred.to(device=out_device, dtype=torch.float32))
+        del pred
+    return outputs
+
+
+def combine_guidance(cond: torch.Tensor, uncond_text: torch.Tensor, uncond_pose: torch.Tensor | None,
+                     guide_scale: float, condition_guide_scale: float) -> torch.Tensor:
+    """DC-CFG combination (same order of operations as the official code)."""
+    guided = uncond_text + guide_scale * (cond - uncond_text)
+    if uncond_pose is not None:
+        guided = guided + condition_guide_scale * (cond - uncond_pose)
+    return guided
+
+
+def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions, neg_text: DiTConditions,
+                  neg_pose: DiTConditions, solver: str = "unipc", steps: int = 40, shift: float = 5.0,
+                  guide_scale: float = 5.0, condition_guide_scale: float = 1.5, st_cond_cfg: float = 0.1,
+                  end_cond_cfg: float = 0.4, progress: bool = True, *,
+                  device: torch.device | str | None = None, scheduler_device: torch.device | str | None = None,
+                  num_train_timesteps: int = 1000,
+                  passes: Callable[..., list[torch.Tensor]] = run_passes,
+                  on_step: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
+    """Run the DC-CFG loop from ``noise`` [16,F,h,w] and return the final latent [16,F,h,w] (float32).
+
+    ``cond``/``neg_text``/``neg_pose`` are DiTConditions with B=1 (prompt + positive pose,
+    negative prompt + positive pose, prompt + negative pose), already on the model's device.
+    ``device``: where the model runs (default: ``noise.device``). ``scheduler_device``: where the
+    guidance and solver arithmetic runs (default: ``device``; the official code uses the CPU
+    when it offloads). ``on_step(idx, timestep, passes_run)`` is called after every step.
+    """
+    device = torch.device(device) if device is not None else noise.device
+    scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
+    scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device)
+    latent = noise.to(torch.float32)
+    for idx, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", unit="step")):
+        with_pose = pose_cfg_active(idx, len(timesteps), st_cond_cfg, end_cond_cfg)
+        condition_sets = [cond, neg_text] + ([neg_pose] if with_pose else [])
+        timestep = t.reshape(1).to(device)
+        preds = passes(model, latent.to(device), timestep, condition_sets, scheduler_device)
+        guided = combine_guidance(preds[0], preds[1], preds[2] if with_pose else None,
+                                  guide_scale, condition_guide_scale)
+        del preds
+        latent = latent.to(scheduler_device)
+        latent = scheduler.step(guided[None], t, latent[None], return_dict=False)[0][0]
+        if on_step is not None:
+            on_step(idx, int(t), len(condition_sets))
+    return latent
