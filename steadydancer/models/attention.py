@@ -1,0 +1,111 @@
+"""Attention kernels: flash-attn 3, flash-attn 2 or torch SDPA, whichever applies.
+
+Every caller uses the [B, L, heads, head_dim] layout (the one the flash kernels take natively).
+The backend is picked per call: flash kernels need a CUDA tensor in float16/bfloat16 and a
+head_dim of at most 256; anything else (CPU, float32) goes to torch SDPA.
+
+Force a backend with the environment variable ``STEADYDANCER_ATTENTION`` (auto, flash3, flash2,
+sdpa) or with :func:`set_attention_backend` / :func:`attention_backend` (tests, benchmarks).
+A forced flash backend that is not installed or not applicable raises instead of silently
+falling back, so a benchmark never measures something other than what it asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "flash3", "flash2", "sdpa")
+ENV_VAR = "STEADYDANCER_ATTENTION"
+
+try:  # flash-attn 3 (Hopper) installs this module
+    import flash_attn_interface as _fa3
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa3 = None
+
+try:
+    import flash_attn as _fa2
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa2 = None
+
+_forced: str | None = None
+
+
+def available_backends() -> list[str]:
+    """Backends importable on this machine, best first (SDPA is always there)."""
+    return [name for name, mod in (("flash3", _fa3), ("flash2", _fa2)) if mod is not None] + ["sdpa"]
+
+
+def set_attention_backend(name: str | None) -> None:
+    """Force a backend for later calls (None or "auto": pick per call; overrides the env var)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    global _forced
+    _forced = None if name in (None, "auto") else name
+
+
+@contextlib.contextmanager
+def attention_backend(name: str | None) -> Iterator[None]:
+    """Use ``name`` inside the block, then restore the previous choice."""
+    global _forced
+    previous = _forced
+    set_attention_backend(name)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _requested_backend() -> str:
+    if _forced is not None:
+        return _forced
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _flash_applicable(q: torch.Tensor) -> bool:
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+
+
+def select_backend(q: torch.Tensor) -> str:
+    """The backend :func:`attention` will use for a query like ``q``."""
+    name = _requested_backend()
+    if name == "auto":
+        if _flash_applicable(q):
+            if _fa3 is not None:
+                return "flash3"
+            if _fa2 is not None:
+                return "flash2"
+        return "sdpa"
+    if name in ("flash3", "flash2"):
+        module = _fa3 if name == "flash3" else _fa2
+        if module is None:
+            raise RuntimeError(f"attention backend {name} was forced but its package is not installed")
+        if not _flash_applicable(q):
+            raise RuntimeError(f"attention backend {name} was forced but needs CUDA fp16/bf16 tensors "
+                               f"with head_dim <= 256 (got {q.device.type} {q.dtype}, head_dim {q.shape[-1]})")
+    return name
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention without mask, scale 1/sqrt(head_dim).
+
+    q: [B, Lq, heads, head_dim]; k, v: [B, Lk, heads, head_dim] -> [B, Lq, heads, head_dim]
+    in the dtype of q.
+    """
+    backend = select_backend(q)
+    if backend == "flash3":
+        out = _fa3.flash_attn_func(q, k.to(q.dtype), v.to(q.dtype))
+        # some flash-attn 3 releases return (out, softmax_lse)
+        return out[0] if isinstance(out, tuple) else out
+    if backend == "flash2":
+        return _fa2.flash_attn_func(q, k.to(q.dtype), v.to(q.dtype))
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype).transpose(1, 2),
+                                         v.to(q.dtype).transpose(1, 2))
+    return out.transpose(1, 2)
