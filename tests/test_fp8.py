@@ -1,0 +1,138 @@
+"""FP8 e4m3 scaled weights: quantise our own, load the ComfyUI/Kijai layout, stated tolerances."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from steadydancer.errors import InputError
+from steadydancer.models.quant.fp8 import (FP8_DTYPE, FP8Linear, check_fp8_matmul_supported,
+                                           load_fp8_scaled, quantize_model_fp8, save_fp8_scaled)
+
+# e4m3 keeps 3 mantissa bits: each weight is off by at most 1/16 of itself, about 2.5% RMS; a layer's
+# output then carries ~2-3% relative error. These are the tolerances we state and test.
+LAYER_TOL = 0.04
+MODEL_TOL = 0.08
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, dim) / dim ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(self.norm(x) + self.modulation)
+
+
+class Toy(nn.Module):
+    def __init__(self, dim: int = 32, depth: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList(Block(dim) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_fp8_linear_error_within_tolerance() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    layer = FP8Linear.from_linear(linear)
+    assert layer.weight.dtype == FP8_DTYPE and layer.scale_weight.shape == ()
+    x = torch.randn(5, 64)
+    assert rel(layer(x), linear(x)) < LAYER_TOL
+    # bf16 compute: weight scaled in float32 and rounded once
+    assert rel(layer(x.bfloat16()), linear(x)) < LAYER_TOL + 0.01
+
+
+def test_quantize_model_only_touches_block_linears() -> None:
+    torch.manual_seed(0)
+    model = Toy()
+    x = torch.randn(2, 5, 32)
+    want = model(x)
+    assert quantize_model_fp8(model) == 6
+    assert type(model.embed) is nn.Linear and isinstance(model.blocks[0].ffn[0], FP8Linear)
+    got = model(x)
+    err = rel(got, want)
+    assert 0 < err < MODEL_TOL
+
+
+def test_save_and_load_round_trip_is_exact_and_streams_onto_meta_model(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Toy()
+    quantize_model_fp8(model)
+    path = tmp_path / "dit_fp8_e4m3fn_scaled.safetensors"
+    save_fp8_scaled(model, path)
+    with torch.device("meta"):
+        fresh = Toy()
+    load_fp8_scaled(fresh, path, device="cpu", dtype=torch.float32)
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(fresh(x), model(x))
+    assert fresh.blocks[1].ffn[2].weight.dtype == FP8_DTYPE
+
+
+def test_loads_comfy_layout_with_prefix_and_per_row_scales(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Toy()
+    state = {}
+    for key, value in model.state_dict().items():
+        state["model.diffusion_model." + key] = value
+    # quantise the second block's first ffn linear per output row, the way some converters do
+    weight = model.blocks[1].ffn[0].weight.detach()
+    row_scale = weight.abs().amax(dim=1, keepdim=True) / 448
+    state["model.diffusion_model.blocks.1.ffn.0.weight"] = (weight / row_scale).to(FP8_DTYPE)
+    state["model.diffusion_model.blocks.1.ffn.0.scale_weight"] = row_scale.float()
+    state["model.diffusion_model.blocks.1.ffn.0.scale_input"] = torch.ones(1)
+    state["scaled_fp8"] = torch.empty(0, dtype=FP8_DTYPE)
+    path = tmp_path / "comfy.safetensors"
+    save_file(state, str(path))
+    with torch.device("meta"):
+        fresh = Toy()
+    load_fp8_scaled(fresh, path, dtype=torch.float32)
+    layer = fresh.blocks[1].ffn[0]
+    assert isinstance(layer, FP8Linear) and type(fresh.blocks[0].ffn[0]) is nn.Linear
+    x = torch.randn(3, 32)
+    assert rel(layer(x), model.blocks[1].ffn[0](x)) < LAYER_TOL
+
+
+def test_wrong_file_is_one_clear_line(tmp_path) -> None:
+    model = Toy()
+    state = {k: v for k, v in Toy(dim=16).state_dict().items()}
+    path = tmp_path / "other.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(InputError, match="other.safetensors"):
+        load_fp8_scaled(copy.deepcopy(model), path)
+    with pytest.raises(InputError, match="not found"):
+        load_fp8_scaled(model, tmp_path / "absent.safetensors")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_fp8_matmul_without_hardware_is_one_clear_line() -> None:
+    with pytest.raises(InputError, match=r"^--fp8_matmul: FP8 matmuls need"):
+        check_fp8_matmul_supported("cpu")
+    with pytest.raises(InputError, match="--fp8_matmul"):
+        quantize_model_fp8(Toy(), fp8_matmul=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs FP8 tensor cores")
+def test_fp8_matmul_close_to_dequantised_path() -> None:
+    torch.manual_seed(0)
+    layer = FP8Linear.from_linear(nn.Linear(256, 512).cuda())
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    want = layer(x)
+    layer.fp8_matmul = True
+    assert rel(layer(x), want) < LAYER_TOL
