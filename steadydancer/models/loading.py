@@ -1,0 +1,241 @@
+"""Load and save the DiT in the released checkpoint layout.
+
+Layout (as MCG-NJU/SteadyDancer-14B ships it): ``config.json`` (a diffusers ``WanModel``
+config), ``diffusion_pytorch_model-0000N-of-0000M.safetensors`` and
+``diffusion_pytorch_model.safetensors.index.json`` (or one ``diffusion_pytorch_model.safetensors``).
+
+Loading builds the model on the meta device and streams tensors one at a time, cast to the
+target dtype and moved to the target device as soon as each is read: host memory never holds a
+float32 copy of the model, nor a whole shard. We read each tensor's bytes with plain file reads
+instead of safetensors' memory map, because pages touched through a map stay in the process's
+resident set until the whole file is closed (a 14B shard is ~10 GB).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import InputError
+from ..fileio import atomic_path
+from .dit import SteadyDancerDiT
+
+CONFIG_NAME = "config.json"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+SINGLE_NAME = "diffusion_pytorch_model.safetensors"
+# What the official WanModel writes into config.json (its other constructor fields are ignored).
+OFFICIAL_CONFIG_FIELDS = ("dim", "eps", "ffn_dim", "freq_dim", "in_dim", "in_dim_c", "model_type",
+                          "num_heads", "num_layers", "out_dim", "text_len")
+OFFICIAL_DIFFUSERS_VERSION = "0.42.1"
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class _TensorEntry:
+    """Where one tensor's bytes lie in a .safetensors file."""
+
+    def __init__(self, path: Path, dtype: str, shape: list[int], start: int, end: int):
+        self.path, self.dtype, self.shape, self.start, self.end = path, dtype, tuple(shape), start, end
+
+
+def _read_header(path: Path) -> dict[str, _TensorEntry]:
+    """Tensor entries of a .safetensors file, from its JSON header only."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
+    data_start = 8 + length
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise InputError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        entries[name] = _TensorEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
+    return entries
+
+
+def _read_tensor(handle, entry: _TensorEntry) -> torch.Tensor:
+    """Read one tensor's bytes into a fresh CPU tensor (its own dtype)."""
+    dtype = _SAFETENSORS_DTYPES[entry.dtype]
+    nbytes = entry.end - entry.start
+    out = torch.empty(nbytes, dtype=torch.uint8)
+    handle.seek(entry.start)
+    if nbytes and handle.readinto(memoryview(out.numpy())) != nbytes:
+        raise InputError(f"{entry.path}: file is truncated")
+    return out.view(dtype).reshape(entry.shape)
+
+
+def _index_checkpoint(ckpt_dir: Path) -> dict[str, _TensorEntry]:
+    """Tensor name -> entry over all shards, checking that every shard named exists."""
+    index_path = ckpt_dir / INDEX_NAME
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{index_path}: not a safetensors index with a weight_map ({exc})") from None
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if not (ckpt_dir / shard).is_file():
+                raise InputError(f"{ckpt_dir}: shard {shard} named in {INDEX_NAME} is missing")
+        entries: dict[str, _TensorEntry] = {}
+        for shard in shards:
+            in_shard = _read_header(ckpt_dir / shard)
+            for name, shard_of_name in weight_map.items():
+                if shard_of_name == shard and name not in in_shard:
+                    raise InputError(f"{ckpt_dir / shard}: tensor {name} listed in {INDEX_NAME} is not in the file")
+            entries.update(in_shard)
+        return entries
+    if (ckpt_dir / SINGLE_NAME).is_file():
+        return _read_header(ckpt_dir / SINGLE_NAME)
+    raise InputError(f"{ckpt_dir}: no {INDEX_NAME} or {SINGLE_NAME} (expected the DiT weights)")
+
+
+def read_dit_config(ckpt_dir: str | os.PathLike) -> dict:
+    """The constructor arguments of the checkpoint's DiT from its config.json (defaults = official)."""
+    path = Path(ckpt_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: missing (expected the DiT's config.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    known = set(inspect.signature(SteadyDancerDiT.__init__).parameters) - {"self"}
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def _shapes_from_tensors(entries: dict[str, _TensorEntry]) -> dict:
+    """Widths the config does not carry, read from tensor shapes (so tiny encoders load too)."""
+    found = {}
+    if "text_embedding.0.weight" in entries:
+        found["text_dim"] = entries["text_embedding.0.weight"].shape[1]
+    if "img_emb.proj.0.weight" in entries:
+        found["clip_dim"] = entries["img_emb.proj.0.weight"].shape[0]
+    if "condition_embedding_align.proj_p.weight" in entries:
+        found["align_dim"] = entries["condition_embedding_align.proj_p.weight"].shape[0]
+    if "patch_embedding.weight" in entries:
+        found["patch_size"] = tuple(entries["patch_embedding.weight"].shape[2:])
+    return found
+
+
+def _short_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.bfloat16) -> SteadyDancerDiT:
+    """Load the DiT of a checkpoint folder, tensor by tensor, straight to ``device`` in ``dtype``.
+
+    Returns the model in eval mode with requires_grad off. Raises InputError (one line) for a
+    missing folder, config, index or shard, and for missing/unexpected tensors or wrong shapes.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise InputError(f"{ckpt_dir}: checkpoint folder not found")
+    config = read_dit_config(ckpt_dir)
+    entries = _index_checkpoint(ckpt_dir)
+    config.update(_shapes_from_tensors(entries))
+    try:
+        with torch.device("meta"):
+            model = SteadyDancerDiT(**config)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{ckpt_dir / CONFIG_NAME}: {exc}") from None
+
+    expected = dict(model.named_parameters())
+    expected.update(model.named_buffers())
+    missing = sorted(set(expected) - set(entries))
+    unexpected = sorted(set(entries) - set(expected))
+    if missing:
+        raise InputError(f"{ckpt_dir}: missing tensors {_short_list(missing)}")
+    if unexpected:
+        raise InputError(f"{ckpt_dir}: unexpected tensors {_short_list(unexpected)}")
+    for name, tensor in expected.items():
+        if tuple(tensor.shape) != entries[name].shape:
+            raise InputError(f"{ckpt_dir}: tensor {name} has shape {list(entries[name].shape)}, "
+                             f"expected {list(tensor.shape)} from config.json")
+
+    modules = dict(model.named_modules())
+    by_file: dict[Path, list[str]] = {}
+    for name in expected:
+        by_file.setdefault(entries[name].path, []).append(name)
+    for path, names in by_file.items():
+        names.sort(key=lambda n: entries[n].start)  # sequential reads
+        with open(path, "rb", buffering=0) as handle:
+            for name in names:
+                value = _read_tensor(handle, entries[name]).to(device=device, dtype=dtype)
+                owner, _, leaf = name.rpartition(".")
+                module = modules[owner]
+                if leaf in module._parameters:
+                    module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+                else:
+                    module._buffers[leaf] = value
+    return model.eval().requires_grad_(False)
+
+
+def official_config(model: SteadyDancerDiT) -> dict:
+    """config.json contents as the official WanModel writes them."""
+    config = {"_class_name": "WanModel", "_diffusers_version": OFFICIAL_DIFFUSERS_VERSION}
+    config.update({k: model.config[k] for k in OFFICIAL_CONFIG_FIELDS})
+    return config
+
+
+def save_dit_checkpoint(model: SteadyDancerDiT, out_dir: str | os.PathLike, num_shards: int = 1) -> Path:
+    """Write ``model`` in the released layout (config.json, N shards, index) into ``out_dir``.
+
+    Tensors keep their dtype and are split into ``num_shards`` shards of similar size in
+    state_dict order. Other files in ``out_dir`` (encoders, tokenizers) are left alone; DiT
+    shards of an earlier save are replaced. Each file is written atomically, shards first and
+    config.json last, so an interrupted save never looks complete. Widths the official config
+    omits (text_dim, CLIP width) are carried by the tensor shapes, which :func:`load_dit` reads.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    count = max(1, min(num_shards, len(state)))
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
+    written, shard = 0, -1
+    for i, (name, tensor) in enumerate(state.items()):
+        # Fill shard k until the running total passes (k+1)/N of the bytes, never skipping a
+        # shard and leaving at least one tensor for each shard still to come.
+        by_size = min(count - 1, written * count // max(total, 1))
+        shard = min(shard + 1, max(shard, by_size, count - (len(state) - i)))
+        shards[shard][name] = tensor
+        written += tensor.numel() * tensor.element_size()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_NAME).unlink(missing_ok=True)  # the folder is incomplete until the end
+    weight_map = {}
+    filenames = []
+    for i, shard in enumerate(shards):
+        filename = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        with atomic_path(out_dir / filename) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+        weight_map.update({name: filename for name in shard})
+        filenames.append(filename)
+    for stale in out_dir.glob("diffusion_pytorch_model*.safetensors"):
+        if stale.name not in filenames:
+            stale.unlink()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    with atomic_path(out_dir / INDEX_NAME) as tmp:
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
+    with atomic_path(out_dir / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(official_config(model), indent=2, sort_keys=True) + "\n")
+    return out_dir
