@@ -144,6 +144,7 @@ class FrameAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # what torch's MultiheadAttention starts from
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
