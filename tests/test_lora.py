@@ -1,0 +1,130 @@
+"""LoRA files: the common key layouts, a strength, quantised layers, and clear refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from memory_helpers import tiny_conditions, tiny_dit, tiny_latents
+from steadydancer.errors import InputError
+from steadydancer.models.lora import apply_lora, parse_lora_arg
+from steadydancer.models.quant.fp8 import quantize_model_fp8
+
+TARGETS = ["blocks.0.self_attn.q", "blocks.1.cross_attn.k_img", "blocks.2.ffn.0"]
+RANK = 4
+
+
+def lora_tensors(model, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in TARGETS:
+        weight = model.get_submodule(name).weight
+        out[name] = (torch.randn(RANK, weight.shape[1], generator=g) * 0.3,   # down
+                     torch.randn(weight.shape[0], RANK, generator=g) * 0.3)   # up
+    return out
+
+
+def merged_by_hand(model, tensors, strength: float, alpha: float | None = None):
+    model = copy.deepcopy(model)
+    scale = (alpha / RANK) if alpha is not None else 1.0
+    for name, (down, up) in tensors.items():
+        layer = model.get_submodule(name)
+        layer.weight.data = layer.weight + strength * scale * (up @ down)
+    return model
+
+
+def run(model) -> torch.Tensor:
+    return model(tiny_latents(), torch.tensor([700.0]), **tiny_conditions().as_kwargs())
+
+
+def write(path, state) -> str:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def test_peft_layout_at_a_strength(tmp_path) -> None:
+    model = tiny_dit()
+    tensors = lora_tensors(model)
+    state = {}
+    for name, (down, up) in tensors.items():
+        state[f"diffusion_model.{name}.lora_A.weight"] = down
+        state[f"diffusion_model.{name}.lora_B.weight"] = up
+    want = run(merged_by_hand(model, tensors, 0.7))
+    assert apply_lora(model, write(tmp_path / "peft.safetensors", state), strength=0.7) == 3
+    got = run(model)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, run(tiny_dit()), atol=1e-3)     # the LoRA did change the output
+
+
+@pytest.mark.parametrize("layout", ["down_up_alpha", "kohya"])
+def test_down_up_alpha_and_kohya_layouts(tmp_path, layout: str) -> None:
+    model = tiny_dit()
+    tensors = lora_tensors(model, seed=3)
+    state = {}
+    for name, (down, up) in tensors.items():
+        key = f"lora_unet_{name.replace('.', '_')}" if layout == "kohya" else name
+        state[f"{key}.lora_down.weight"] = down
+        state[f"{key}.lora_up.weight"] = up
+        state[f"{key}.alpha"] = torch.tensor(2.0)
+    want = run(merged_by_hand(model, tensors, 1.0, alpha=2.0))
+    apply_lora(model, write(tmp_path / f"{layout}.safetensors", state))
+    assert torch.allclose(run(model), want, rtol=1e-5, atol=1e-6)
+
+
+def test_full_weight_and_bias_deltas(tmp_path) -> None:
+    model = tiny_dit()
+    reference = copy.deepcopy(model)
+    diff = torch.randn(32, 32) * 0.1
+    diff_b = torch.randn(32) * 0.1
+    reference.blocks[0].self_attn.o.weight.data += 0.5 * diff
+    reference.blocks[0].self_attn.o.bias.data += 0.5 * diff_b
+    apply_lora(model, write(tmp_path / "diff.safetensors", {
+        "diffusion_model.blocks.0.self_attn.o.diff": diff,
+        "diffusion_model.blocks.0.self_attn.o.diff_b": diff_b}), strength=0.5)
+    assert torch.allclose(run(model), run(reference), rtol=1e-5, atol=1e-6)
+
+
+def test_quantised_layers_get_the_low_rank_path_at_run_time(tmp_path) -> None:
+    model = tiny_dit()
+    quantize_model_fp8(model)
+    tensors = lora_tensors(tiny_dit())
+    state = {f"{n}.lora_A.weight": d for n, (d, u) in tensors.items()}
+    state.update({f"{n}.lora_B.weight": u for n, (d, u) in tensors.items()})
+    # reference: a plain model holding exactly the dequantised FP8 weights, merged by hand
+    plain = tiny_dit()
+    for name, module in plain.named_modules():
+        if name.startswith("blocks.") and type(module) is torch.nn.Linear:
+            module.weight.data = model.get_submodule(name).dequantized_weight(torch.float32)
+    want = run(merged_by_hand(plain, tensors, 0.8))
+    apply_lora(model, write(tmp_path / "lora.safetensors", state), strength=0.8)
+    assert torch.allclose(run(model), want, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_that_does_not_fit_is_refused_and_leaves_the_model_alone(tmp_path) -> None:
+    model = tiny_dit()
+    before = run(model)
+    wrong_shape = {"blocks.0.self_attn.q.lora_A.weight": torch.randn(RANK, 48),
+                   "blocks.0.self_attn.q.lora_B.weight": torch.randn(32, RANK),
+                   "blocks.1.self_attn.q.lora_A.weight": torch.randn(RANK, 32),
+                   "blocks.1.self_attn.q.lora_B.weight": torch.randn(32, RANK)}
+    with pytest.raises(InputError, match=r"--lora .*wrong\.safetensors: blocks\.0\.self_attn\.q is \(32, 32\)"):
+        apply_lora(model, write(tmp_path / "wrong.safetensors", wrong_shape))
+    assert torch.equal(run(model), before)
+    other_model = {"blocks.40.self_attn.q.lora_A.weight": torch.randn(RANK, 32),
+                   "blocks.40.self_attn.q.lora_B.weight": torch.randn(32, RANK)}
+    with pytest.raises(InputError, match="targets no layer of this model"):
+        apply_lora(model, write(tmp_path / "other.safetensors", other_model))
+    with pytest.raises(InputError, match="unrecognised key"):
+        apply_lora(model, write(tmp_path / "junk.safetensors", {"blocks.0.self_attn.q.weight": torch.ones(1)}))
+
+
+def test_parse_lora_arg(tmp_path) -> None:
+    path = tmp_path / "a:b.safetensors"
+    path.write_bytes(b"x")
+    assert parse_lora_arg(f"{path}:0.6") == (path, 0.6)
+    assert parse_lora_arg(str(path)) == (path, 1.0)
+    with pytest.raises(InputError, match="--lora: file not found"):
+        parse_lora_arg(str(tmp_path / "missing.safetensors:1"))
