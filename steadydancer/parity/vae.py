@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from . import relative_error
+from .t5 import check_arch_json
 
 
 def run_case(case_dir: Path) -> dict[str, float]:
@@ -19,5 +20,6 @@ def run_case(case_dir: Path) -> dict[str, float]:
     checkpoint = next(case_dir.glob("*VAE*.pth"))
     io = load_file(case_dir / "io.safetensors")
     vae = WanVAE(checkpoint, device="cpu", dtype=torch.float32)
+    check_arch_json(case_dir, vae.arch)
     return {"encoded": relative_error(vae.encode(io["video"]), io["encoded"]),
             "decoded": relative_error(vae.decode(io["latent"]), io["decoded"])}
