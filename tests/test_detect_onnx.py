@@ -1,0 +1,205 @@
+"""DWPose ONNX pre/post-processing, on small synthetic graphs with the real models' I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from steadydancer.pose.detect import detect_pose, make_detector  # noqa: E402
+from steadydancer.pose.detect.onnx_backend import (  # noqa: E402
+    POSE_MEAN,
+    POSE_STD,
+    crop_person,
+    crop_to_image,
+    letterbox,
+    nms,
+    person_boxes,
+    simcc_decode,
+    yolox_decode,
+)
+
+ANCHORS = 80 * 80 + 40 * 40 + 20 * 20  # 8400 for a 640 x 640 input
+
+
+def _save(graph, path):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def yolox_graph(path, raw: np.ndarray):
+    """images [1,3,640,640] -> output [1,8400,85]: a fixed head output (+ 0 x the input)."""
+    nodes = [
+        helper.make_node("ReduceMax", ["images"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        helper.make_node("Add", ["raw", "z"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "yolox_fake",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, ANCHORS, 85])],
+        initializer=[
+            numpy_helper.from_array(raw[None].astype(np.float32), "raw"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def pose_graph(path):
+    """input [1,3,384,288] -> simcc_x [1,133,576], simcc_y [1,133,768].
+
+    Every keypoint's SimCC is the crop's brightest value per column (x) and per row (y), each
+    crop pixel spread over split_ratio = 2 bins: a bright spot in the crop becomes the argmax.
+    """
+    spread_x = np.kron(np.eye(288), np.ones((1, 2))).astype(np.float32)  # [288, 576]
+    spread_y = np.kron(np.eye(384), np.ones((1, 2))).astype(np.float32)  # [384, 768]
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["cols"], axes=[1, 2], keepdims=0),  # [1, 288]
+        helper.make_node("ReduceMax", ["input"], ["rows"], axes=[1, 3], keepdims=0),  # [1, 384]
+        helper.make_node("MatMul", ["cols", "spread_x"], ["sx"]),
+        helper.make_node("MatMul", ["rows", "spread_y"], ["sy"]),
+        helper.make_node("Unsqueeze", ["sx", "axis1"], ["sx1"]),
+        helper.make_node("Unsqueeze", ["sy", "axis1"], ["sy1"]),
+        helper.make_node("Expand", ["sx1", "shape_x"], ["simcc_x"]),
+        helper.make_node("Expand", ["sy1", "shape_y"], ["simcc_y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dwpose_fake",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
+        [
+            helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+            helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768]),
+        ],
+        initializer=[
+            numpy_helper.from_array(spread_x, "spread_x"),
+            numpy_helper.from_array(spread_y, "spread_y"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array([1, 133, 576], np.int64), "shape_x"),
+            numpy_helper.from_array(np.array([1, 133, 768], np.int64), "shape_y"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def _grid_index(stride: int, gx: int, gy: int) -> int:
+    offset = {8: 0, 16: 80 * 80, 32: 80 * 80 + 40 * 40}[stride]
+    return offset + gy * (640 // stride) + gx
+
+
+def raw_for_boxes(boxes_in_input: list[tuple[float, float, float, float, float]]) -> np.ndarray:
+    """Raw head output holding the given (x1, y1, x2, y2, person score) boxes in 640-input pixels."""
+    raw = np.zeros((ANCHORS, 85), np.float32)
+    raw[:, 2:4] = 0.0
+    for x1, y1, x2, y2, score in boxes_in_input:
+        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+        stride = 32
+        gx, gy = int(cx // stride), int(cy // stride)
+        row = _grid_index(stride, gx, gy)
+        raw[row, 0:2] = [cx / stride - gx, cy / stride - gy]
+        raw[row, 2:4] = [np.log(w / stride), np.log(h / stride)]
+        raw[row, 4] = 1.0
+        raw[row, 5] = score
+    return raw
+
+
+def test_letterbox_scales_into_the_top_left_and_pads_114():
+    image = np.full((300, 600, 3), 7, np.uint8)
+    blob, ratio = letterbox(image)
+    assert ratio == pytest.approx(640 / 600)
+    assert blob.shape == (3, 640, 640) and blob.dtype == np.float32
+    assert blob[:, :320, :].max() == 7 and blob[:, 320:, :].min() == 114
+
+
+def test_yolox_decode_and_person_boxes_with_nms():
+    raw = raw_for_boxes([(100, 60, 300, 500, 0.95), (140, 60, 330, 500, 0.9), (400, 100, 600, 400, 0.25)])
+    decoded = yolox_decode(raw)
+    row = _grid_index(32, 200 // 32, 280 // 32)
+    assert decoded[row, :4] == pytest.approx([200, 280, 200, 440], abs=1e-3)
+    boxes = person_boxes(raw, ratio=0.5)
+    # the overlapping weaker box is suppressed, the 0.25 one is under the 0.3 person threshold
+    assert boxes.shape == (1, 4)
+    assert boxes[0] == pytest.approx([200, 120, 600, 1000], abs=1e-2)
+    assert person_boxes(np.zeros((ANCHORS, 85), np.float32), 1.0).shape == (0, 4)
+
+
+def test_nms_counts_areas_with_the_plus_one_convention():
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], float)  # 10x10 boxes sharing 5 columns
+    # IoU = 50 / 150 = 1/3 with +1 areas (it would be 45/117 without)
+    assert nms(boxes, np.array([0.9, 0.8]), 0.34) == [0, 1]
+    assert nms(boxes, np.array([0.9, 0.8]), 0.33) == [0]
+
+
+def test_simcc_decode_argmax_split_ratio_and_min_score():
+    simcc_x = np.full((1, 3, 576), -1.0)
+    simcc_y = np.full((1, 3, 768), -1.0)
+    simcc_x[0, 0, 100], simcc_y[0, 0, 301] = 0.8, 0.6
+    simcc_x[0, 1, 10], simcc_y[0, 1, 20] = 0.5, 0.9
+    locations, scores = simcc_decode(simcc_x, simcc_y)
+    assert locations[0, 0] == pytest.approx([50.0, 150.5])
+    assert scores[0, :2] == pytest.approx([0.6, 0.5])
+    assert locations[0, 2] == pytest.approx([-0.5, -0.5]) and scores[0, 2] == pytest.approx(-1.0)
+
+
+def test_crop_keeps_aspect_and_back_projects_exactly():
+    image = np.zeros((500, 400, 3), np.uint8)
+    image[200, 150] = 255
+    blob, center, scale = crop_person(image, np.array([100.0, 100.0, 200.0, 400.0]))
+    assert blob.shape == (3, 384, 288)
+    assert center == pytest.approx([150, 250])
+    assert scale[0] / scale[1] == pytest.approx(288 / 384) and scale[1] == pytest.approx(375)
+    background = (0 - POSE_MEAN) / POSE_STD
+    assert blob[:, 0, 0] == pytest.approx(background, abs=1e-5)
+    row, col = np.unravel_index(blob[0].argmax(), blob[0].shape)
+    assert crop_to_image(np.array([[col, row]], float), center, scale)[0] == pytest.approx([150, 200], abs=1.0)
+
+
+def test_onnx_backend_end_to_end_on_synthetic_graphs(tmp_path):
+    height, width = 768, 1024  # detect_resolution 768 keeps this size
+    image = np.zeros((height, width, 3), np.uint8)
+    spot_x, spot_y = 612, 400
+    image[spot_y - 2 : spot_y + 3, spot_x - 2 : spot_x + 3] = 255
+    ratio = 640 / 1024
+    box = (520, 200, 700, 640)  # a person box around the spot, original pixels
+    raw = raw_for_boxes([tuple(v * ratio for v in box) + (0.9,)])
+    detector = make_detector(
+        "auto", dwpose_onnx=pose_graph(tmp_path / "dw-ll_ucoco_384.onnx"),
+        yolox_onnx=yolox_graph(tmp_path / "yolox_l.onnx", raw),
+    )
+    assert detector.name == "onnx"
+    boxes = detector.boxes(image[:, :, ::-1].copy())
+    assert boxes.shape == (1, 4) and boxes[0] == pytest.approx(box, abs=0.05)
+    pose = detect_pose(detector, image, detect_resolution=768)
+    candidate = np.array(pose["bodies"]["candidate"])
+    # every point decodes to the bright spot; the neck (mean of shoulders) too
+    np.testing.assert_allclose(candidate * [width, height], [[spot_x - 2, spot_y - 2]] * 18, atol=2.0)
+    assert pose["bodies"]["subset"][0] == [float(j) for j in range(18)]
+    np.testing.assert_allclose(np.array(pose["hands"][1]) * [width, height], [[spot_x - 2, spot_y - 2]] * 21, atol=2.0)
+
+
+def test_onnx_backend_uses_the_whole_image_when_no_box(tmp_path):
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[62:67, 190:195] = 255
+    detector = make_detector(
+        "onnx", dwpose_onnx=pose_graph(tmp_path / "p.onnx"),
+        yolox_onnx=yolox_graph(tmp_path / "d.onnx", np.zeros((ANCHORS, 85), np.float32)),
+    )
+    points, scores = detector.detect(image)
+    assert points.shape == (1, 134, 2)
+    assert points[0, 0] == pytest.approx([192, 64], abs=2.0)
+
+
+def test_unreadable_onnx_file_is_an_input_error(tmp_path):
+    from steadydancer.errors import InputError
+
+    (tmp_path / "p.onnx").write_bytes(b"garbage")
+    (tmp_path / "d.onnx").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="--yolox-onnx"):
+        make_detector("onnx", dwpose_onnx=tmp_path / "p.onnx", yolox_onnx=tmp_path / "d.onnx")
