@@ -1,0 +1,139 @@
+"""``steadydancer generate`` / ``generate_dancer.py``: the official generation command line.
+
+Official flags (SteadyDancer's generate_dancer.py) plus ``--input_dir`` (a folder written by
+``steadydancer prepare``: ref_image.png, prompt.txt, positive/, negative/) and ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import InputError
+from ..pipeline import config as C
+
+log = logging.getLogger(__name__)
+
+TASKS = ("i2v-14B",)
+# The official fallback prompt of the i2v task, used when no --prompt (and no prompt.txt) is given.
+EXAMPLE_PROMPT = (
+    "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The fluffy-furred "
+    "feline gazes directly at the camera with a relaxed expression. Blurred beach scenery forms the "
+    "background featuring crystal-clear waters, distant green hills, and a blue sky dotted with white "
+    "clouds. The cat assumes a naturally relaxed posture, as if savoring the sea breeze and warm sunlight. "
+    "A close-up shot highlights the feline's intricate details and the refreshing atmosphere of the seaside.")
+
+
+def str2bool(value: str) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """All generation flags (official names and defaults), in one place."""
+    parser.add_argument("--task", default="i2v-14B", help="only i2v-14B (SteadyDancer)")
+    parser.add_argument("--size", default=C.DEFAULT_SIZE,
+                        help=f"output area width*height; the aspect ratio follows the image ({', '.join(C.SUPPORTED_SIZES)})")
+    parser.add_argument("--frame_num", type=int, default=None,
+                        help="frames to generate, 4n+1 (default 81, or fewer if the pose folders hold fewer)")
+    parser.add_argument("--ckpt_dir", default=None, help="SteadyDancer-14B checkpoint folder")
+    parser.add_argument("--offload_model", type=str2bool, default=None,
+                        help="move each model off the GPU after its stage (default: True on one GPU)")
+    parser.add_argument("--t5_cpu", action="store_true", default=False, help="run T5 on the CPU")
+    parser.add_argument("--save_file", default=None, help="output mp4 (default: a name from task, size, prompt, time)")
+    parser.add_argument("--prompt", default=None, help="text prompt (default: the input folder's prompt.txt)")
+    parser.add_argument("--base_seed", type=int, default=-1, help="noise seed; -1 = random")
+    parser.add_argument("--image", default=None, help="reference image")
+    parser.add_argument("--cond_pos_folder", default=None, help="positive pose frames 0000.jpg, 0001.jpg, ...")
+    parser.add_argument("--cond_neg_folder", default=None, help="negative (augmented) pose frames")
+    parser.add_argument("--input_dir", default=None,
+                        help="prepared input folder: fills --image, --prompt, --cond_pos_folder, --cond_neg_folder")
+    parser.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="sampler")
+    parser.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default 40)")
+    parser.add_argument("--sample_shift", type=float, default=None,
+                        help="flow-matching shift (default 5.0; 3.0 at 832*480 and 480*832)")
+    parser.add_argument("--sample_guide_scale", type=float, default=5.0, help="text CFG scale")
+    parser.add_argument("--condition_guide_scale", type=float, default=1.5, help="pose CFG scale")
+    parser.add_argument("--st_cond_cfg", type=float, default=0.1, help="pose CFG starts after this fraction of steps")
+    parser.add_argument("--end_cond_cfg", type=float, default=0.4, help="pose CFG ends before this fraction of steps")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    multi = parser.add_argument_group("multi-GPU (official flags; not yet supported here)")
+    multi.add_argument("--ulysses_size", type=int, default=1)
+    multi.add_argument("--ring_size", type=int, default=1)
+    multi.add_argument("--dit_fsdp", action="store_true", default=False)
+    multi.add_argument("--t5_fsdp", action="store_true", default=False)
+    extend = parser.add_argument_group("prompt extension (official flags; not supported)")
+    extend.add_argument("--use_prompt_extend", action="store_true", default=False)
+    extend.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
+    extend.add_argument("--prompt_extend_model", default=None)
+    extend.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+
+
+def check_parallel_args(args: argparse.Namespace) -> None:
+    """Multi-GPU flags: accepted for the official command lines, refused until supported."""
+    if args.ulysses_size > 1 or args.ring_size > 1 or args.dit_fsdp or args.t5_fsdp:
+        raise InputError("--ulysses_size/--ring_size/--dit_fsdp/--t5_fsdp: multi-GPU generation is not yet "
+                         "supported by this command; run on one GPU")
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults as the official script does and from --input_dir; InputError for bad values."""
+    if args.task not in TASKS:
+        raise InputError(f"--task {args.task}: only {', '.join(TASKS)} is supported")
+    if args.size not in C.MAX_AREA_CONFIGS:
+        raise InputError(f"--size {args.size}: unsupported; supported sizes are {', '.join(C.SUPPORTED_SIZES)}")
+    if args.use_prompt_extend:
+        raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
+    check_parallel_args(args)
+    if args.ckpt_dir is None:
+        raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
+    if args.input_dir is not None:
+        folder = Path(args.input_dir)
+        if not folder.is_dir():
+            raise InputError(f"--input_dir {folder}: folder not found")
+        args.image = args.image or str(folder / "ref_image.png")
+        args.cond_pos_folder = args.cond_pos_folder or str(folder / "positive")
+        args.cond_neg_folder = args.cond_neg_folder or str(folder / "negative")
+        if args.prompt is None and (folder / "prompt.txt").is_file():
+            args.prompt = (folder / "prompt.txt").read_text(encoding="utf-8").strip()
+    if args.image is None:
+        raise InputError("--image is required (or --input_dir)")
+    if args.prompt is None:
+        log.info("no --prompt given: using the official example prompt")
+        args.prompt = EXAMPLE_PROMPT
+    if args.sample_steps is None:
+        args.sample_steps = C.DEFAULT_STEPS
+    if args.sample_steps < 1:
+        raise InputError(f"--sample_steps {args.sample_steps}: must be >= 1")
+    if args.sample_shift is None:
+        args.sample_shift = C.default_shift(args.size)
+    if args.save_file is None:
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        name = args.prompt.replace(" ", "_").replace("/", "_")[:50]
+        size = args.size.replace("*", "x") if sys.platform == "win32" else args.size
+        args.save_file = f"{args.task}_{size}_{args.ulysses_size}_{args.ring_size}_{name}_{stamp}.mp4"
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline.i2v import SamplingOptions
+    from ..pipeline.run import generate_video
+
+    args = resolve_args(args)
+    sampling = SamplingOptions(solver=args.sample_solver, steps=args.sample_steps, shift=args.sample_shift,
+                               guide_scale=args.sample_guide_scale,
+                               condition_guide_scale=args.condition_guide_scale,
+                               st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg)
+    generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
+                   cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
+                   size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,
+                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device)
+    print(f"saved {args.save_file}")
+    return 0

@@ -1,0 +1,242 @@
+"""The SteadyDancer image-to-video pipeline: encoders -> conditions -> DC-CFG sampling -> VAE decode.
+
+Follows the official ``WanI2VDancer.generate`` step by step (sizes, mask, noise, conditions,
+offloading); see DESIGN.md "Sizes" and "Conditions". Models load lazily on first use, straight
+onto the device they run on, so a missing file is reported before any large load.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..sampling import DiTConditions, sample_dc_cfg
+from . import config as C
+from .inputs import first_frame_mask, latent_size, pil_to_tensor, resize_bicubic
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    """CUDA (this process's local rank) when available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def checkpoint_files(ckpt_dir: str | os.PathLike) -> dict[str, Path]:
+    """Paths of the official files in a checkpoint folder; InputError naming the first missing one."""
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise InputError(f"--ckpt_dir {ckpt}: checkpoint folder not found")
+    files = {
+        "dit_config": ckpt / C.DIT_CONFIG,
+        "dit_index": ckpt / C.DIT_INDEX,
+        "t5": ckpt / C.T5_CHECKPOINT,
+        "t5_tokenizer": ckpt / C.T5_TOKENIZER,
+        "clip": ckpt / C.CLIP_CHECKPOINT,
+        "vae": ckpt / C.VAE_CHECKPOINT,
+    }
+    for key, path in files.items():
+        exists = path.is_dir() if key == "t5_tokenizer" else path.is_file()
+        if not exists:
+            raise InputError(f"checkpoint file missing: {path}")
+    return files
+
+
+@dataclass
+class SamplingOptions:
+    """The official sampling flags (defaults: generate_dancer.py's)."""
+
+    solver: str = "unipc"
+    steps: int = C.DEFAULT_STEPS
+    shift: float = 5.0
+    guide_scale: float = 5.0
+    condition_guide_scale: float = 1.5
+    st_cond_cfg: float = 0.1
+    end_cond_cfg: float = 0.4
+
+
+class DancerPipeline:
+    """SteadyDancer I2V on one device.
+
+    ``offload_model``: move each model off the GPU once its stage is done (T5 and CLIP after
+    encoding, the DiT after sampling), as the official --offload_model; None = True.
+    ``t5_cpu``: keep T5 on the CPU. On the CPU everything runs in float32.
+    ``keep_models``: with offloading, park the DiT on the CPU after sampling (for another
+    ``generate``) rather than dropping it (a one-shot run needs no host copy of the 14B model).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, device: torch.device | str | None = None,
+                 offload_model: bool | None = None, t5_cpu: bool = False,
+                 dit_dtype: torch.dtype | None = None, keep_models: bool = True) -> None:
+        self.files = checkpoint_files(ckpt_dir)
+        self.ckpt_dir = Path(ckpt_dir)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.on_gpu = self.device.type != "cpu"
+        self.offload_model = True if offload_model is None else bool(offload_model)
+        self.t5_cpu = t5_cpu
+        self.keep_models = keep_models
+        self.dit_dtype = dit_dtype or (torch.bfloat16 if self.on_gpu else torch.float32)
+        self.t5_dtype = torch.bfloat16 if self.on_gpu else torch.float32
+        self.clip_dtype = torch.float16 if self.on_gpu else torch.float32
+        self._t5 = self._clip = self._vae = self._dit = None
+        from ..models.loading import read_dit_config
+
+        dit_config = read_dit_config(self.ckpt_dir)
+        self.text_len = int(dit_config.get("text_len", 512))
+        self.patch_size = tuple(dit_config.get("patch_size", (1, 2, 2)))
+
+    # -- models, loaded on first use ---------------------------------------------------------
+
+    @property
+    def offload_device(self) -> torch.device:
+        return torch.device("cpu") if self.offload_model else self.device
+
+    def text_encoder(self):
+        if self._t5 is None:
+            from ..encoders.t5 import TextEncoder
+
+            log.info("loading T5 from %s", self.files["t5"])
+            self._t5 = TextEncoder(self.files["t5"], self.files["t5_tokenizer"], device="cpu",
+                                   dtype=self.t5_dtype, text_len=self.text_len)
+        return self._t5
+
+    def clip(self):
+        if self._clip is None:
+            from ..encoders.clip import ClipVisionEncoder
+
+            log.info("loading CLIP from %s", self.files["clip"])
+            self._clip = ClipVisionEncoder(self.files["clip"], device=self.offload_device, dtype=self.clip_dtype)
+        return self._clip
+
+    def vae(self):
+        if self._vae is None:
+            from ..encoders.vae import WanVAE
+
+            log.info("loading VAE from %s", self.files["vae"])
+            self._vae = WanVAE(self.files["vae"], device=self.device, dtype=torch.float32)
+        return self._vae
+
+    def dit(self):
+        if self._dit is None:
+            from ..models.loading import load_dit
+
+            log.info("loading DiT from %s (%s)", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""))
+            self._dit = load_dit(self.ckpt_dir, device=self.device, dtype=self.dit_dtype)
+        return self._dit
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def encode_text(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 states [L, C] of the prompt and the negative prompt, on the execution device."""
+        t5 = self.text_encoder()
+        if not self.t5_cpu:
+            t5.to(self.device)
+        context, context_null = t5.encode([prompt])[0], t5.encode([negative_prompt])[0]
+        if not self.t5_cpu and self.offload_model:
+            t5.to("cpu")
+        return context.to(self.device), context_null.to(self.device)
+
+    def encode_clip(self, image: torch.Tensor, pose_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP features [257, 1280] of the reference image and of the first pose frame ([3,H,W] in [-1,1])."""
+        clip = self.clip().to(self.device)
+        clip_x = clip.encode(image[None].to(self.device))[0]
+        clip_c = clip.encode(pose_first[None].to(self.device))[0]
+        if self.offload_model:
+            clip.to("cpu")
+        return clip_x, clip_c
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """[3, N, h, w] in [-1, 1] -> normalised latent [16, (N-1)//4+1, h/8, w/8] on the device."""
+        return self.vae().encode(frames.to(self.device))
+
+    @torch.no_grad()
+    def generate(self, image: Image.Image, pose_first: Image.Image, positive: list[Image.Image],
+                 negative: list[Image.Image], prompt: str, max_area: int, frame_num: int,
+                 sampling: SamplingOptions, seed: int = -1, negative_prompt: str | None = None,
+                 progress: bool = True) -> torch.Tensor:
+        """The video [3, frame_num, H, W] in [-1, 1] (float32, on the CPU).
+
+        ``image``: reference (PIL RGB); ``pose_first``, ``positive``, ``negative``: pose frames
+        already PIL-bicubic-resized to the reference image's size.
+        """
+        if len(positive) != frame_num or len(negative) != frame_num:
+            raise ValueError(f"need {frame_num} positive and negative frames, got {len(positive)}, {len(negative)}")
+        device = self.device
+        img = pil_to_tensor(image)
+        img_c = pil_to_tensor(pose_first)
+        height, width = img.shape[1:]
+        lat_h, lat_w = latent_size(height, width, max_area, self.patch_size[1:], C.VAE_STRIDE[1:])
+        h, w = lat_h * C.VAE_STRIDE[1], lat_w * C.VAE_STRIDE[2]
+        lat_f = (frame_num - 1) // C.VAE_STRIDE[0] + 1
+        log.info("reference %dx%d -> video %dx%d, %d frames (%d latent frames of %dx%d)",
+                 width, height, w, h, frame_num, lat_f, lat_w, lat_h)
+
+        seed = seed if seed >= 0 else random.randint(0, sys.maxsize)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn(16, lat_f, lat_h, lat_w, dtype=torch.float32, generator=generator, device=device)
+        mask = first_frame_mask(frame_num, lat_h, lat_w, device=device)
+
+        context, context_null = self.encode_text(prompt, negative_prompt or C.NEGATIVE_PROMPT)
+        clip_x, clip_c = self.encode_clip(img, img_c)
+
+        first = resize_bicubic(img[None], h, w)  # [3, 1, h, w]
+        y = self.encode_video(torch.cat([first, torch.zeros(3, frame_num - 1, h, w)], dim=1))
+        y = torch.cat([mask, y])
+        ref_x = self.encode_video(first)
+        ref_x = torch.cat([ref_x, torch.ones(4, 1, lat_h, lat_w, device=device), ref_x])
+        ref_c = self.encode_video(resize_bicubic(img_c[None], h, w))
+        ref_c = torch.cat([ref_c, torch.zeros(4, 1, lat_h, lat_w, device=device), ref_c])
+        pose_pos = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in positive]), h, w))
+        pose_neg = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in negative]), h, w))
+
+        def conditions(text: torch.Tensor, pose: torch.Tensor) -> DiTConditions:
+            return DiTConditions(text_context=text[None], clip_image=clip_x[None], clip_pose=clip_c[None],
+                                 image_cond=y[None], pose_latents=pose[None], ref_image=ref_x[None],
+                                 ref_pose=ref_c[None])
+
+        cond = conditions(context, pose_pos)
+        neg_text = conditions(context_null, pose_pos)
+        neg_pose = conditions(context, pose_neg)
+
+        dit = self.dit().to(device)
+        if self.offload_model and self.on_gpu:
+            torch.cuda.empty_cache()
+        # The official loop runs under autocast in the DiT's dtype; on the CPU all is float32.
+        autocast = (torch.autocast(device.type, dtype=self.dit_dtype)
+                    if self.on_gpu and self.dit_dtype != torch.float32 else nullcontext())
+        with autocast:
+            latent = sample_dc_cfg(
+                dit, noise, cond, neg_text, neg_pose, solver=sampling.solver, steps=sampling.steps,
+                shift=sampling.shift, guide_scale=sampling.guide_scale,
+                condition_guide_scale=sampling.condition_guide_scale, st_cond_cfg=sampling.st_cond_cfg,
+                end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
+                scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS)
+        del cond, neg_text, neg_pose, noise
+        if self.offload_model and self.on_gpu:
+            if self.keep_models:
+                dit.to("cpu")
+            else:
+                self._dit = None
+            del dit
+            gc.collect()
+            torch.cuda.empty_cache()
+        video = self.vae().decode(latent.to(device))
+        return video.cpu()
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """[3, N, H, W] in [-1, 1] -> uint8 [N, H, W, 3], scaled and truncated as the official writer."""
+    frames = video.clamp(-1, 1).add(1).div(2).mul(255).to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).contiguous()

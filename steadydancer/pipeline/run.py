@@ -1,0 +1,57 @@
+"""From files to the mp4: check every input, load the models, generate, write atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..pose.video import write_video
+from . import config as C
+from .i2v import DancerPipeline, SamplingOptions, checkpoint_files, video_to_frames
+from .inputs import (check_frame_num, check_pose_folders, load_image, max_area_for, read_inputs,
+                     resolve_frame_num)
+
+log = logging.getLogger(__name__)
+
+
+def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                   cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike,
+                   size: str = C.DEFAULT_SIZE, frame_num: int | None = None,
+                   sampling: SamplingOptions | None = None, seed: int = -1,
+                   offload_model: bool | None = None, t5_cpu: bool = False,
+                   device: torch.device | str | None = None, negative_prompt: str | None = None,
+                   progress: bool = True) -> Path:
+    """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps).
+
+    All inputs are checked (InputError, one line) before any model loads; the mp4 appears only
+    when complete. ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold.
+    Returns the path written.
+    """
+    sampling = sampling or SamplingOptions()
+    max_area = max_area_for(size)
+    if frame_num is not None:
+        check_frame_num(frame_num)
+    available = check_pose_folders(cond_pos_folder, cond_neg_folder)
+    frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
+    load_image(image)  # readable?
+    checkpoint_files(ckpt_dir)
+
+    started = time.perf_counter()
+    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
+    pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
+                              keep_models=False)
+    log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
+             pipeline.device, pipeline.offload_model, t5_cpu, frame_num, sampling.solver, sampling.steps,
+             sampling.shift)
+    video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
+                              max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
+                              negative_prompt=negative_prompt, progress=progress)
+    frames = video_to_frames(video)
+    count = write_video(save_file, (f.numpy() for f in frames), fps=C.SAMPLE_FPS)
+    log.info("saved %d frames (%dx%d, %d fps) to %s in %.1f s", count, frames.shape[2], frames.shape[1],
+             C.SAMPLE_FPS, save_file, time.perf_counter() - started)
+    return Path(save_file)
