@@ -103,26 +103,22 @@ def plan_poses(keypoints: KeypointsFile, align_frame: int = 0, max_frame: int | 
     return PosePlan(keypoints.reference, positive, negative, factors, ref_h, ref_w, align_frame)
 
 
-def detect_keypoints(detector: Any, reference_rgb: np.ndarray, video: str | os.PathLike,
-                     max_frame: int | None = None, detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
-                     all_people: bool = False, progress: bool = True) -> KeypointsFile:
-    """Run the detector on the (resized) reference and on frames ``0 .. max_frame-1``.
-
-    ``detector``: a :class:`steadydancer.pose.detect.Detector`, or any callable
-    ``(image_rgb, detect_resolution, all_people) -> POSE dict`` (tests use fakes).
-    """
+def _detect_fn(detector: Any, detect_resolution: int, all_people: bool) -> Callable[[np.ndarray], Pose]:
+    """``image_rgb -> Pose`` for a Detector, or for a callable ``(image_rgb, detect_resolution,
+    all_people) -> POSE dict`` (tests use such fakes)."""
     if callable(detector) and not hasattr(detector, "detect"):
-        detect: Callable[[np.ndarray], dict] = lambda img: detector(img, detect_resolution, all_people)
-    else:
-        from .detect import detect_pose
+        return lambda img: _as_pose(detector(img, detect_resolution, all_people), "detection")
+    from .detect import detect_pose
 
-        detect = lambda img: detect_pose(detector, img, detect_resolution, all_people=all_people)
-    ref_h0, ref_w0 = reference_rgb.shape[:2]
-    ref_h, ref_w = reference_size(ref_h0, ref_w0)
-    resized = cv2.resize(reference_rgb, (ref_w, ref_h), interpolation=cv2.INTER_CUBIC)
-    reference = _as_pose(detect(resized), "reference detection")
-    if not reference.has_person():
-        raise InputError("no person found in the reference image")
+    return lambda img: _as_pose(detect_pose(detector, img, detect_resolution, all_people=all_people),
+                                "detection")
+
+
+def detect_frames(detector: Any, video: str | os.PathLike, max_frame: int | None = None,
+                  detect_resolution: int = DEFAULT_DETECT_RESOLUTION, all_people: bool = False,
+                  progress: bool = True) -> tuple[list[Pose], tuple[int, int], float]:
+    """Poses of video frames ``0 .. max_frame-1``, the frame (width, height) and the fps."""
+    detect = _detect_fn(detector, detect_resolution, all_people)
     fps = video_fps(video)
     frames: list[Pose] = []
     size = None
@@ -130,12 +126,31 @@ def detect_keypoints(detector: Any, reference_rgb: np.ndarray, video: str | os.P
     for frame in tqdm(iter_video(video, max_frame), total=total, desc="detect poses", unit="frame",
                       disable=not progress):
         size = size or (frame.shape[1], frame.shape[0])
-        frames.append(_as_pose(detect(frame), f"frame {len(frames)} detection"))
+        frames.append(detect(frame))
     if not frames:
         raise InputError(f"video {video} has no decodable frames")
     missing = sum(not p.has_person() for p in frames)
     if missing:
         log.warning("nobody found in %d of %d driving frames (kept as missing points)", missing, len(frames))
+    return frames, size, fps
+
+
+def detect_keypoints(detector: Any, reference_rgb: np.ndarray, video: str | os.PathLike,
+                     max_frame: int | None = None, detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
+                     all_people: bool = False, progress: bool = True) -> KeypointsFile:
+    """Run the detector on the resized reference and on frames ``0 .. max_frame-1``.
+
+    ``detector``: a :class:`steadydancer.pose.detect.Detector`, or a callable fake (see
+    :func:`_detect_fn`). The reference is resized first (bicubic, ~1024*576 area, multiples of
+    16), as the official script does, and detected at that size.
+    """
+    ref_h0, ref_w0 = reference_rgb.shape[:2]
+    ref_h, ref_w = reference_size(ref_h0, ref_w0)
+    resized = cv2.resize(reference_rgb, (ref_w, ref_h), interpolation=cv2.INTER_CUBIC)
+    reference = _detect_fn(detector, detect_resolution, all_people)(resized)
+    if not reference.has_person():
+        raise InputError("no person found in the reference image")
+    frames, size, fps = detect_frames(detector, video, max_frame, detect_resolution, all_people, progress)
     return KeypointsFile((ref_w0, ref_h0), reference, size, fps, frames)
 
 
@@ -166,6 +181,14 @@ def _check_reused(keypoints: KeypointsFile, path: Path, image: Path, image_size:
 
 
 def _first_frame(video: str | os.PathLike) -> np.ndarray:
+    import av
+
+    try:
+        with av.open(str(video)) as container:
+            if "image" in container.format.name or "pipe" in container.format.name:
+                raise InputError(f"{video} is a still image ({container.format.name}), not a driving video")
+    except av.FFmpegError:
+        pass  # iter_video names the problem
     for frame in iter_video(video, 1):
         return frame
     raise InputError(f"video {video} has no decodable frames")
@@ -178,14 +201,15 @@ def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
 
 
 def _preview_frames(plan: PosePlan, keypoints: KeypointsFile, reference_rgb: np.ndarray,
-                    video: str | os.PathLike, all_people: bool) -> Iterator[np.ndarray]:
+                    video: str | os.PathLike, all_people: bool,
+                    with_negative: bool = True) -> Iterator[np.ndarray]:
     """all.mp4: reference | its pose | positive | negative | video frame | its raw pose."""
     height, width = plan.ref_height, plan.ref_width
     drv_w, drv_h = keypoints.driving_size
     video_width = int((height / drv_h * drv_w) // 2 * 2)
     ref_panel = cv2.resize(reference_rgb, (width, height), interpolation=cv2.INTER_CUBIC)
     ref_pose = draw_pose(plan.reference, height, width, all_people=all_people)
-    keep_raw = 4 * width + 2 * video_width <= MAX_PREVIEW_WIDTH
+    keep_raw = (3 + with_negative) * width + 2 * video_width <= MAX_PREVIEW_WIDTH
     end = plan.first_frame + len(plan.positive)
     frames = iter_video(video, end)
     for _ in range(plan.first_frame):
@@ -194,9 +218,10 @@ def _preview_frames(plan: PosePlan, keypoints: KeypointsFile, reference_rgb: np.
         frame = next(frames, None)
         if frame is None:
             frame = np.zeros((drv_h, drv_w, 3), np.uint8)
-        panels = [ref_panel, ref_pose, draw_pose(pos, height, width, all_people=all_people),
-                  draw_pose(neg, height, width, all_people=all_people),
-                  cv2.resize(frame, (video_width, height), interpolation=cv2.INTER_CUBIC)]
+        panels = [ref_panel, ref_pose, draw_pose(pos, height, width, all_people=all_people)]
+        if with_negative:
+            panels.append(draw_pose(neg, height, width, all_people=all_people))
+        panels.append(cv2.resize(frame, (video_width, height), interpolation=cv2.INTER_CUBIC))
         if keep_raw:
             raw = keypoints.frames[plan.first_frame + i]
             panels.append(draw_pose(raw, height, video_width, all_people=all_people))
@@ -233,6 +258,35 @@ def _copy_reference(image: Path, dest: Path, reference_rgb: np.ndarray) -> None:
         from PIL import Image
 
         Image.fromarray(reference_rgb).save(dest)
+
+
+def load_or_detect(keypoints_path: Path, image: Path, reference_rgb: np.ndarray, video: Path,
+                   max_frame: int | None, detect_resolution: int, all_people: bool, detector: Any,
+                   detector_args: dict[str, Any], progress: bool = True) -> tuple[KeypointsFile, bool]:
+    """The keypoints in ``keypoints_path`` when that file exists (no detector is built), else a
+    fresh detection (``detector``, or ``make_detector(**detector_args)``); and whether reused."""
+    first = _first_frame(video)
+    if keypoints_path.is_file():
+        log.info("reusing %s (no detection)", keypoints_path)
+        keypoints = load_keypoints(keypoints_path)
+        _check_reused(keypoints, keypoints_path, image, (reference_rgb.shape[1], reference_rgb.shape[0]),
+                      video, (first.shape[1], first.shape[0]))
+        available = _frame_count(video, max_frame)
+        if available and len(keypoints.frames) < available:
+            log.warning("%s covers %d frames, the video has %d: using %d", keypoints_path,
+                        len(keypoints.frames), available, len(keypoints.frames))
+        return keypoints, True
+    own = detector is None
+    if own:
+        from .detect import make_detector
+
+        detector = make_detector(**detector_args)
+    try:
+        return detect_keypoints(detector, reference_rgb, video, max_frame, detect_resolution,
+                                all_people, progress), False
+    finally:
+        if own and hasattr(detector, "close"):
+            detector.close()
 
 
 def _prompt_text(prompt: str | None, video: Path) -> str:
@@ -286,34 +340,13 @@ def prepare_inputs(
     if detect_resolution <= 0:
         raise InputError(f"--detect_resolution must be positive, got {detect_resolution}")
     reference_rgb = read_image(image)
-    first = _first_frame(video)
-    frame_size = (first.shape[1], first.shape[0])
     prompt_text = _prompt_text(prompt, video)
 
     kp_path = out_dir / KEYPOINTS_NAME
-    reused = kp_path.is_file()
-    if reused:
-        log.info("reusing %s (no detection)", kp_path)
-        keypoints = load_keypoints(kp_path)
-        _check_reused(keypoints, kp_path, image, (reference_rgb.shape[1], reference_rgb.shape[0]),
-                      video, frame_size)
-        available = _frame_count(video, max_frame)
-        if available and len(keypoints.frames) < available:
-            log.warning("%s covers %d frames, the video has %d: using %d", kp_path,
-                        len(keypoints.frames), available, len(keypoints.frames))
-    else:
-        own = detector is None
-        if own:
-            from .detect import make_detector
-
-            detector = make_detector(backend, dwpose_onnx=dwpose_onnx, yolox_onnx=yolox_onnx,
-                                     dwpose_pth=dwpose_pth, yolox_pth=yolox_pth, device=device)
-        try:
-            keypoints = detect_keypoints(detector, reference_rgb, video, max_frame, detect_resolution,
-                                         all_people, progress)
-        finally:
-            if own and hasattr(detector, "close"):
-                detector.close()
+    keypoints, reused = load_or_detect(
+        kp_path, image, reference_rgb, video, max_frame, detect_resolution, all_people, detector,
+        dict(backend=backend, dwpose_onnx=dwpose_onnx, yolox_onnx=yolox_onnx, dwpose_pth=dwpose_pth,
+             yolox_pth=yolox_pth, device=device), progress)
     plan = plan_poses(keypoints, align_frame, max_frame, seed)
     log.info("%d frames from frame %d at %.3g fps; reference resized to %dx%d, frames drawn at %dx%d",
              len(plan.positive), align_frame, keypoints.fps, plan.ref_width, plan.ref_height,
