@@ -88,3 +88,10 @@ def test_vae_round_trip_shapes(ckpt):
     assert torch.allclose(vae.encode(other)[:, 0], latent[:, 0], atol=1e-5)
     with pytest.raises(ValueError, match="4n\\+1"):
         vae.encode(video[:, :8])
+
+
+def test_missing_tokenizer_folder_names_it(ckpt, tmp_path):
+    from steadydancer.errors import InputError
+
+    with pytest.raises(InputError, match="no_such_tokenizer"):
+        TextEncoder(ckpt / T5_FILE, tmp_path / "no_such_tokenizer")
