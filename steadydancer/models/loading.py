@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -64,6 +65,10 @@ def _read_header(path: Path) -> dict[str, _TensorEntry]:
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise InputError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
+        itemsize = torch.empty(0, dtype=_SAFETENSORS_DTYPES[info["dtype"]]).element_size()
+        if end - begin != itemsize * math.prod(info["shape"]):
+            raise InputError(f"{path}: tensor {name} has {end - begin} bytes, expected {info['shape']} "
+                             f"{info['dtype']}")
         entries[name] = _TensorEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
     return entries
 
