@@ -12,6 +12,9 @@ outside the image scores 0 (DWPose gives such points low scores too).
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
 from steadydancer.errors import InputError
@@ -62,6 +65,8 @@ class MediaPipeWholebody(Detector):
     name = "mediapipe"
 
     def __init__(self, min_detection_confidence: float = 0.5) -> None:
+        # MediaPipe's C++ side logs every graph start to stderr; keep warnings and errors only.
+        os.environ.setdefault("GLOG_minloglevel", "2")
         try:
             from mediapipe.python.solutions import holistic
         except ImportError as exc:
@@ -80,7 +85,10 @@ class MediaPipeWholebody(Detector):
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image_bgr.shape[:2]
         image_rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-        result = self._holistic.process(image_rgb)
+        with warnings.catch_warnings():
+            # mediapipe 0.10.14 calls a protobuf API that protobuf 4.25 marks deprecated.
+            warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+            result = self._holistic.process(image_rgb)
         if result.pose_landmarks is None:
             return np.zeros((0, 134, 2)), np.zeros((0, 134))
 
