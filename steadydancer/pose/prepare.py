@@ -34,6 +34,8 @@ KEYPOINTS_NAME = "keypoints.json"
 DEFAULT_DETECT_RESOLUTION = 1024
 # official default; it only sizes the official detector's own preview, which is not produced here
 DEFAULT_IMAGE_RESOLUTION = 720
+# x264 preset of the pose and preview videos: flat drawings compress well even when fast
+VIDEO_PRESET = "veryfast"
 # the official all.mp4 leaves out its last panel past this width (H.264 limit)
 MAX_PREVIEW_WIDTH = 16384
 
@@ -244,11 +246,13 @@ def render_folder(out: Path, plan: PosePlan, keypoints: KeypointsFile, reference
         for i, frame in enumerate(frames_of(poses, f"draw {name}")):
             _write_jpeg(out / name / f"{i:04d}.jpg", frame)
     # redrawing is cheaper than keeping every big frame in memory
-    write_video(out / "positive" / "single.mp4", frames_of(plan.positive, "encode single.mp4"), fps)
-    write_video(out / "negative" / "single_aug.mp4", frames_of(plan.negative, "encode single_aug.mp4"), fps)
+    write_video(out / "positive" / "single.mp4", frames_of(plan.positive, "encode single.mp4"), fps,
+                preset=VIDEO_PRESET)
+    write_video(out / "negative" / "single_aug.mp4", frames_of(plan.negative, "encode single_aug.mp4"), fps,
+                preset=VIDEO_PRESET)
     previews = _preview_frames(plan, keypoints, reference_rgb, video, all_people)
     write_video(out / "all.mp4", tqdm(previews, total=len(plan.positive), desc="encode all.mp4",
-                                      unit="frame", disable=not progress), fps)
+                                      unit="frame", disable=not progress), fps, preset=VIDEO_PRESET)
 
 
 def _copy_reference(image: Path, dest: Path, reference_rgb: np.ndarray) -> None:

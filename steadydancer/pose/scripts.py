@@ -25,7 +25,7 @@ from ..errors import InputError
 from .draw import draw_pose
 from .keypoints import save_keypoints
 from .prepare import (DEFAULT_DETECT_RESOLUTION, DEFAULT_IMAGE_RESOLUTION, KEYPOINTS_NAME,
-                      _preview_frames, _write_jpeg, detect_frames, load_or_detect, plan_poses,
+                      VIDEO_PRESET, _preview_frames, _write_jpeg, detect_frames, load_or_detect, plan_poses,
                       read_image)
 from .video import iter_video, write_video
 
@@ -146,13 +146,13 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
         for pose in tqdm(poses, desc=desc, unit="frame"):
             yield draw_pose(pose, *big, all_people=args.all_people)
 
-    write_video(single, drawn(plan.positive, f"write {single.name}"), keypoints.fps)
+    write_video(single, drawn(plan.positive, f"write {single.name}"), keypoints.fps, preset=VIDEO_PRESET)
     if with_aug:
         aug = single.with_name(single.name[:-4] + "_aug" + ".mp4")
-        write_video(aug, drawn(plan.negative, f"write {aug.name}"), keypoints.fps)
+        write_video(aug, drawn(plan.negative, f"write {aug.name}"), keypoints.fps, preset=VIDEO_PRESET)
     previews = _preview_frames(plan, keypoints, reference_rgb, video, args.all_people, with_negative=with_aug)
     write_video(demo, tqdm(previews, total=len(plan.positive), desc=f"write {demo.name}", unit="frame"),
-                keypoints.fps)
+                keypoints.fps, preset=VIDEO_PRESET)
     print(f"pose_list len: {len(plan.positive)}")
     print("pose align done")
     return 0
@@ -218,8 +218,8 @@ def run_pose_extra(args: argparse.Namespace) -> int:
             yield np.concatenate([frame, draw_pose(pose, RAW_PREVIEW_HEIGHT, panel_w,
                                                    all_people=args.all_people)], axis=1)
 
-    write_video(args.outfn_all, all_frames(), fps)
-    write_video(args.outfn_single, single_frames(), fps)
+    write_video(args.outfn_all, all_frames(), fps, preset=VIDEO_PRESET)
+    write_video(args.outfn_single, single_frames(), fps, preset=VIDEO_PRESET)
     print("pose align done")
     return 0
 

@@ -61,12 +61,13 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
-                crf: int = 17) -> int:
+                crf: int = 17, preset: str | None = None) -> int:
     """Write RGB uint8 frames [H, W, 3] as H.264 (yuv420p) mp4; returns the frame count.
 
     Written to a temporary name and renamed at the end, so an interrupted write never leaves
     a file that looks complete. Odd widths or heights are padded by one pixel (yuv420p needs
-    even sizes), replicating the last row or column.
+    even sizes), replicating the last row or column. ``preset``: an x264 speed preset
+    ("veryfast", ...; default: x264's own).
     """
     rate = Fraction(fps).limit_denominator(1001)
     count = 0
@@ -84,7 +85,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                     stream = container.add_stream("libx264", rate=rate)
                     stream.width, stream.height = frame.shape[1], frame.shape[0]
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf)}
+                    stream.options = {"crf": str(crf), **({"preset": preset} if preset else {})}
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
                 count += 1
