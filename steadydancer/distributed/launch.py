@@ -1,0 +1,209 @@
+"""Multi-process set-up for ``torchrun``: flag checks, process group, seed, who writes.
+
+Usage (what the generate command does)::
+
+    check_parallel_flags(ulysses_size=U, ring_size=R, dit_fsdp=..., t5_fsdp=...)  # before loading
+    setup = init_distributed(ulysses_size=U, ring_size=R, dit_fsdp=..., t5_fsdp=...)
+    seed = setup.broadcast_seed(seed)        # rank 0's seed everywhere (a random one too)
+    dit = setup.prepare_dit(load_dit(...))   # FSDP and/or sequence parallelism
+    ...
+    if setup.is_main: write the video
+    setup.shutdown()
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT); without them the world is
+one process and every multi-process flag is refused with one line. The backend is NCCL when
+CUDA is available (one GPU per process, ``cuda:LOCAL_RANK``) and gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from .groups import SequenceParallelGroups, make_sequence_parallel_groups
+
+log = logging.getLogger(__name__)
+
+LAUNCH_HINT = "launch with torchrun --nproc_per_node=N (see scripts/generate_torchrun.sh)"
+
+
+@dataclass(frozen=True)
+class TorchrunEnv:
+    """What torchrun tells each process (defaults: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @staticmethod
+    def read() -> "TorchrunEnv":
+        try:
+            return TorchrunEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                               int(os.environ.get("LOCAL_RANK", 0)))
+        except ValueError as exc:
+            raise InputError(f"RANK/WORLD_SIZE/LOCAL_RANK must be whole numbers (set by torchrun): {exc}") from None
+
+
+def check_parallel_flags(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool = False, t5_fsdp: bool = False,
+                         world_size: int | None = None, num_heads: int | None = None) -> None:
+    """Refuse impossible multi-process settings with one line (:class:`InputError`).
+
+    ``world_size`` defaults to torchrun's WORLD_SIZE; ``num_heads`` (the DiT's attention heads,
+    from its config.json) is checked against ``ulysses_size`` when given.
+    """
+    world_size = TorchrunEnv.read().world_size if world_size is None else world_size
+    for flag, value in (("--ulysses_size", ulysses_size), ("--ring_size", ring_size)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{flag}: expected a whole number >= 1, got {value!r}")
+    sequence_parallel = ulysses_size > 1 or ring_size > 1
+    if world_size == 1:
+        flags = [f for f, on in (("--dit_fsdp", dit_fsdp), ("--t5_fsdp", t5_fsdp),
+                                 (f"--ulysses_size {ulysses_size}", ulysses_size > 1),
+                                 (f"--ring_size {ring_size}", ring_size > 1)) if on]
+        if flags:
+            raise InputError(f"{' '.join(flags)} need several processes but this is a single process: {LAUNCH_HINT}")
+        return
+    if sequence_parallel and ulysses_size * ring_size != world_size:
+        raise InputError(f"--ulysses_size {ulysses_size} x --ring_size {ring_size} = {ulysses_size * ring_size} "
+                         f"must equal the number of processes ({world_size})")
+    if num_heads is not None and num_heads % ulysses_size:
+        raise InputError(f"--ulysses_size {ulysses_size} must divide the DiT's {num_heads} attention heads "
+                         f"(use a divisor of {num_heads}, and --ring_size for the rest)")
+
+
+@dataclass
+class DistributedSetup:
+    """This process's part in a multi-process run (a single process is the trivial case)."""
+
+    env: TorchrunEnv
+    device: torch.device
+    ulysses_size: int = 1
+    ring_size: int = 1
+    dit_fsdp: bool = False
+    t5_fsdp: bool = False
+    groups: SequenceParallelGroups | None = None
+    attention_backend: str = "auto"
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs and writes outputs."""
+        return self.env.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def sequence_parallel(self) -> bool:
+        return self.groups is not None
+
+    def broadcast_seed(self, seed: int) -> int:
+        """Rank 0's seed on every rank; a negative seed becomes a random one, drawn on rank 0."""
+        if seed < 0 and self.is_main:
+            seed = random.randint(0, sys.maxsize)
+        if self.is_distributed:
+            box = [seed]
+            dist.broadcast_object_list(box, src=0)
+            seed = int(box[0])
+        return seed
+
+    def broadcast_object(self, value):
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.is_distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def prepare_dit(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Apply FSDP (``dit_fsdp``) and sequence parallelism (``ulysses_size``/``ring_size``) to
+        a loaded DiT; the result is called exactly like the DiT. Load it on the CPU when sharding:
+        each block goes to the GPU only to be split."""
+        if self.dit_fsdp:
+            from .fsdp import shard_dit
+
+            model = shard_dit(model, self.device)
+        else:
+            model = model.to(self.device)
+        if self.groups is not None:
+            from .sequence_parallel import SequenceParallelDiT
+
+            model = SequenceParallelDiT(model, self.groups, backend=self.attention_backend)
+        return model
+
+    def prepare_text_encoder(self, text_encoder):
+        """Shard the T5 encoder's blocks over the ranks (``t5_fsdp``), else return it unchanged."""
+        if not self.t5_fsdp:
+            return text_encoder
+        from .fsdp import shard_text_encoder
+
+        return shard_text_encoder(text_encoder, self.device)
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        """Leave the process group (after everyone is done)."""
+        if self.is_distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def init_distributed(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool = False, t5_fsdp: bool = False,
+                     num_heads: int | None = None, attention_backend: str = "auto") -> DistributedSetup:
+    """Check the flags, join the torchrun process group and build the sequence-parallel groups.
+
+    A single process (no torchrun) gets a trivial setup with no process group.
+    """
+    env = TorchrunEnv.read()
+    check_parallel_flags(ulysses_size, ring_size, dit_fsdp, t5_fsdp, env.world_size, num_heads)
+    if env.world_size == 1:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        return DistributedSetup(env, device)
+    if torch.cuda.is_available():
+        if env.local_rank >= torch.cuda.device_count():
+            raise InputError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
+                             f"use --nproc_per_node <= the GPUs per node")
+        torch.cuda.set_device(env.local_rank)
+        device, backend = torch.device("cuda", env.local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+    groups = None
+    if ulysses_size > 1 or ring_size > 1:
+        groups = make_sequence_parallel_groups(ulysses_size, ring_size)
+        if attention_backend != "torch" and device.type == "cuda":
+            _init_xfuser(env, ulysses_size, ring_size)
+    log.info("rank %d of %d on %s (%s): ulysses %d x ring %d, dit_fsdp %s, t5_fsdp %s", env.rank,
+             env.world_size, device, backend, ulysses_size, ring_size, dit_fsdp, t5_fsdp)
+    return DistributedSetup(env, device, ulysses_size, ring_size, dit_fsdp, t5_fsdp, groups, attention_backend)
+
+
+def _init_xfuser(env: TorchrunEnv, ulysses_size: int, ring_size: int) -> None:
+    """Set up xDiT's own groups when xfuser is installed (its attention needs them); without
+    xfuser the pure-torch sequence-parallel attention is used."""
+    try:
+        from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel
+    except Exception:
+        log.info("xfuser not importable: using the built-in Ulysses/ring attention")
+        return
+    init_distributed_environment(rank=env.rank, world_size=env.world_size)
+    initialize_model_parallel(sequence_parallel_degree=env.world_size, ring_degree=ring_size,
+                              ulysses_degree=ulysses_size)

@@ -1,0 +1,96 @@
+"""The generation pipeline under torchrun: every rank runs it, the DiT (and T5) are sharded
+and/or sequence-parallel, rank 0 writes the video.
+
+Every rank computes the same noise (rank 0's seed, broadcast), the same conditions and, through
+the gathered DiT outputs, the same sampler steps; only rank 0 writes the mp4.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..pipeline import config as C
+from ..pipeline.i2v import DancerPipeline, SamplingOptions, checkpoint_files, video_to_frames
+from ..pipeline.inputs import check_frame_num, check_pose_folders, load_image, max_area_for, read_inputs, resolve_frame_num
+from ..pose.video import write_video
+from .launch import DistributedSetup
+
+log = logging.getLogger(__name__)
+
+
+class DistributedDancerPipeline(DancerPipeline):
+    """:class:`DancerPipeline` whose DiT and T5 go through the :class:`DistributedSetup`.
+
+    Models stay on the GPU (no offloading, as the official code does with several processes).
+    With ``dit_fsdp`` the DiT is loaded on the CPU and each block moves to the GPU only to be
+    sharded, so no GPU ever holds the whole model.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, setup: DistributedSetup, t5_cpu: bool = False,
+                 dit_dtype: torch.dtype | None = None) -> None:
+        if t5_cpu and setup.t5_fsdp:
+            raise InputError("--t5_cpu and --t5_fsdp exclude each other: T5 either stays on the CPU or is "
+                             "sharded over the GPUs")
+        super().__init__(ckpt_dir, device=setup.device, offload_model=False, t5_cpu=t5_cpu,
+                         dit_dtype=dit_dtype, keep_models=False)
+        self.setup = setup
+
+    def dit(self):
+        if self._dit is None:
+            from ..models.loading import load_dit
+
+            where = torch.device("cpu") if self.setup.dit_fsdp else self.device
+            log.info("loading DiT from %s (%s) on %s", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""), where)
+            self._dit = self.setup.prepare_dit(load_dit(self.ckpt_dir, device=where, dtype=self.dit_dtype))
+        return self._dit
+
+    def text_encoder(self):
+        if self._t5 is None:
+            self._t5 = self.setup.prepare_text_encoder(super().text_encoder())
+        return self._t5
+
+
+def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.PathLike, image: str | os.PathLike,
+                               cond_pos_folder: str | os.PathLike, cond_neg_folder: str | os.PathLike,
+                               prompt: str, save_file: str | os.PathLike, size: str = C.DEFAULT_SIZE,
+                               frame_num: int | None = None, sampling: SamplingOptions | None = None,
+                               seed: int = -1, t5_cpu: bool = False, negative_prompt: str | None = None,
+                               progress: bool = True) -> Path | None:
+    """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs).
+
+    Every rank must call it with the same arguments. Returns the written path on rank 0 and None
+    on the others.
+    """
+    sampling = sampling or SamplingOptions()
+    max_area = max_area_for(size)
+    if frame_num is not None:
+        check_frame_num(frame_num)
+    available = check_pose_folders(cond_pos_folder, cond_neg_folder)
+    frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
+    load_image(image)
+    checkpoint_files(ckpt_dir)
+    seed = setup.broadcast_seed(seed)
+
+    started = time.perf_counter()
+    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
+    pipeline = DistributedDancerPipeline(ckpt_dir, setup, t5_cpu=t5_cpu)
+    log.info("rank %d/%d on %s, seed %d, %d frames, solver %s, %d steps", setup.rank, setup.world_size,
+             pipeline.device, seed, frame_num, sampling.solver, sampling.steps)
+    video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
+                              max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
+                              negative_prompt=negative_prompt, progress=progress and setup.is_main)
+    written = None
+    if setup.is_main:
+        frames = video_to_frames(video)
+        count = write_video(save_file, (f.numpy() for f in frames), fps=C.SAMPLE_FPS)
+        log.info("saved %d frames (%dx%d, %d fps) to %s in %.1f s", count, frames.shape[2], frames.shape[1],
+                 C.SAMPLE_FPS, save_file, time.perf_counter() - started)
+        written = Path(save_file)
+    setup.barrier()
+    return written
