@@ -148,3 +148,20 @@ def test_prepare_on_real_sample_clip(samples_dir, tmp_path):
     height, width = frame.shape[:2]
     assert abs(np.median(xs) / width - ref_neck[0]) < 0.03
     assert abs(np.median(ys) / height - ref_neck[1]) < 0.03
+
+
+def test_official_scripts_reuse_keypoints(inputs, tmp_path):
+    """pose_align_withdiffaug.py flags -> single.mp4, single_aug.mp4, all.mp4; dump_video_images -> jpgs."""
+    from steadydancer.pose.scripts import dump_video_images, pose_align_main
+
+    image, video = inputs
+    prepare_inputs(image, video, tmp_path / "prep", max_frame=4, detector=FakeDetector(), progress=False)
+    out = tmp_path / "negative"
+    code = pose_align_main(["--imgfn_refer", str(image), "--vidfn", str(video), "--outfn", str(out / "all.mp4"),
+                            "--outfn_align_pose_video", str(out / "single.mp4"), "--max_frame", "4",
+                            "--align_frame", "1", "--seed", "0",
+                            "--keypoints", str(tmp_path / "prep" / "keypoints.json")], with_aug=True)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"all.mp4", "single.mp4", "single_aug.mp4"}
+    assert dump_video_images(out / "single_aug.mp4", out) == 3
+    assert (out / "0002.jpg").is_file() and not (out / "0003.jpg").exists()
