@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Benchmark the SteadyDancer DiT forward in each memory mode (random weights, no checkpoint).
+
+For one shape (default: the released 14B DiT, 81 frames at 1024*576) and each mode it reports
+seconds per forward (B=1) and per denoising step, achieved TFLOP/s and the fraction of the
+device's dense bf16 peak, peak GPU memory and peak host memory. Each mode runs in its own
+subprocess so that its peak host memory (ru_maxrss) is its own.
+
+Modes: plain | block_swap:K (K blocks resident) | fp8 (FP8 weights, bf16 compute) |
+fp8_matmul (FP8 tensor-core matmuls, CUDA >= 8.9) | batched (the guidance passes of a step as
+one forward of B=2 or 3) | compile (torch.compile of each block) | load (streaming a checkpoint
+from --ckpt_dir: seconds and peak host memory; no forward).
+
+A step is the official default: 40 steps with the pose pass inside (0.1, 0.4), i.e. 3 passes
+on 11 steps and 2 on 29 (2.275 passes per step on average).
+
+    python scripts/bench.py                                  # GPU, 14B, all default modes
+    python scripts/bench.py --device cpu                     # reduced shape, a few minutes
+    python scripts/bench.py --device cpu --dim 32 --num_layers 2 --frames 5 --size 64*64 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from steadydancer.errors import InputError  # noqa: E402
+
+FULL_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+CPU_REDUCED = dict(dim=512, ffn_dim=1536, num_heads=8, num_layers=4)
+# Dense bf16 tensor-core peaks (TFLOP/s) of common cards, by a substring of the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H800": 989.0, "A100": 312.0,
+               "A800": 312.0, "L40S": 362.0, "L40": 181.0, "RTX 6000 Ada": 364.0, "4090": 165.0,
+               "A6000": 155.0, "3090": 71.0}
+STEPS, POSE_WINDOW = 40, (0.1, 0.4)
+TEXT_TOKENS, TEXT_LEN, CLIP_TOKENS = 512, 512, 257
+
+
+def pass_counts(steps: int = STEPS) -> tuple[int, int]:
+    """(steps with 3 passes, steps with 2 passes) under the official pose window."""
+    three = sum(1 for i in range(steps) if POSE_WINDOW[0] < i / steps < POSE_WINDOW[1])
+    return three, steps - three
+
+
+def latent_shape(frames: int, size: str) -> tuple[int, int, int]:
+    """(F_lat, lat_h, lat_w) for ``frames`` pixel frames at ``size`` = 'W*H' (the area rule of the pipeline)."""
+    width, height = (int(v) for v in size.replace("x", "*").split("*"))
+    area, ar = width * height, height / width
+    lat_h = round((area * ar) ** 0.5 // 8 // 2 * 2)
+    lat_w = round((area / ar) ** 0.5 // 8 // 2 * 2)
+    return (frames - 1) // 4 + 1, int(lat_h), int(lat_w)
+
+
+def forward_flops(cfg: dict, f_lat: int, lat_h: int, lat_w: int, batch: int = 1) -> float:
+    """Matmul FLOPs of the transformer blocks for one forward (embedding and head left out)."""
+    d, ffn, layers = cfg["dim"], cfg["ffn_dim"], cfg["num_layers"]
+    tokens = (f_lat + 2) * (lat_h // 2) * (lat_w // 2)        # video frames + ref image + ref pose
+    context = CLIP_TOKENS + TEXT_LEN
+    per_block = (8 * tokens * d * d                  # self-attention q, k, v, o
+                 + 4 * tokens * tokens * d           # scores and weighted sum
+                 + 4 * tokens * d * d                # cross-attention q, o
+                 + 8 * context * d * d               # k, v, k_img, v_img over the context
+                 + 4 * tokens * context * d          # cross-attention scores and sum
+                 + 4 * tokens * d * ffn)             # feed-forward
+    return float(batch * layers * per_block)
+
+
+def device_peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def host_peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ---- model and inputs ------------------------------------------------------------------------
+
+def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """The DiT with random N(0, 0.02) weights, materialised straight on ``device`` in ``dtype``."""
+    from steadydancer.models.dit import SteadyDancerDiT
+
+    with torch.device("meta"):
+        model = SteadyDancerDiT(**cfg)
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=generator)
+    return model.eval().requires_grad_(False)
+
+
+def random_inputs(cfg: dict, shape: tuple[int, int, int], batch: int, device: torch.device, dtype: torch.dtype):
+    from steadydancer.sampling.conditions import DiTConditions
+
+    f, h, w = shape
+    g = torch.Generator(device=device).manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=dtype)  # noqa: E731
+    cond = DiTConditions(text_context=r(batch, min(TEXT_TOKENS, cfg.get("text_len", TEXT_LEN)), cfg["text_dim"]),
+                         clip_image=r(batch, CLIP_TOKENS, cfg["clip_dim"]), clip_pose=r(batch, CLIP_TOKENS, cfg["clip_dim"]),
+                         image_cond=r(batch, 20, f, h, w), pose_latents=r(batch, 16, f, h, w),
+                         ref_image=r(batch, 36, 1, h, w), ref_pose=r(batch, 36, 1, h, w))
+    return r(batch, 16, f, h, w), torch.full((batch,), 500.0, device=device), cond
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(model, latents, timestep, cond, device: torch.device, repeats: int) -> float:
+    with torch.no_grad():
+        model(latents, timestep, **cond.as_kwargs())           # warm-up (kernels, compile, slots)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(latents, timestep, **cond.as_kwargs())
+        _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+# ---- one mode (runs in a subprocess) -----------------------------------------------------------
+
+def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
+             repeats: int, ckpt_dir: str | None = None) -> dict:
+    """Measure one mode; returns a dict of numbers (seconds, TFLOP/s, GiB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row: dict = {"mode": mode}
+    if mode == "load":
+        from steadydancer.models.loading import load_dit
+        if not ckpt_dir:
+            raise InputError("--ckpt_dir: the load mode needs a checkpoint folder")
+        stored = sum(p.stat().st_size for p in Path(ckpt_dir).glob("*.safetensors"))
+        before = host_peak_gib()
+        start = time.perf_counter()
+        model = load_dit(ckpt_dir, device=device, dtype=dtype)
+        _sync(device)
+        row.update(load_s=time.perf_counter() - start, stored_gib=stored / 2 ** 30,
+                   host_before_gib=before, host_peak_gib=host_peak_gib(),
+                   params_b=sum(p.numel() for p in model.parameters()) / 1e9)
+        if device.type == "cuda":
+            row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        return row
+
+    build_device = torch.device("cpu") if mode.startswith("block_swap") else device
+    model = build_random_dit(cfg, build_device, dtype)
+    if mode.startswith("block_swap"):
+        from steadydancer.models.block_swap import enable_block_swap
+        swap = enable_block_swap(model, int(mode.split(":")[1]), device)
+        row["resident_weights_gib"] = swap.device_bytes() / 2 ** 30
+    elif mode in ("fp8", "fp8_matmul"):
+        from steadydancer.models.quant.fp8 import quantize_model_fp8
+        quantize_model_fp8(model, fp8_matmul=mode == "fp8_matmul")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    elif mode == "compile":
+        for block in model.blocks:
+            block.compile()
+    elif mode not in ("plain", "batched"):
+        raise InputError(f"--modes: unknown mode {mode!r}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    flops1 = forward_flops(cfg, *shape)
+    three, two = pass_counts()
+    if mode == "batched":
+        latents, t, cond = random_inputs(cfg, shape, 3, device, dtype)
+        t3 = time_forward(model, latents, t, cond, device, repeats)
+        latents2, t2_, cond2 = random_inputs(cfg, shape, 2, device, dtype)
+        t2 = time_forward(model, latents2, t2_, cond2, device, repeats)
+        step = (three * t3 + two * t2) / STEPS
+        row.update(forward_s=t3 / 3, step_s=step, forward_b3_s=t3, forward_b2_s=t2,
+                   tflops=3 * flops1 / t3 / 1e12)
+    else:
+        latents, t, cond = random_inputs(cfg, shape, 1, device, dtype)
+        t1 = time_forward(model, latents, t, cond, device, repeats)
+        row.update(forward_s=t1, step_s=t1 * (3 * three + 2 * two) / STEPS, tflops=flops1 / t1 / 1e12)
+    if device.type == "cuda":
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    row["host_peak_gib"] = host_peak_gib()
+    return row
+
+
+# ---- driver ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="compute dtype (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated (default GPU: plain,block_swap:20,block_swap:0,fp8,batched; CPU: plain,block_swap:1,fp8,batched)")
+    p.add_argument("--frames", type=int, default=None, help="pixel frames, 4n+1 (default 81; CPU 9)")
+    p.add_argument("--size", default=None, help="W*H (default 1024*576; CPU 256*144)")
+    for name in ("dim", "ffn_dim", "num_heads", "num_layers"):
+        p.add_argument(f"--{name}", type=int, default=None, help="override the DiT shape")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peak_tflops", type=float, default=None, help="device peak, when not in the table")
+    p.add_argument("--ckpt_dir", default=None, help="for the load mode")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch.device, torch.dtype, list[str]]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device here (use --device cpu for the reduced shape)")
+    on_cpu = device.type == "cpu"
+    cfg = dict(CPU_REDUCED if on_cpu else FULL_14B)
+    cfg.update({k: getattr(args, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers") if getattr(args, k)})
+    cfg.update(text_dim=4096, clip_dim=1280, text_len=TEXT_LEN, in_dim=36, in_dim_c=16, out_dim=16)
+    frames = args.frames or (9 if on_cpu else 81)
+    if frames % 4 != 1:
+        raise InputError(f"--frames: expected 4n+1, got {frames}")
+    shape = latent_shape(frames, args.size or ("256*144" if on_cpu else "1024*576"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("fp32" if on_cpu else "bf16")]
+    default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched"
+    modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
+    for mode in modes:
+        if mode.startswith("block_swap"):
+            from steadydancer.models.block_swap import check_blocks_on_gpu
+            try:
+                count = int(mode.split(":")[1])
+            except (IndexError, ValueError):
+                raise InputError(f"--modes: {mode!r}: expected block_swap:K") from None
+            check_blocks_on_gpu(count, cfg["num_layers"], flag=f"--modes {mode}")
+        if mode == "fp8_matmul":
+            from steadydancer.models.quant.fp8 import check_fp8_matmul_supported
+            check_fp8_matmul_supported(device)
+    return cfg, shape, device, dtype, modes
+
+
+def format_table(rows: list[dict], peak: float | None) -> str:
+    lines = ["| mode | s/forward | s/step | TFLOP/s | of peak | GPU peak GiB | host peak GiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | |")
+            continue
+        if r["mode"] == "load":
+            lines.append(f"| load ({r['stored_gib']:.2f} GiB stored) | load {r['load_s']:.1f} s | | | | "
+                         f"{r.get('gpu_peak_gib', float('nan')):.2f} | {r['host_peak_gib']:.2f} |")
+            continue
+        frac = f"{r['tflops'] / peak:.0%}" if peak else "n/a"
+        gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
+        lines.append(f"| {r['mode']} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
+                     f"| {gpu} | {r['host_peak_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, shape, device, dtype, modes = resolve(args)
+        if args.worker:
+            row = run_mode(args.worker, cfg, shape, device, dtype, args.repeats, args.ckpt_dir)
+            print("BENCH_ROW " + json.dumps(row))
+            return 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = []
+    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for mode in modes:
+        cmd = [sys.executable, str(Path(__file__).resolve())] + base + ["--worker", mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
+        if proc.returncode or not found:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append({"mode": mode, "error": tail[:200]})
+        else:
+            rows.append(json.loads(found[-1][len("BENCH_ROW "):]))
+    peak = device_peak_tflops(device, args.peak_tflops)
+    f, h, w = shape
+    header = (f"device: {device_name(device)}; dtype {str(dtype).replace('torch.', '')}; DiT dim {cfg['dim']}, "
+              f"ffn {cfg['ffn_dim']}, heads {cfg['num_heads']}, layers {cfg['num_layers']}; latent {f}x{h}x{w} "
+              f"({(f + 2) * (h // 2) * (w // 2)} tokens); {forward_flops(cfg, *shape) / 1e12:.2f} TFLOP per forward; "
+              f"peak {peak or 'unknown'} TFLOP/s")
+    print(header)
+    print(format_table(rows, peak))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

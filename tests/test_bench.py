@@ -1,0 +1,52 @@
+"""scripts/bench.py at a tiny shape on CPU: every mode runs, numbers are sane, bad input is one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import bench  # noqa: E402
+
+TINY_ARGS = ["--device", "cpu", "--dim", "32", "--ffn_dim", "64", "--num_heads", "2", "--num_layers", "2",
+             "--frames", "5", "--size", "64*64", "--repeats", "1"]
+
+
+def test_flop_count_and_pass_counts() -> None:
+    assert bench.pass_counts(40) == (11, 29)            # steps 5..15 run the pose pass
+    assert bench.latent_shape(81, "1024*576") == (21, 72, 128)
+    flops = bench.forward_flops(bench.FULL_14B, 21, 72, 128)
+    assert 3.0e15 < flops < 4.5e15                      # ~3.6 PFLOP per forward: 52992 tokens
+
+
+@pytest.mark.parametrize("mode", ["plain", "block_swap:1", "fp8", "batched"])
+def test_each_mode_runs_in_process(mode: str) -> None:
+    cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS))
+    row = bench.run_mode(mode, cfg, shape, device, dtype, repeats=1)
+    assert row["forward_s"] > 0 and row["step_s"] > row["forward_s"] and row["tflops"] > 0
+    assert row["host_peak_gib"] > 0.05
+
+
+def test_driver_runs_a_mode_in_a_subprocess_and_prints_the_table(tmp_path) -> None:
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *TINY_ARGS,
+                           "--modes", "block_swap:0", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| block_swap:0 |" in proc.stdout and "device: CPU" in proc.stdout
+    assert out.is_file()
+
+
+def test_bad_modes_are_one_line(capsys) -> None:
+    assert bench.main([*TINY_ARGS, "--modes", "block_swap:7"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --modes block_swap:7: expected a whole number from 0 to 2 (the model has 2 blocks), got 7"]
+    if not torch.cuda.is_available():
+        assert bench.main([*TINY_ARGS, "--modes", "fp8_matmul"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --fp8_matmul: FP8 matmuls need")
