@@ -149,3 +149,23 @@ def test_keypoints_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="bad.json"):
         load_keypoints(tmp_path / "bad.json")
+
+
+def test_all_people_are_aligned_and_drawn():
+    one, two = standing_pose(dx=-0.2, scale=0.6), standing_pose(dx=0.2, scale=0.6)
+    both = {"bodies": {"candidate": one["bodies"]["candidate"] + two["bodies"]["candidate"],
+                       "subset": [list(range(18)), list(range(18, 36))]},
+            "hands": one["hands"] + two["hands"], "faces": one["faces"] + two["faces"]}
+    pose = Pose.from_dict(both)
+    assert pose.num_people == 2
+    alignment = compute_alignment(Pose.from_dict(standing_pose()), pose, 1.0, 1.0)
+    aligned = align_pose(pose, alignment)
+    # the second person is re-shaped too: its shoulder width now matches the reference's
+    width = np.linalg.norm(aligned.candidate[18 + 2] - aligned.candidate[18 + 5])
+    assert width == pytest.approx(0.16, abs=1e-6)
+    necks = [aligned.candidate[1], aligned.candidate[19]]
+    only_first = draw_pose(aligned, 200, 200)
+    everyone = draw_pose(aligned, 200, 200, all_people=True)
+    (x1, y1), (x2, y2) = [(int(n[0] * 200), int(n[1] * 200)) for n in necks]
+    assert only_first[y1, x1].any() and everyone[y1, x1].any()
+    assert not only_first[y2, x2].any() and everyone[y2, x2].any()
