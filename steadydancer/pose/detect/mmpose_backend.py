@@ -149,12 +149,14 @@ class MMPoseWholebody(Detector):
         from mmpose.evaluation.functional import nms
         from mmpose.structures import merge_data_samples
 
-        instances = inference_detector(self.detector, image_bgr).pred_instances.cpu().numpy()
+        # Same channel swap as the official DWposeDetector (COLOR_RGB2BGR on a BGR frame).
+        image_as_official = np.ascontiguousarray(image_bgr[:, :, ::-1])
+        instances = inference_detector(self.detector, image_as_official).pred_instances.cpu().numpy()
         boxes = np.concatenate([instances.bboxes, instances.scores[:, None]], axis=1)
         boxes = boxes[(instances.labels == 0) & (instances.scores > DET_MIN_SCORE)]
         boxes = boxes[nms(boxes, DET_NMS_IOU), :4]
         # No box: mmpose then uses the whole image, as the official code relies on.
-        results = inference_topdown(self.pose_model, image_bgr, boxes if len(boxes) else None)
+        results = inference_topdown(self.pose_model, image_as_official, boxes if len(boxes) else None)
         predictions = merge_data_samples(results).pred_instances
         keypoints = predictions.get("transformed_keypoints", predictions.keypoints)
         scores = predictions.keypoint_scores if "keypoint_scores" in predictions else np.ones(keypoints.shape[:-1])

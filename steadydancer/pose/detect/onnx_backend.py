@@ -5,8 +5,9 @@ Pre- and post-processing follow the DWPose ONNX pipeline (and mmpose's RTMPose c
   (int(w r), int(h r)) at the top-left, pad value 114, float 0..255, no normalisation); decode
   with grid offsets and strides 8/16/32 (xy = (p + grid) * stride, wh = exp(p) * stride);
   score = objectness x class score; person class only, score > 0.1, NMS IoU 0.45 (areas with the
-  +1 pixel convention), then keep score > 0.3. The detector gets the BGR image (YOLOX is trained
-  on OpenCV BGR images; mmdet feeds it BGR in the official mmpose path).
+  +1 pixel convention), then keep score > 0.3. Channel order: the official DWposeDetector
+  applies COLOR_RGB2BGR to an OpenCV (already BGR) frame, so YOLOX and the pose model see the
+  channels swapped relative to their training; both get the same arrays here.
 - Pose: box -> center and scale x 1.25, widened to the 288:384 aspect, affine crop 288x384
   (linear), RGB normalised with the ImageNet mean/std in 0..255 units (as mmpose's
   ``bgr_to_rgb=True`` data preprocessor does); SimCC decode: argmax along each axis,
@@ -272,10 +273,13 @@ class OnnxWholebody(Detector):
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image_bgr.shape[:2]
-        boxes = self.boxes(image_bgr)
+        # The official DWposeDetector converts its OpenCV (BGR) frame with COLOR_RGB2BGR, so the
+        # networks get the channels swapped; we feed the same arrays to give the same keypoints.
+        image_as_official = np.ascontiguousarray(image_bgr[:, :, ::-1])
+        boxes = self.boxes(image_as_official)
         if len(boxes) == 0:
             boxes = np.array([[0.0, 0.0, float(width), float(height)]])
-        points, scores = self.keypoints(np.ascontiguousarray(image_bgr[:, :, ::-1]), boxes)
+        points, scores = self.keypoints(np.ascontiguousarray(image_as_official[:, :, ::-1]), boxes)
         if points.shape[1] != 133:
             raise InputError(f"--dwpose-onnx: the model gives {points.shape[1]} keypoints, expected 133 (COCO-WholeBody)")
         return coco_wholebody_to_openpose(points, scores)
