@@ -7,6 +7,7 @@ dtype. Everything outside the blocks (embeddings, pose modules, head) stays in t
 
 from steadydancer.models.quant.fp8 import (FP8Linear, check_fp8_matmul_supported, load_fp8_scaled,
                                            quantize_model_fp8, save_fp8_scaled)
+from steadydancer.models.quant.gguf import GGUFLinear, dequantize, load_gguf, save_gguf
 
 __all__ = ["FP8Linear", "check_fp8_matmul_supported", "load_fp8_scaled", "quantize_model_fp8",
-           "save_fp8_scaled"]
+           "save_fp8_scaled", "GGUFLinear", "dequantize", "load_gguf", "save_gguf"]

@@ -1,0 +1,173 @@
+"""Memory and speed options of the DiT, from the command line to a loaded model.
+
+Flags (``add_memory_arguments``):
+  --dit_dtype bf16|fp16|fp32|fp8   weights' dtype (fp8: quantise the block linears on load)
+  --dit_fp8_file PATH              load a ComfyUI/Kijai ``*_fp8_e4m3fn_scaled.safetensors`` DiT
+  --gguf PATH                      load a ComfyUI-GGUF DiT (Q8_0, Q4_K ...; dequantised per layer)
+  --fp8_matmul                     FP8 tensor-core matmuls for FP8 weights (CUDA capability >= 8.9)
+  --lora PATH[:STRENGTH]           apply a LoRA (repeatable; strength 1 by default)
+  --blocks_on_gpu K                keep K blocks on the GPU, stream the others (block swap)
+  --batch_guidance                 run a step's guidance passes as one batched forward
+  --compile                        torch.compile each transformer block
+
+Order of work in ``load_dit_with_options``: load (streamed, in the stored low precision where
+asked) -> LoRA -> block swap -> compile. With a block count, the model is loaded to the host and
+only the resident blocks and the two swap slots go to the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from steadydancer.errors import InputError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class MemoryOptions:
+    """What ``add_memory_arguments`` parses; defaults change nothing."""
+    dit_dtype: str | None = None                     # bf16 | fp16 | fp32 | fp8 (None: pipeline default)
+    dit_fp8_file: Path | None = None
+    gguf: Path | None = None
+    fp8_matmul: bool = False
+    loras: list[tuple[Path, float]] = field(default_factory=list)
+    blocks_on_gpu: int | None = None
+    batch_guidance: bool = False
+    compile: bool = False
+
+    @property
+    def block_swap(self) -> bool:
+        return self.blocks_on_gpu is not None
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the memory/speed flags to a command's parser (their own group)."""
+    group = parser.add_argument_group("memory and speed")
+    group.add_argument("--dit_dtype", default=None, choices=["bf16", "fp16", "fp32", "fp8"],
+                       help="DiT weight dtype (default bf16 on GPU, fp32 on CPU); fp8 quantises the block "
+                            "linears to e4m3 with per-tensor scales on load (half the memory)")
+    group.add_argument("--dit_fp8_file", default=None, metavar="PATH",
+                       help="a *_fp8_e4m3fn_scaled.safetensors DiT (ComfyUI/Kijai layout) instead of the shards")
+    group.add_argument("--gguf", default=None, metavar="PATH",
+                       help="a GGUF DiT (MCG-NJU/SteadyDancer-GGUF, ComfyUI-GGUF layout) instead of the shards")
+    group.add_argument("--fp8_matmul", action="store_true", default=False,
+                       help="FP8 tensor-core matmuls for FP8 weights (Ada/Hopper, CUDA capability >= 8.9)")
+    group.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                       help="apply a LoRA for the Wan 2.1 I2V 14B DiT at a strength (default 1); repeatable. "
+                            "Step-distilled LoRAs want e.g. --sample_steps 4 --sample_guide_scale 1")
+    group.add_argument("--blocks_on_gpu", type=int, default=None, metavar="K",
+                       help="block swap: keep K of the DiT's blocks on the GPU and stream the rest from "
+                            "pinned host memory, prefetching the next block during compute")
+    group.add_argument("--batch_guidance", action="store_true", default=False,
+                       help="run the 2-3 guidance passes of a step as one batched forward (more memory, faster)")
+    group.add_argument("--compile", action="store_true", default=False,
+                       help="torch.compile each transformer block (first steps are slower)")
+
+
+def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
+    """Check the flags (one-line InputError) and bundle them; files must exist."""
+    from steadydancer.models.lora import parse_lora_arg
+
+    dit_fp8_file = Path(args.dit_fp8_file) if getattr(args, "dit_fp8_file", None) else None
+    gguf = Path(args.gguf) if getattr(args, "gguf", None) else None
+    if dit_fp8_file and gguf:
+        raise InputError("--dit_fp8_file and --gguf: choose one DiT weights file")
+    for flag, path in (("--dit_fp8_file", dit_fp8_file), ("--gguf", gguf)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{flag}: file not found: {path}")
+    dit_dtype = getattr(args, "dit_dtype", None)
+    if gguf and dit_dtype == "fp8":
+        raise InputError("--dit_dtype fp8 with --gguf: the GGUF file fixes the weights' precision; "
+                         "--dit_dtype may only name the compute dtype (bf16, fp16, fp32)")
+    fp8_matmul = bool(getattr(args, "fp8_matmul", False))
+    if fp8_matmul and not (dit_dtype == "fp8" or dit_fp8_file):
+        raise InputError("--fp8_matmul: needs FP8 weights (--dit_dtype fp8 or --dit_fp8_file)")
+    blocks_on_gpu = getattr(args, "blocks_on_gpu", None)
+    if blocks_on_gpu is not None and blocks_on_gpu < 0:
+        raise InputError(f"--blocks_on_gpu: expected a whole number from 0 to the DiT's block count, "
+                         f"got {blocks_on_gpu}")
+    loras = [parse_lora_arg(value) for value in getattr(args, "lora", None) or []]
+    return MemoryOptions(dit_dtype=dit_dtype, dit_fp8_file=dit_fp8_file, gguf=gguf, fp8_matmul=fp8_matmul,
+                         loras=loras, blocks_on_gpu=blocks_on_gpu,
+                         batch_guidance=bool(getattr(args, "batch_guidance", False)),
+                         compile=bool(getattr(args, "compile", False)))
+
+
+def _meta_model(ckpt_dir: Path):
+    from steadydancer.models.dit import SteadyDancerDiT
+    from steadydancer.models.loading import read_dit_config
+
+    config = read_dit_config(ckpt_dir)
+    try:
+        with torch.device("meta"):
+            return SteadyDancerDiT(**config)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{ckpt_dir / 'config.json'}: {exc}") from None
+
+
+def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | str,
+                          default_dtype: torch.dtype, options: MemoryOptions) -> nn.Module:
+    """Load the DiT as ``options`` ask; returns it ready to run on ``device``.
+
+    With block swap the returned model has its resident part on ``device`` and the rest in host
+    memory (``model.block_swap`` holds the BlockSwap); do not call ``.to(device)`` on it.
+    """
+    from steadydancer.models.block_swap import check_blocks_on_gpu, enable_block_swap
+    from steadydancer.models.loading import load_dit
+
+    ckpt_dir = Path(ckpt_dir)
+    device = torch.device(device)
+    compute = DTYPES.get(options.dit_dtype or "", default_dtype)
+    if options.fp8_matmul:
+        from steadydancer.models.quant.fp8 import check_fp8_matmul_supported
+        check_fp8_matmul_supported(device)
+    load_device = torch.device("cpu") if options.block_swap else device
+    if options.gguf is not None:
+        from steadydancer.models.quant.gguf import load_gguf
+        model = load_gguf(_meta_model(ckpt_dir), options.gguf, device=load_device, dtype=compute)
+    elif options.dit_fp8_file is not None:
+        from steadydancer.models.quant.fp8 import load_fp8_scaled
+        model = load_fp8_scaled(_meta_model(ckpt_dir), options.dit_fp8_file, device=load_device,
+                                dtype=compute, fp8_matmul=options.fp8_matmul)
+    else:
+        model = load_dit(ckpt_dir, device=load_device, dtype=compute)
+        if options.dit_dtype == "fp8":
+            from steadydancer.models.quant.fp8 import quantize_model_fp8
+            quantize_model_fp8(model, fp8_matmul=options.fp8_matmul)
+    if options.blocks_on_gpu is not None:
+        check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
+    from steadydancer.models.lora import apply_lora
+    for path, strength in options.loras:
+        apply_lora(model, path, strength)
+    if options.blocks_on_gpu is not None:
+        model.block_swap = enable_block_swap(model, options.blocks_on_gpu, device)
+    if options.compile:
+        compile_blocks(model)
+    return model
+
+
+def compile_blocks(model: nn.Module, **compile_kwargs) -> None:
+    """torch.compile every transformer block's forward in place (embed and unembed stay eager).
+
+    The forward is compiled rather than the module call so that the block-swap hooks stay
+    outside the compiled graph.
+    """
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward, **compile_kwargs)
+
+
+def sampler_passes(options: MemoryOptions | None, guide_scale: float) -> Callable:
+    """The ``passes`` function for ``sample_dc_cfg``: batched or not, and without the
+    negative-text pass when ``guide_scale`` is 1 (it would not change the result)."""
+    from steadydancer.sampling.batched import make_passes
+
+    return make_passes(batch_guidance=bool(options and options.batch_guidance),
+                       skip_negative_text=guide_scale == 1.0)
