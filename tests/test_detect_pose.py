@@ -59,7 +59,7 @@ def test_detect_pose_normalises_by_the_resized_image():
     assert pose["bodies"]["subset"] == [[float(j) for j in range(18)]]
     assert len(pose["hands"]) == 2 and all(len(h) == 21 for h in pose["hands"])
     assert len(pose["faces"]) == 1 and len(pose["faces"][0]) == 68
-    assert len(pose["scores"]["body"][0]) == 18
+    assert len(pose["scores"]["body"]) == 18 and all(isinstance(s, float) for s in pose["scores"]["body"])
 
 
 def test_threshold_marks_points_missing():

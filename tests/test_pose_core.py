@@ -131,7 +131,7 @@ def test_negative_stream_ranges_neck_and_seed():
 
 def test_keypoints_round_trip(tmp_path):
     pose = standing_pose()
-    pose["scores"] = {"body": [[0.9] * 18], "hands": [[0.8] * 21, [0.7] * 21], "faces": [[0.5] * 68]}
+    pose["scores"] = {"body": [0.9] * 18, "hands": [[0.8] * 21, [0.7] * 21], "faces": [[0.5] * 68]}
     empty = {"bodies": {"candidate": [], "subset": []}, "hands": [], "faces": []}
     original = KeypointsFile((640, 480), Pose.from_dict(pose), (320, 240), 23.976,
                              [Pose.from_dict(pose), Pose.from_dict(empty)])

@@ -149,7 +149,8 @@ def build_pose(
     the very numbers the official pipeline sees.
     Layout for N people: candidate [18 N, 2]; subset [N, 18] holding 18 i + j or -1; hands
     [2 N, 21, 2] as (left, right) of person 0, then of person 1, ...; faces [N, 68, 2];
-    scores: body [N, 18], hands [2 N, 21], faces [N, 68].
+    scores: body [18 N] (flat, like candidate; [18] for one person as DESIGN.md shows),
+    hands [2 N, 21], faces [N, 68].
     """
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 134, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, 134)
@@ -172,7 +173,7 @@ def build_pose(
             hands.append(_points_with_missing(points[hand], point_scores[hand], threshold))
             hand_scores.append(point_scores[hand].tolist())
         faces.append(_points_with_missing(points[FACE], point_scores[FACE], threshold))
-        body_scores.append(point_scores[BODY].tolist())
+        body_scores.extend(point_scores[BODY].tolist())
         face_scores.append(point_scores[FACE].tolist())
     return {
         "bodies": {"candidate": candidate, "subset": subset},
