@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..models.memory import MemoryOptions, sampler_passes
 from ..sampling import DiTConditions, sample_dc_cfg
 from . import config as C
 from .inputs import first_frame_mask, latent_size, pil_to_tensor, resize_bicubic
@@ -79,7 +80,8 @@ class DancerPipeline:
 
     def __init__(self, ckpt_dir: str | os.PathLike, device: torch.device | str | None = None,
                  offload_model: bool | None = None, t5_cpu: bool = False,
-                 dit_dtype: torch.dtype | None = None, keep_models: bool = True) -> None:
+                 dit_dtype: torch.dtype | None = None, keep_models: bool = True,
+                 memory: "MemoryOptions | None" = None) -> None:
         self.files = checkpoint_files(ckpt_dir)
         self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device) if device is not None else default_device()
@@ -88,6 +90,12 @@ class DancerPipeline:
         self.t5_cpu = t5_cpu
         self.keep_models = keep_models
         self.dit_dtype = dit_dtype or (torch.bfloat16 if self.on_gpu else torch.float32)
+        # memory/speed options (block swap, FP8/GGUF weights, LoRA, batched guidance): models/memory.py
+        self.memory = memory
+        if memory is not None and memory.dit_dtype in ("bf16", "fp16", "fp32"):
+            from ..models.memory import DTYPES
+
+            self.dit_dtype = DTYPES[memory.dit_dtype]
         self.t5_dtype = torch.bfloat16 if self.on_gpu else torch.float32
         self.clip_dtype = torch.float16 if self.on_gpu else torch.float32
         self._t5 = self._clip = self._vae = self._dit = None
@@ -133,7 +141,12 @@ class DancerPipeline:
             from ..models.loading import load_dit
 
             log.info("loading DiT from %s (%s)", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""))
-            self._dit = load_dit(self.ckpt_dir, device=self.device, dtype=self.dit_dtype)
+            if self.memory is not None:
+                from ..models.memory import load_dit_with_options
+
+                self._dit = load_dit_with_options(self.ckpt_dir, self.device, self.dit_dtype, self.memory)
+            else:
+                self._dit = load_dit(self.ckpt_dir, device=self.device, dtype=self.dit_dtype)
         return self._dit
 
     # -- stages ------------------------------------------------------------------------------
@@ -210,7 +223,9 @@ class DancerPipeline:
         neg_text = conditions(context_null, pose_pos)
         neg_pose = conditions(context, pose_neg)
 
-        dit = self.dit().to(device)
+        dit = self.dit()
+        if getattr(dit, "block_swap", None) is None:  # a block-swapped DiT streams its own blocks
+            dit = dit.to(device)
         if self.offload_model and self.on_gpu:
             torch.cuda.empty_cache()
         # The official loop runs under autocast in the DiT's dtype; on the CPU all is float32.
@@ -222,7 +237,8 @@ class DancerPipeline:
                 shift=sampling.shift, guide_scale=sampling.guide_scale,
                 condition_guide_scale=sampling.condition_guide_scale, st_cond_cfg=sampling.st_cond_cfg,
                 end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
-                scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS)
+                scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
+                passes=sampler_passes(self.memory, sampling.guide_scale))
         del cond, neg_text, neg_pose, noise
         if self.offload_model and self.on_gpu:
             if self.keep_models:

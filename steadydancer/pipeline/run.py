@@ -24,7 +24,7 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
                    sampling: SamplingOptions | None = None, seed: int = -1,
                    offload_model: bool | None = None, t5_cpu: bool = False,
                    device: torch.device | str | None = None, negative_prompt: str | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, memory: "MemoryOptions | None" = None) -> Path:
     """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps).
 
     All inputs are checked (InputError, one line) before any model loads; the mp4 appears only
@@ -43,7 +43,7 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
     started = time.perf_counter()
     inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
-                              keep_models=False)
+                              keep_models=False, memory=memory)
     log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
              pipeline.device, pipeline.offload_model, t5_cpu, frame_num, sampling.solver, sampling.steps,
              sampling.shift)
