@@ -64,11 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--st_cond_cfg", type=float, default=0.1, help="pose CFG starts after this fraction of steps")
     parser.add_argument("--end_cond_cfg", type=float, default=0.4, help="pose CFG ends before this fraction of steps")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    multi = parser.add_argument_group("multi-GPU (official flags; not yet supported here)")
-    multi.add_argument("--ulysses_size", type=int, default=1)
-    multi.add_argument("--ring_size", type=int, default=1)
-    multi.add_argument("--dit_fsdp", action="store_true", default=False)
-    multi.add_argument("--t5_fsdp", action="store_true", default=False)
+    # multi-GPU: under torchrun (see steadydancer/distributed and docs/notes/distributed.md)
+    multi = parser.add_argument_group("multi-GPU (official flags; launch with torchrun --nproc_per_node=N)")
+    multi.add_argument("--ulysses_size", type=int, default=1,
+                       help="Ulysses sequence-parallel degree (must divide the DiT's heads)")
+    multi.add_argument("--ring_size", type=int, default=1,
+                       help="ring-attention sequence-parallel degree; ulysses_size x ring_size = processes")
+    multi.add_argument("--dit_fsdp", action="store_true", default=False, help="shard the DiT's blocks (FSDP)")
+    multi.add_argument("--t5_fsdp", action="store_true", default=False, help="shard T5's blocks (FSDP)")
     extend = parser.add_argument_group("prompt extension (official flags; not supported)")
     extend.add_argument("--use_prompt_extend", action="store_true", default=False)
     extend.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
@@ -77,10 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_parallel_args(args: argparse.Namespace) -> None:
-    """Multi-GPU flags: accepted for the official command lines, refused until supported."""
-    if args.ulysses_size > 1 or args.ring_size > 1 or args.dit_fsdp or args.t5_fsdp:
-        raise InputError("--ulysses_size/--ring_size/--dit_fsdp/--t5_fsdp: multi-GPU generation is not yet "
-                         "supported by this command; run on one GPU")
+    """Multi-GPU flags against torchrun's world size: impossible combinations stop with one line."""
+    from ..distributed.launch import check_parallel_flags
+
+    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp)
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -131,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
                                guide_scale=args.sample_guide_scale,
                                condition_guide_scale=args.condition_guide_scale,
                                st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg)
+    from ..distributed.cli import is_torchrun, run_distributed
+
+    if is_torchrun():  # several processes: sharding / sequence parallelism, rank 0 writes
+        return run_distributed(args, sampling)
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,
