@@ -1,0 +1,96 @@
+"""`generate_dancer.py` / `steadydancer generate`: end to end on a tiny checkpoint, and every bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pipeline_support import tiny_checkpoint, write_inputs
+
+from steadydancer.cli.main import main
+from steadydancer.pose.video import read_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generate_dancer_end_to_end(tmp_path):
+    ckpt = tiny_checkpoint()
+    inputs = write_inputs(tmp_path / "in", 6)  # 6 frames available, 5 used
+    out = tmp_path / "out" / "video.mp4"
+    cmd = [sys.executable, str(REPO / "generate_dancer.py"), "--task", "i2v-14B", "--size", "832*480",
+           "--ckpt_dir", str(ckpt), "--input_dir", str(inputs), "--frame_num", "5", "--sample_steps", "1",
+           "--base_seed", "0", "--offload_model", "True", "--save_file", str(out), "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames, fps = read_video(out)
+    # reference 40x56 at the 832*480 area: lat_h = 747.7 // 8 // 2 * 2 = 92, lat_w = 534.1 // 8 // 2 * 2 = 66
+    assert len(frames) == 5 and frames[0].shape == (736, 528, 3) and fps == 16
+    assert [p.name for p in out.parent.iterdir()] == ["video.mp4"]
+
+
+def _run_cli(argv, capsys) -> tuple[int, str]:
+    code = main(["generate", *argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    inputs = write_inputs(tmp_path / "in", 5)
+    out = tmp_path / "out.mp4"
+    base = ["--ckpt_dir", str(tiny_checkpoint()), "--input_dir", str(inputs), "--save_file", str(out),
+            "--device", "cpu", "--sample_steps", "1", "--frame_num", "5", "--size", "832*480"]
+    return tmp_path, inputs, out, base
+
+
+def _expect_error(capsys, argv, out: Path, *words: str) -> None:
+    code, err = _run_cli(argv, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    assert not out.exists() and not list(out.parent.glob("*.mp4"))
+
+
+def test_missing_checkpoint_file_is_named(setup, capsys):
+    tmp_path, _, out, base = setup
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(), broken)
+    (broken / "Wan2.1_VAE.pth").unlink()
+    argv = base + ["--ckpt_dir", str(broken)]
+    _expect_error(capsys, argv, out, "Wan2.1_VAE.pth", "missing")
+
+
+def test_too_few_pose_frames(setup, capsys):
+    _, _, out, base = setup
+    _expect_error(capsys, base + ["--frame_num", "9"], out, "found 5", "needs 9")
+
+
+def test_frame_num_not_4n_plus_1(setup, capsys):
+    _, _, out, base = setup
+    _expect_error(capsys, base + ["--frame_num", "4"], out, "--frame_num 4", "4n+1")
+
+
+def test_unsupported_size(setup, capsys):
+    _, _, out, base = setup
+    _expect_error(capsys, base + ["--size", "640*480"], out, "--size 640*480", "832*480")
+
+
+def test_unreadable_image(setup, capsys):
+    tmp_path, _, out, base = setup
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    _expect_error(capsys, base + ["--image", str(bad)], out, "bad.png")
+
+
+def test_pose_folders_of_different_lengths(setup, capsys, tmp_path):
+    _, _, out, base = setup
+    other = write_inputs(tmp_path / "uneven", 5, neg_frames=7)
+    _expect_error(capsys, base + ["--input_dir", str(other)], out, "5 frames", "7")
+
+
+def test_multi_gpu_flags_need_torchrun(setup, capsys):
+    _, _, out, base = setup
+    _expect_error(capsys, base + ["--ulysses_size", "2"], out, "--ulysses_size", "torchrun")
