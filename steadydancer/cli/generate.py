@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extend.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
     extend.add_argument("--prompt_extend_model", default=None)
     extend.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+    # memory and speed (block swap, FP8/GGUF weights, LoRA, batched guidance): models/memory.py
+    from ..models.memory import add_memory_arguments
+
+    add_memory_arguments(parser)
 
 
 def check_parallel_args(args: argparse.Namespace) -> None:
@@ -134,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
                                guide_scale=args.sample_guide_scale,
                                condition_guide_scale=args.condition_guide_scale,
                                st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg)
+    from ..models.memory import memory_options_from_args
+
+    memory = memory_options_from_args(args)
     from ..distributed.cli import is_torchrun, run_distributed
 
     if is_torchrun():  # several processes: sharding / sequence parallelism, rank 0 writes
@@ -141,6 +148,6 @@ def run(args: argparse.Namespace) -> int:
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,
-                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device)
+                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device, memory=memory)
     print(f"saved {args.save_file}")
     return 0
