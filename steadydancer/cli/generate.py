@@ -144,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed.cli import is_torchrun, run_distributed
 
     if is_torchrun():  # several processes: sharding / sequence parallelism, rank 0 writes
+        from ..models.memory import check_single_process
+
+        check_single_process(memory)
         return run_distributed(args, sampling)
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,

@@ -47,6 +47,22 @@ class MemoryOptions:
     def block_swap(self) -> bool:
         return self.blocks_on_gpu is not None
 
+    def flags_in_use(self) -> list[str]:
+        """The memory flags that change something (for messages)."""
+        names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
+                 "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
+                 "compile": "--compile"}
+        used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
+        return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used
+
+
+def check_single_process(options: MemoryOptions) -> None:
+    """InputError when memory flags are given to a multi-process (torchrun) run, which ignores them."""
+    used = options.flags_in_use()
+    if used:
+        raise InputError(f"{', '.join(used)}: not supported under torchrun yet (the multi-GPU path shards "
+                         f"the DiT instead); run on one GPU or drop these flags")
+
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the memory/speed flags to a command's parser (their own group)."""

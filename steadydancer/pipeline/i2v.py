@@ -241,9 +241,9 @@ class DancerPipeline:
                 passes=sampler_passes(self.memory, sampling.guide_scale))
         del cond, neg_text, neg_pose, noise
         if self.offload_model and self.on_gpu:
-            if self.keep_models:
+            if self.keep_models and getattr(dit, "block_swap", None) is None:
                 dit.to("cpu")
-            else:
+            else:  # a block-swapped DiT is dropped: its swap slots are tied to the GPU
                 self._dit = None
             del dit
             gc.collect()

@@ -82,18 +82,22 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if self.fp8_matmul and x.is_cuda and self.scale_weight.numel() == 1:
+        if (self.fp8_matmul and x.is_cuda and self.scale_weight.numel() == 1
+                and self.in_features % 16 == 0 and self.out_features % 16 == 0):
             return self._fp8_forward(x, bias)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def _fp8_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
+        count = rows.shape[0]
+        if count % 16:  # the FP8 GEMM wants every dimension a multiple of 16
+            rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
         x_scale = rows.abs().amax().float().clamp(min=1e-12) / FP8_MAX
         x_fp8 = (rows / x_scale.to(rows.dtype)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         out = torch._scaled_mm(x_fp8, self.weight.t(), scale_a=x_scale,
                                scale_b=self.scale_weight.float().reshape(()), bias=None, out_dtype=out_dtype)
-        out = out.to(x.dtype)
+        out = out[:count].to(x.dtype)
         if bias is not None:
             out = out + bias
         return out.reshape(*x.shape[:-1], self.out_features)
