@@ -75,3 +75,22 @@ def test_pipeline_small_area_runs_and_is_seeded(tiny_ckpt, tmp_path):
     assert first.abs().max() <= 1 and torch.isfinite(first).all()
     assert torch.equal(first, run(3))
     assert not torch.equal(first, run(4))
+
+
+def test_configs_json_matches_code():
+    import argparse
+    import json
+    from pathlib import Path
+
+    from steadydancer.cli.generate import add_arguments
+
+    ref = json.loads((Path(__file__).resolve().parents[1] / "configs" / "i2v-14B.json").read_text())
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert ref["supported_sizes"] == list(C.SUPPORTED_SIZES) and ref["size"] == args.size == C.DEFAULT_SIZE
+    assert ref["frame_num"] == C.DEFAULT_FRAME_NUM and ref["sample_steps"] == C.DEFAULT_STEPS
+    assert ref["sample_shift"] == C.default_shift("1024*576") and ref["sample_shift_480p"] == C.default_shift("832*480")
+    assert (ref["sample_guide_scale"], ref["condition_guide_scale"], ref["st_cond_cfg"], ref["end_cond_cfg"]) == (
+        args.sample_guide_scale, args.condition_guide_scale, args.st_cond_cfg, args.end_cond_cfg)
+    assert ref["sample_fps"] == C.SAMPLE_FPS and ref["sample_solver"] == args.sample_solver
