@@ -153,11 +153,17 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
         from steadydancer.models.quant.fp8 import load_fp8_scaled
         model = load_fp8_scaled(_meta_model(ckpt_dir), options.dit_fp8_file, device=load_device,
                                 dtype=compute, fp8_matmul=options.fp8_matmul)
+    elif options.dit_dtype == "fp8":
+        # Quantise block by block on the device, so that the GPU never holds the bf16 model.
+        from steadydancer.models.quant.fp8 import quantize_model_fp8
+        model = load_dit(ckpt_dir, device="cpu", dtype=compute)
+        for block in model.blocks:
+            block.to(device)
+            quantize_model_fp8(block, under="", fp8_matmul=options.fp8_matmul)
+            block.to(load_device)
+        model.to(load_device)
     else:
         model = load_dit(ckpt_dir, device=load_device, dtype=compute)
-        if options.dit_dtype == "fp8":
-            from steadydancer.models.quant.fp8 import quantize_model_fp8
-            quantize_model_fp8(model, fp8_matmul=options.fp8_matmul)
     if options.blocks_on_gpu is not None:
         check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
     from steadydancer.models.lora import apply_lora
