@@ -197,6 +197,7 @@ class DancerPipeline:
                  width, height, w, h, frame_num, lat_f, lat_w, lat_h)
 
         seed = seed if seed >= 0 else random.randint(0, sys.maxsize)
+        log.info("seed %d (pass --base_seed %d to reproduce)", seed, seed)
         generator = torch.Generator(device=device).manual_seed(seed)
         noise = torch.randn(16, lat_f, lat_h, lat_w, dtype=torch.float32, generator=generator, device=device)
         mask = first_frame_mask(frame_num, lat_h, lat_w, device=device)
