@@ -35,6 +35,11 @@ def run_distributed(args: argparse.Namespace, sampling) -> int:
     if args.device == "cpu" and torch.cuda.is_available():
         raise InputError("--device cpu under torchrun on a GPU machine: hide the GPUs (CUDA_VISIBLE_DEVICES=) "
                          "to run the processes on the CPU")
+    memory = None
+    if hasattr(args, "batch_guidance"):  # the memory/speed flags are present
+        from ..models.memory import memory_options_from_args
+
+        memory = memory_options_from_args(args)
     if TorchrunEnv.read().rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
     setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads)
@@ -42,7 +47,8 @@ def run_distributed(args: argparse.Namespace, sampling) -> int:
     written = generate_video_distributed(
         setup, ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
         cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=setup.broadcast_object(args.save_file),
-        size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed, t5_cpu=args.t5_cpu)
+        size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed, t5_cpu=args.t5_cpu,
+        memory=memory)
     setup.shutdown()
     if written is not None:
         print(f"saved {written}")

@@ -33,12 +33,13 @@ class DistributedDancerPipeline(DancerPipeline):
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, setup: DistributedSetup, t5_cpu: bool = False,
-                 dit_dtype: torch.dtype | None = None) -> None:
+                 dit_dtype: torch.dtype | None = None, memory=None) -> None:
         if t5_cpu and setup.t5_fsdp:
             raise InputError("--t5_cpu and --t5_fsdp exclude each other: T5 either stays on the CPU or is "
                              "sharded over the GPUs")
+        check_memory_options(memory, setup)
         super().__init__(ckpt_dir, device=setup.device, offload_model=False, t5_cpu=t5_cpu,
-                         dit_dtype=dit_dtype, keep_models=False)
+                         dit_dtype=dit_dtype, keep_models=False, memory=memory)
         self.setup = setup
 
     def dit(self):
@@ -47,7 +48,13 @@ class DistributedDancerPipeline(DancerPipeline):
 
             where = torch.device("cpu") if self.setup.dit_fsdp else self.device
             log.info("loading DiT from %s (%s) on %s", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""), where)
-            self._dit = self.setup.prepare_dit(load_dit(self.ckpt_dir, device=where, dtype=self.dit_dtype))
+            if self.memory is not None:
+                from ..models.memory import load_dit_with_options
+
+                model = load_dit_with_options(self.ckpt_dir, where, self.dit_dtype, self.memory)
+            else:
+                model = load_dit(self.ckpt_dir, device=where, dtype=self.dit_dtype)
+            self._dit = self.setup.prepare_dit(model)
         return self._dit
 
     def text_encoder(self):
@@ -56,13 +63,29 @@ class DistributedDancerPipeline(DancerPipeline):
         return self._t5
 
 
+def check_memory_options(memory, setup: DistributedSetup) -> None:
+    """Memory/speed flags that do not combine with several processes stop with one line."""
+    if memory is None:
+        return
+    if memory.block_swap:
+        raise InputError("--blocks_on_gpu: block swap is a one-GPU mode; under torchrun use --dit_fsdp to "
+                         "split the DiT's weights over the GPUs")
+    if memory.compile and setup.sequence_parallel:
+        raise InputError("--compile with --ulysses_size/--ring_size is not supported (the sequence-parallel "
+                         "attention is routed by hooks that a compiled block would bypass)")
+    if setup.dit_fsdp and (memory.dit_dtype == "fp8" or memory.dit_fp8_file or memory.gguf):
+        raise InputError("--dit_fsdp with FP8 or GGUF weights is not supported; drop --dit_fsdp (the quantised "
+                         "DiT is small enough to replicate) or use bf16 weights")
+
+
 def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.PathLike, image: str | os.PathLike,
                                cond_pos_folder: str | os.PathLike, cond_neg_folder: str | os.PathLike,
                                prompt: str, save_file: str | os.PathLike, size: str = C.DEFAULT_SIZE,
                                frame_num: int | None = None, sampling: SamplingOptions | None = None,
                                seed: int = -1, t5_cpu: bool = False, negative_prompt: str | None = None,
-                               progress: bool = True) -> Path | None:
-    """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs).
+                               progress: bool = True, memory=None) -> Path | None:
+    """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs;
+    ``memory``: a :class:`~steadydancer.models.memory.MemoryOptions`, see :func:`check_memory_options`).
 
     Every rank must call it with the same arguments. Returns the written path on rank 0 and None
     on the others.
@@ -79,7 +102,7 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
 
     started = time.perf_counter()
     inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
-    pipeline = DistributedDancerPipeline(ckpt_dir, setup, t5_cpu=t5_cpu)
+    pipeline = DistributedDancerPipeline(ckpt_dir, setup, t5_cpu=t5_cpu, memory=memory)
     log.info("rank %d/%d on %s, seed %d, %d frames, solver %s, %d steps", setup.rank, setup.world_size,
              pipeline.device, seed, frame_num, sampling.solver, sampling.steps)
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
