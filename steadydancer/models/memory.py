@@ -122,11 +122,33 @@ def _meta_model(ckpt_dir: Path):
     from steadydancer.models.loading import read_dit_config
 
     config = read_dit_config(ckpt_dir)
+    try:  # widths config.json does not carry (text/CLIP dims of tiny test models) from the shards
+        from steadydancer.models.loading import _index_checkpoint, _shapes_from_tensors
+        config.update(_shapes_from_tensors(_index_checkpoint(ckpt_dir)))
+    except InputError:
+        pass  # no shards (a GGUF or FP8 file stands in for them): the release's widths
     try:
         with torch.device("meta"):
             return SteadyDancerDiT(**config)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{ckpt_dir / 'config.json'}: {exc}") from None
+
+
+def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str, options: MemoryOptions) -> None:
+    """Everything about ``options`` that can be checked before a model loads (one-line InputError):
+    the block count against the config, FP8 matmul hardware, and each LoRA against the DiT's
+    layers and shapes (tried on a meta-device model: no memory, no data)."""
+    from steadydancer.models.block_swap import check_blocks_on_gpu
+    from steadydancer.models.lora import apply_lora
+
+    model = _meta_model(Path(ckpt_dir))
+    if options.blocks_on_gpu is not None:
+        check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
+    if options.fp8_matmul:
+        from steadydancer.models.quant.fp8 import check_fp8_matmul_supported
+        check_fp8_matmul_supported(device)
+    for path, strength in options.loras:
+        apply_lora(model, path, strength)
 
 
 def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | str,

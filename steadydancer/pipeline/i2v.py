@@ -103,6 +103,10 @@ class DancerPipeline:
 
         dit_config = read_dit_config(self.ckpt_dir)
         self.text_len = int(dit_config.get("text_len", 512))
+        if memory is not None:  # block count, FP8 hardware, LoRA fit: before any model loads
+            from ..models.memory import check_memory_options
+
+            check_memory_options(self.ckpt_dir, self.device, memory)
         self.patch_size = tuple(dit_config.get("patch_size", (1, 2, 2)))
 
     # -- models, loaded on first use ---------------------------------------------------------
