@@ -167,8 +167,9 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         return row
 
-    build_device = torch.device("cpu") if mode.startswith("block_swap") else device
-    model = build_random_dit(cfg, build_device, dtype)
+    # Built on the device (fast random init); block swap then packs the streamed blocks into
+    # pinned host memory, freeing their device copies.
+    model = build_random_dit(cfg, device, dtype)
     if mode.startswith("block_swap"):
         from steadydancer.models.block_swap import enable_block_swap
         swap = enable_block_swap(model, int(mode.split(":")[1]), device)
