@@ -102,3 +102,24 @@ def test_two_process_pipeline_equals_single_process_and_seed_comes_from_rank_zer
     for result in results:
         assert result["video"].shape == single.shape
         assert torch.equal(result["video"], single)
+
+
+def _generate_cli(argv: list[str], capsys) -> tuple[int, str]:
+    from steadydancer.cli.main import run_command
+
+    code = run_command("steadydancer.cli.generate", argv, "generate_dancer.py", "generate")
+    return code, capsys.readouterr().err.strip()
+
+
+def test_generate_command_refuses_bad_multi_gpu_flags(tiny_checkpoint, monkeypatch, capsys, tmp_path):
+    base = ["--ckpt_dir", str(tiny_checkpoint), "--image", str(tmp_path / "ref.png"), "--prompt", "x"]
+    code, err = _generate_cli(base + ["--dit_fsdp"], capsys)  # no torchrun
+    assert code == 2 and err.startswith("error: --dit_fsdp need several processes") and "\n" not in err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node=2
+    code, err = _generate_cli(base + ["--ulysses_size", "2", "--ring_size", "2"], capsys)
+    assert code == 2 and "= 4 must equal the number of processes (2)" in err and "\n" not in err
+    code, err = _generate_cli(base + ["--ulysses_size", "2", "--offload_model", "True"], capsys)
+    assert code == 2 and "--offload_model True: not available with several processes" in err
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    code, err = _generate_cli(base + ["--ulysses_size", "4"], capsys)  # the tiny DiT has 2 heads
+    assert code == 2 and "--ulysses_size 4 must divide the DiT's 2 attention heads" in err
