@@ -91,3 +91,85 @@ def test_block_swap_cuda_side_stream_is_exact() -> None:
     torch.cuda.synchronize()
     assert all(torch.equal(o, want) for o in outs)
     assert swap.streamed[0].host[torch.float32].is_pinned()
+
+
+class RecordingStreams:
+    """Stands in for CudaStreams on the CPU: logs every wait and event in program order."""
+
+    pin_memory = False
+    non_blocking = False
+
+    def __init__(self, log: list) -> None:
+        self.log, self.count = log, 0
+
+    def copying(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def _event(self, kind: str) -> int:
+        self.count += 1
+        self.log.append((kind, self.count))
+        return self.count
+
+    def copy_waits_for(self, event) -> None:
+        self.log.append(("copy_wait", event))
+
+    def copy_done(self):
+        return self._event("copy_done")
+
+    def compute_waits_for(self, event) -> None:
+        self.log.append(("compute_wait", event))
+
+    def compute_done(self):
+        return self._event("compute_done")
+
+    def drain(self) -> None:
+        self.log.append(("drain", None))
+
+
+@pytest.mark.parametrize("resident,depth", [(0, 5), (1, 5), (2, 7), (3, 5)])
+def test_side_stream_protocol_orders_every_copy_and_compute(resident: int, depth: int) -> None:
+    """With a logging stand-in for the CUDA streams: every streamed block's compute waits for the
+    event of the copy that brought its weights, and every copy into a slot waits for an event
+    recorded after the last compute that read that slot (so prefetching never races)."""
+    torch.manual_seed(0)
+    log: list = []
+    model = ToyModel(depth=depth)
+    for index, block in enumerate(model.blocks):
+        # on an inner layer, so that it logs after the swap's own pre-hook has run
+        block.lin.register_forward_pre_hook(lambda m, a, i=index: log.append(("compute", i)))
+    swap = enable_block_swap(model, resident, "cpu", streams=RecordingStreams(log))
+    original_load = swap._load
+
+    def logged_load(index, avoid_slot):
+        before = swap.streamed[index].ready
+        original_load(index, avoid_slot)
+        sb = swap.streamed[index]
+        if sb.ready is not before:
+            log.append(("copied", resident + index, sb.slot, sb.ready))
+    swap._load = logged_load
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+
+    last_copy: dict[int, tuple[int, int]] = {}        # block -> (slot, ready event) of its latest copy
+    last_compute_on_slot: dict[int, int] = {}          # slot -> log position of its latest compute
+    compute_waits: set[int] = set()
+    for pos, entry in enumerate(log):
+        kind = entry[0]
+        if kind == "compute_wait":
+            compute_waits.add(entry[1])
+        elif kind == "copied":
+            _, block, slot, ready = entry
+            wait = log[pos - 2]                         # copy_wait, copy_done, copied
+            assert wait[0] == "copy_wait"
+            if slot in last_compute_on_slot:
+                done = [i for i, e in enumerate(log) if e == ("compute_done", wait[1])]
+                assert done and done[0] > last_compute_on_slot[slot], (block, slot)
+            last_copy[block] = (slot, ready)
+        elif kind == "compute" and entry[1] >= resident:
+            slot, ready = last_copy[entry[1]]
+            assert ready in compute_waits, entry
+            last_compute_on_slot[slot] = pos
+    assert sum(1 for e in log if e[0] == "copied") >= (depth - resident if depth - resident > 2 else 1)

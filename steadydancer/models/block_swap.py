@@ -15,6 +15,7 @@ a snapshot of the blocks' tensors.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from steadydancer.errors import InputError
 
-__all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu"]
+__all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu", "SyncStreams", "CudaStreams"]
 
 
 def check_blocks_on_gpu(blocks_on_gpu: int, num_blocks: int, flag: str = "--blocks_on_gpu") -> None:
@@ -65,6 +66,69 @@ def _set_tensor(entry: _Entry, tensor: torch.Tensor) -> None:
         entry.module._buffers[entry.name] = tensor
 
 
+class SyncStreams:
+    """Stream operations of the swap on a device without streams: copies run synchronously."""
+
+    pin_memory = False
+    non_blocking = False
+
+    def copying(self):
+        """Context in which the slot copies are issued."""
+        return contextlib.nullcontext()
+
+    def copy_waits_for(self, event) -> None:
+        """The copy stream waits for ``event`` (a slot's last compute)."""
+
+    def copy_done(self):
+        """An event marking the copies issued so far; None without streams."""
+        return None
+
+    def compute_waits_for(self, event) -> None:
+        """The compute stream waits for ``event`` (a block's copy)."""
+
+    def compute_done(self):
+        """An event marking the compute issued so far; None without streams."""
+        return None
+
+    def drain(self) -> None:
+        """The compute stream waits for every copy issued."""
+
+
+class CudaStreams(SyncStreams):
+    """A side CUDA stream for the copies, ordered against the compute stream by events."""
+
+    pin_memory = True
+    non_blocking = True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device)
+
+    def copying(self):
+        return torch.cuda.stream(self.copy_stream)
+
+    def copy_waits_for(self, event) -> None:
+        if event is not None:
+            self.copy_stream.wait_event(event)
+
+    def copy_done(self):
+        event = torch.cuda.Event()
+        event.record(self.copy_stream)
+        return event
+
+    def compute_waits_for(self, event) -> None:
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+
+    def compute_done(self):
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def drain(self) -> None:
+        torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+
+
 class BlockSwap:
     """Keeps ``blocks[:blocks_on_gpu]`` on ``device`` and streams ``blocks[blocks_on_gpu:]``.
 
@@ -73,14 +137,15 @@ class BlockSwap:
     """
 
     def __init__(self, blocks: nn.ModuleList, blocks_on_gpu: int, device: torch.device | str,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, streams: SyncStreams | None = None) -> None:
         check_blocks_on_gpu(blocks_on_gpu, len(blocks))
         self.device = torch.device(device)
         self.blocks = blocks
         self.blocks_on_gpu = blocks_on_gpu
         self.prefetch = prefetch
-        self.use_streams = self.device.type == "cuda"
-        self.copy_stream = torch.cuda.Stream(self.device) if self.use_streams else None
+        if streams is None:
+            streams = CudaStreams(self.device) if self.device.type == "cuda" else SyncStreams()
+        self.streams = streams
         self.bytes_copied = 0                            # host -> device traffic, for the benchmark
         self._hooks: list = []
 
@@ -113,7 +178,7 @@ class BlockSwap:
                 offset = totals.get(tensor.dtype, 0)
                 entries.append(_Entry(module, name, is_param, tensor.dtype, offset, tensor.shape))
                 totals[tensor.dtype] = offset + tensor.numel()
-        pin = self.use_streams
+        pin = self.streams.pin_memory
         host = {d: torch.empty(n, dtype=d, device="cpu", pin_memory=pin) for d, n in totals.items()}
         for entry in entries:
             source = getattr(entry.module, entry.name)
@@ -141,25 +206,19 @@ class BlockSwap:
             self.streamed[slot.holder].slot = None
         slot.holder = index
         sb.slot = slot_id
-        if self.use_streams:
-            with torch.cuda.stream(self.copy_stream):
-                if slot.free is not None:
-                    self.copy_stream.wait_event(slot.free)
-                for dtype, flat in sb.host.items():
-                    slot.buffers[dtype][:flat.numel()].copy_(flat, non_blocking=True)
-                sb.ready = torch.cuda.Event()
-                sb.ready.record(self.copy_stream)
-        else:
+        with self.streams.copying():
+            # the slot's previous occupant must have finished computing before it is overwritten
+            self.streams.copy_waits_for(slot.free)
             for dtype, flat in sb.host.items():
-                slot.buffers[dtype][:flat.numel()].copy_(flat)
+                slot.buffers[dtype][:flat.numel()].copy_(flat, non_blocking=self.streams.non_blocking)
+            sb.ready = self.streams.copy_done()
         self.bytes_copied += sum(flat.numel() * flat.element_size() for flat in sb.host.values())
 
     def _make_pre_hook(self, index: int):
         def pre_hook(module: nn.Module, args):
             sb = self.streamed[index]
             self._load(index, avoid_slot=None)
-            if self.use_streams and sb.ready is not None:
-                torch.cuda.current_stream(self.device).wait_event(sb.ready)
+            self.streams.compute_waits_for(sb.ready)
             self._views(sb, self.slots[sb.slot].buffers)
             if self.prefetch and len(self.streamed) > 1:
                 # the next streamed block (wrapping round to the first for the next forward)
@@ -171,9 +230,7 @@ class BlockSwap:
         def post_hook(module: nn.Module, args, output):
             sb = self.streamed[index]
             slot = self.slots[sb.slot]
-            if self.use_streams:
-                slot.free = torch.cuda.Event()
-                slot.free.record(torch.cuda.current_stream(self.device))
+            slot.free = self.streams.compute_done()
             self._views(sb, sb.host)                      # point the block back at host memory
             return None
         return post_hook
@@ -184,8 +241,7 @@ class BlockSwap:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        if self.use_streams:
-            torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+        self.streams.drain()
         for sb in self.streamed:
             for entry in sb.entries:
                 host_view = sb.host[entry.dtype][entry.offset:entry.offset + entry.shape.numel()]
@@ -203,7 +259,8 @@ class BlockSwap:
 
 
 def enable_block_swap(model: nn.Module, blocks_on_gpu: int, device: torch.device | str,
-                      blocks_attr: str = "blocks", prefetch: bool = True) -> BlockSwap:
+                      blocks_attr: str = "blocks", prefetch: bool = True,
+                      streams: SyncStreams | None = None) -> BlockSwap:
     """Move ``model`` to ``device`` except the blocks past the first ``blocks_on_gpu``.
 
     ``getattr(model, blocks_attr)`` must be an ``nn.ModuleList`` whose blocks run in order.
@@ -225,4 +282,4 @@ def enable_block_swap(model: nn.Module, blocks_on_gpu: int, device: torch.device
     for name, buf in list(model._buffers.items()):
         if buf is not None:
             model._buffers[name] = buf.to(device)
-    return BlockSwap(blocks, blocks_on_gpu, device, prefetch=prefetch)
+    return BlockSwap(blocks, blocks_on_gpu, device, prefetch=prefetch, streams=streams)
