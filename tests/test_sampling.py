@@ -97,3 +97,15 @@ def test_guidance_scales_act(problem):
     no_window = sample_dc_cfg(model, noise, cond, neg_text, neg_pose, "unipc", 5, 5.0, 1.0, 2.0, 0.5, 0.5,
                               progress=False)
     assert torch.equal(no_window, base)
+
+
+@pytest.mark.parametrize("steps,shift", [(6, 5.0), (40, 3.0)])
+def test_scheduler_sigmas_are_wans(steps, shift):
+    from steadydancer.sampling.schedulers import dpm_sigmas, unipc_sigmas
+
+    unipc, _ = make_scheduler("unipc", steps, shift)
+    assert torch.allclose(unipc.sigmas[:-1].double(), torch.from_numpy(unipc_sigmas(steps, shift)), atol=1e-7)
+    assert unipc.sigmas[-1] == 0
+    dpm, timesteps = make_scheduler("dpm++", steps, shift)
+    assert dpm.sigmas[0] == 1.0 and timesteps[0] == 1000 and dpm.sigmas[-1] == 0
+    assert torch.allclose(dpm.sigmas[:-1].double(), torch.from_numpy(dpm_sigmas(steps, shift)), atol=1e-7)
