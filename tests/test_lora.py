@@ -128,3 +128,23 @@ def test_parse_lora_arg(tmp_path) -> None:
     assert parse_lora_arg(str(path)) == (path, 1.0)
     with pytest.raises(InputError, match="--lora: file not found"):
         parse_lora_arg(str(tmp_path / "missing.safetensors:1"))
+
+
+def test_lightx2v_style_parameter_and_bias_deltas(tmp_path) -> None:
+    """lightx2v ships blocks.N.diff_m (modulation), norm weight diffs and lora_B.bias-style bias deltas."""
+    model = tiny_dit()
+    reference = copy.deepcopy(model)
+    diff_m = torch.randn(1, 6, 32) * 0.1
+    norm_diff = torch.randn(32) * 0.1
+    bias_delta = torch.randn(32) * 0.1
+    reference.blocks[1].modulation.data += 0.5 * diff_m
+    reference.blocks[0].cross_attn.norm_k_img.weight.data += 0.5 * norm_diff
+    reference.blocks[2].ffn[2].bias.data += 0.5 * bias_delta
+    state = {"diffusion_model.blocks.1.diff_m": diff_m,
+             "diffusion_model.blocks.0.cross_attn.norm_k_img.diff": norm_diff,
+             "diffusion_model.blocks.2.ffn.2.lora_B.bias": bias_delta,
+             "diffusion_model.blocks.0.modulation.diff": torch.zeros(1, 6, 32)}
+    assert apply_lora(model, write(tmp_path / "lightx2v.safetensors", state), strength=0.5) == 4
+    assert torch.allclose(run(model), run(reference), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=r"blocks\.1\.modulation"):
+        apply_lora(model, write(tmp_path / "bad.safetensors", {"blocks.1.diff_m": torch.zeros(5)}))

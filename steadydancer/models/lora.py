@@ -5,7 +5,8 @@ Accepted key layouts (any of the prefixes ``diffusion_model.``, ``model.diffusio
   - PEFT:   ``blocks.N.self_attn.q.lora_A.weight`` / ``.lora_B.weight`` (``.weight`` optional)
   - LoRA:   ``blocks.N.self_attn.q.lora_down.weight`` / ``.lora_up.weight`` (+ ``.alpha``)
   - kohya:  ``lora_unet_blocks_N_self_attn_q.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``
-  - full deltas: ``<module>.diff`` (weight) and ``<module>.diff_b`` (bias), as lightx2v ships
+  - full deltas, as lightx2v ships them: ``<module>.diff`` (weight), ``<module>.diff_b`` and
+    ``.lora_B.bias`` (bias), ``blocks.N.diff_m`` (the block's modulation), ``<module>.<param>.diff``
   - diffusers module names (``blocks.N.attn1.to_q``, ``attn2.add_k_proj``, ``ffn.net.0.proj``...)
     are mapped to the official ones.
 The update is ``W += strength * (alpha / rank) * up @ down`` (alpha/rank = 1 without alpha).
@@ -41,7 +42,8 @@ DIFFUSERS_NAMES = [
 SUFFIXES = {  # key ending -> role
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_A": "down", ".lora_B": "up",
     ".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha",
-    ".diff": "diff", ".diff_b": "diff_b",
+    ".diff": "diff", ".diff_b": "diff_b", ".diff_m": "diff_m",
+    ".lora_B.bias": "diff_b", ".lora_up.bias": "diff_b",
 }
 
 
@@ -53,6 +55,7 @@ class LoraWeights:
     alpha: float | None = None
     diff: torch.Tensor | None = None      # full weight delta
     diff_b: torch.Tensor | None = None    # bias delta
+    param_diffs: dict[str, torch.Tensor] = field(default_factory=dict)   # other parameters' deltas
     keys: list[str] = field(default_factory=list)
 
     def weight_delta(self, shape: torch.Size) -> torch.Tensor | None:
@@ -86,8 +89,9 @@ def _module_path(key: str) -> tuple[str, str] | None:
     return None
 
 
-def read_lora(path: str | Path, module_names: list[str]) -> dict[str, LoraWeights]:
-    """Read a LoRA file (.safetensors, or a .pt/.pth state dict) and map it onto ``module_names``.
+def read_lora(path: str | Path, module_names: list[str], param_names: set[str] = frozenset()) -> dict[str, LoraWeights]:
+    """Read a LoRA file (.safetensors, or a .pt/.pth state dict) and map it onto ``module_names``
+    (and, for full deltas of parameters that are not a layer's weight, ``param_names``).
 
     Returns {module name: LoraWeights}. InputError (naming the file) for keys it cannot place.
     """
@@ -119,6 +123,11 @@ def read_lora(path: str | Path, module_names: list[str]) -> dict[str, LoraWeight
             for pattern, replacement in DIFFUSERS_NAMES:
                 module = re.sub(pattern, replacement, module)
             name = module if module in known else None
+            owner, _, leaf = module.rpartition(".")
+            if name is None and role == "diff" and module in param_names:
+                name, role = owner, ("param", leaf)        # e.g. blocks.0.modulation.diff
+        if role == "diff_m" and name is not None:
+            role = ("param", "modulation")                  # lightx2v: blocks.N.diff_m
         if name is None:
             raise InputError(f"--lora {path}: {key!r} targets no layer of this model "
                              f"(is it a LoRA for the Wan 2.1 I2V 14B DiT?)")
@@ -126,6 +135,8 @@ def read_lora(path: str | Path, module_names: list[str]) -> dict[str, LoraWeight
         entry.keys.append(key)
         if role == "alpha":
             entry.alpha = float(tensor.float().reshape(-1)[0])
+        elif isinstance(role, tuple):
+            entry.param_diffs[role[1]] = tensor
         else:
             setattr(entry, role, tensor)
     for name, entry in result.items():
@@ -148,10 +159,18 @@ def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
     """
     path = Path(path)
     modules = dict(model.named_modules())
-    entries = read_lora(path, [n for n in modules if n])
+    entries = read_lora(path, [n for n in modules if n], {n for n, _ in model.named_parameters()})
     plans = []
     for name, entry in entries.items():
         module = modules[name]
+        for leaf, delta in entry.param_diffs.items():
+            param = getattr(module, leaf, None)
+            if not isinstance(param, torch.Tensor) or param.numel() != delta.numel():
+                raise InputError(f"--lora {path}: the delta for {name}.{leaf} has {tuple(delta.shape)}, "
+                                 f"the model has {None if param is None else tuple(param.shape)}")
+        if entry.down is None and entry.diff is None and entry.diff_b is None:
+            plans.append((name, module, entry, None))
+            continue
         weight = getattr(module, "weight", None)
         if weight is None:
             raise InputError(f"--lora {path}: {name} has no weight to adapt")
@@ -172,6 +191,13 @@ def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
             raise InputError(f"--lora {path}: {name}.diff_b does not match the layer's bias")
         plans.append((name, module, entry, shape))
     for name, module, entry, shape in plans:
+        with torch.no_grad():
+            for leaf, delta in entry.param_diffs.items():
+                param = getattr(module, leaf)
+                param.data = (param.float() + strength * delta.float().reshape(param.shape).to(param.device)
+                              ).to(param.dtype)
+        if shape is None:
+            continue
         weight = module.weight
         quantised = not weight.is_floating_point() or weight.element_size() == 1
         with torch.no_grad():
