@@ -136,3 +136,26 @@ def test_fp8_matmul_close_to_dequantised_path() -> None:
     want = layer(x)
     layer.fp8_matmul = True
     assert rel(layer(x), want) < LAYER_TOL
+
+
+def test_scaled_non_linear_layer_is_dequantised_on_load(tmp_path) -> None:
+    torch.manual_seed(0)
+
+    class WithConv(Toy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv3d(4, 32, (1, 2, 2), (1, 2, 2))
+
+    model = WithConv()
+    state = dict(model.state_dict())
+    weight = state["patch.weight"]
+    scale = weight.abs().amax() / 448
+    state["patch.weight"] = (weight / scale).to(FP8_DTYPE)
+    state["patch.scale_weight"] = scale.reshape(1)
+    path = tmp_path / "conv.safetensors"
+    save_file(state, str(path))
+    with torch.device("meta"):
+        fresh = WithConv()
+    load_fp8_scaled(fresh, path, dtype=torch.float32)
+    assert fresh.patch.weight.dtype == torch.float32
+    assert rel(fresh.patch.weight, weight) < LAYER_TOL

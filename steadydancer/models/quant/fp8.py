@@ -191,30 +191,42 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         keys = {strip_prefix(k): k for k in handle.keys() if strip_prefix(k) not in MARKER_KEYS}
         scaled = {k[:-len(".scale_weight")] for k in keys if k.endswith(".scale_weight")}
+        dequantize_on_load: set[str] = set()
         for name in sorted(scaled):
             try:
                 linear = model.get_submodule(name)
             except AttributeError:
                 raise InputError(f"{path}: {name}.scale_weight names no layer of the model") from None
             if not isinstance(linear, (nn.Linear, FP8Linear)):
-                raise InputError(f"{path}: {name} is not a linear layer of the model")
+                if not isinstance(getattr(linear, "weight", None), torch.Tensor):
+                    raise InputError(f"{path}: {name}.scale_weight names a layer without a weight")
+                dequantize_on_load.add(name)    # e.g. a scaled conv: dequantised once, kept in dtype
+                continue
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child_name, FP8Linear(linear.in_features, linear.out_features,
                                                   linear.bias is not None, device="meta",
                                                   compute_dtype=dtype, fp8_matmul=fp8_matmul))
         expected = dict(model.state_dict(keep_vars=True))
-        unexpected = sorted(set(keys) - set(expected) - {k for k in keys if k.endswith(".scale_input")})
+        ignored = {k for k in keys if k.endswith(".scale_input")}
+        ignored |= {f"{name}.scale_weight" for name in dequantize_on_load}
+        unexpected = sorted(set(keys) - set(expected) - ignored)
         missing = sorted(set(expected) - set(keys))
         if unexpected or missing:
             detail = (f"unexpected {unexpected[:3]}" if unexpected else "") + \
                      (f"{'; ' if unexpected else ''}missing {missing[:3]}" if missing else "")
             raise InputError(f"{path}: not a SteadyDancer DiT fp8 file for this model ({detail})")
         for key, file_key in keys.items():
-            if key.endswith(".scale_input"):
+            if key in ignored:
                 continue
             tensor = handle.get_tensor(file_key)
             target = expected[key]
+            module_name = key.rpartition(".")[0]
+            if module_name in dequantize_on_load and key.endswith(".weight"):
+                scale = handle.get_tensor(keys[f"{module_name}.scale_weight"]).float().reshape(-1)
+                if scale.numel() > 1:  # one scale per output channel
+                    scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
+                tensor = tensor.float() * scale
             if key.endswith(".scale_weight"):
                 tensor = tensor.float().reshape(-1)
                 tensor = tensor.reshape(()) if tensor.numel() == 1 else tensor
