@@ -63,18 +63,16 @@ def test_attention_with_lse_and_merge_equal_full_softmax():
     assert (merged - full).abs().max() < 1e-12
 
 
-def test_ulysses_exchange_roundtrip_and_fallback():
-    results = run_on_gloo(_exchange_roundtrip, 2)
-    for rank, r in enumerate(results):
-        assert r["shape"] == (2, 6, 2, 5)
-        assert r["roundtrip"] == 0.0
+def _two_process_checks(rank: int, world_size: int) -> tuple[dict, dict]:
+    return _exchange_roundtrip(rank, world_size), _errors_for_grids(rank, world_size, [(2, 1), (1, 2)], [12, 13])
+
+
+def test_two_processes_exchange_roundtrip_ulysses_and_ring_equal_single_process():
+    for rank, (exchange, errors) in enumerate(run_on_gloo(_two_process_checks, 2)):
+        assert exchange["shape"] == (2, 6, 2, 5)
+        assert exchange["roundtrip"] == 0.0
         # out[j] = chunk `rank` of rank j
-        assert r["fallback"] == [[3.0 * rank + i for i in range(3)], [100 + 3.0 * rank + i for i in range(3)]]
-
-
-def test_two_processes_ulysses_and_ring_equal_single_process():
-    results = run_on_gloo(_errors_for_grids, 2, [(2, 1), (1, 2)], [12, 13])
-    for errors in results:
+        assert exchange["fallback"] == [[3.0 * rank + i for i in range(3)], [100 + 3.0 * rank + i for i in range(3)]]
         assert len(errors) == 4
         for key, err in errors.items():
             assert err < 1e-5, (key, err)
