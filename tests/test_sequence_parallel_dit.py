@@ -31,7 +31,7 @@ def _worker(rank: int, world_size: int, case_dir: str, grids: list[tuple[int, in
     from steadydancer.distributed.sequence_parallel import sequence_parallel_dit
     from steadydancer.models.loading import load_dit
     from steadydancer.parity.dit import case_conditions
-    from steadydancer.sampling import sample_dc_cfg
+    from steadydancer.sampling import DiTConditions, sample_dc_cfg
 
     io_full = load_file(f"{case_dir}/io.safetensors")
     meta = json.loads(open(f"{case_dir}/meta.json").read())
@@ -59,12 +59,18 @@ def _worker(rank: int, world_size: int, case_dir: str, grids: list[tuple[int, in
             n, hh, ww = io["noise"].shape[1:]
             result["tokens"][name] = (n + 2) * (hh // 2) * (ww // 2)
         result[("single", "sample")] = sample(model, inputs["odd"])
+        # batch of 2 (batched guidance: positive and negative-text passes in one forward)
+        odd = inputs["odd"]
+        pair = DiTConditions.cat(list(case_conditions(odd)[:2]))
+        noise2 = odd["noise"][None].expand(2, -1, -1, -1, -1)
+        result[("single", "batch2")] = model(noise2, odd["t"].expand(2), **pair.as_kwargs())
         for ulysses, ring in grids:
             sp_model = sequence_parallel_dit(model, ulysses_size=ulysses, ring_size=ring, backend="torch")
             for name, io in inputs.items():
                 cond = case_conditions(io)[0]
                 result[((ulysses, ring), name)] = sp_model(io["noise"][None], io["t"], **cond.as_kwargs())[0]
             result[((ulysses, ring), "sample")] = sample(sp_model, inputs["odd"])
+            result[((ulysses, ring), "batch2")] = sp_model(noise2, odd["t"].expand(2), **pair.as_kwargs())
             sp_model.remove()
     return result
 
@@ -83,7 +89,7 @@ def test_two_processes_forward_and_sampling_equal_single_process():
     for result in results:
         assert _rel(result[("single", "full")], official) < 1e-4
         for grid in [(2, 1), (1, 2)]:
-            for name in ("full", "odd", "sample"):
+            for name in ("full", "odd", "sample", "batch2"):
                 err = _rel(result[(grid, name)], result[("single", name)])
                 assert err < 1e-5, (grid, name, err)
             assert result[(grid, "full")].shape == official.shape
