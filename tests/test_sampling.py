@@ -109,3 +109,27 @@ def test_scheduler_sigmas_are_wans(steps, shift):
     dpm, timesteps = make_scheduler("dpm++", steps, shift)
     assert dpm.sigmas[0] == 1.0 and timesteps[0] == 1000 and dpm.sigmas[-1] == 0
     assert torch.allclose(dpm.sigmas[:-1].double(), torch.from_numpy(dpm_sigmas(steps, shift)), atol=1e-7)
+
+
+def test_guidance_is_combined_in_the_model_dtype_and_stepped_in_float32():
+    """The official loop combines bf16 predictions in bf16; only the solver step is float32."""
+    seen = []
+
+    class HalfModel:
+        def __call__(self, latents, timestep, **kw):
+            out = torch.tanh(0.5 * latents + 0.2 * kw["pose_latents"]).to(torch.bfloat16)
+            return out
+
+    def spy(model, latent, timestep, conditions, out_device):
+        from steadydancer.sampling.dc_cfg import run_passes
+        preds = run_passes(model, latent, timestep, conditions, out_device)
+        seen.extend(p.dtype for p in preds)
+        return preds
+
+    f, h, w = 2, 4, 6
+    pose = torch.zeros(16, f, h, w)
+    cond = _conditions(torch.zeros(3, 8), pose)
+    out = sample_dc_cfg(HalfModel(), torch.randn(16, f, h, w), cond, cond, cond, steps=4, progress=False,
+                        passes=spy)
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert out.dtype == torch.float32

@@ -33,7 +33,7 @@ def run_passes_batched(model: DenoiseModel, latent: torch.Tensor, timestep: torc
     batch = DiTConditions.cat(list(conditions))
     n = len(conditions)
     preds = model(latent[None].expand(n, *latent.shape), timestep.reshape(-1)[:1].expand(n), **batch.as_kwargs())
-    return [p.to(device=out_device, dtype=torch.float32) for p in preds.unbind(0)]
+    return [p.to(device=out_device) for p in preds.unbind(0)]
 
 
 def make_passes(batch_guidance: bool = False, skip_negative_text: bool = False) -> Callable[..., list[torch.Tensor]]:

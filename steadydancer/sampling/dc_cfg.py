@@ -39,14 +39,16 @@ def pose_cfg_steps(steps: int, st_cond_cfg: float, end_cond_cfg: float) -> list[
 
 def run_passes(model: DenoiseModel, latent: torch.Tensor, timestep: torch.Tensor,
                conditions: Sequence[DiTConditions], out_device: torch.device) -> list[torch.Tensor]:
-    """One model call per condition set; returns float32 predictions [16,F,h,w] on ``out_device``.
+    """One model call per condition set; returns the predictions [16,F,h,w] on ``out_device``.
 
-    ``latent`` [16,F,h,w] and ``timestep`` [1] are already on the model's device.
+    ``latent`` [16,F,h,w] and ``timestep`` [1] are already on the model's device. Predictions keep
+    the model's output dtype: the official code combines the guidance passes in that dtype (bf16
+    on GPU) and only the solver step works in float32.
     """
     outputs = []
     for cond in conditions:
         pred = model(latent[None], timestep, **cond.as_kwargs())[0]
-        outputs.append(pred.to(device=out_device, dtype=torch.float32))
+        outputs.append(pred.to(device=out_device))
         del pred
     return outputs
 
