@@ -183,5 +183,6 @@ def test_loading_streams_without_a_float32_copy(tmp_path):
     print(f"bf16 model {numbers['bf16_bytes'] / 2**20:.0f} MiB, peak RSS growth while loading "
           f"{grown / 2**20:.0f} MiB (before load {numbers['rss_before_load'] / 2**20:.0f} MiB)")
     assert numbers["bf16_bytes"] > 600 * 2**20
-    # A float32 copy would add 2x, a resident shard another 1x; allow the bf16 size plus slack.
-    assert grown < 1.25 * numbers["bf16_bytes"]
+    # A float32 copy would add 2x, a resident shard another 1x; allow the bf16 size plus slack
+    # (one scratch buffer, allocator rounding: measured 1.10-1.23x).
+    assert grown < 1.4 * numbers["bf16_bytes"]

@@ -73,11 +73,17 @@ def _read_header(path: Path) -> dict[str, _TensorEntry]:
     return entries
 
 
-def _read_tensor(handle, entry: _TensorEntry) -> torch.Tensor:
-    """Read one tensor's bytes into a fresh CPU tensor (its own dtype)."""
+def _read_tensor(handle, entry: _TensorEntry, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor's bytes into a CPU tensor of its own dtype.
+
+    With ``scratch`` (a uint8 buffer of at least the tensor's byte size) the result is a view of
+    it, valid until the next read: reusing one buffer keeps the transient stored-dtype copies from
+    fragmenting the heap between the kept (converted) tensors, which otherwise lets peak host
+    memory drift towards twice the converted model.
+    """
     dtype = _SAFETENSORS_DTYPES[entry.dtype]
     nbytes = entry.end - entry.start
-    out = torch.empty(nbytes, dtype=torch.uint8)
+    out = torch.empty(nbytes, dtype=torch.uint8) if scratch is None else scratch[:nbytes]
     handle.seek(entry.start)
     if nbytes and handle.readinto(memoryview(out.numpy())) != nbytes:
         raise InputError(f"{entry.path}: file is truncated")
@@ -179,11 +185,13 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
     by_file: dict[Path, list[str]] = {}
     for name in expected:
         by_file.setdefault(entries[name].path, []).append(name)
+    scratch = torch.empty(max(e.end - e.start for e in entries.values()), dtype=torch.uint8)
     for path, names in by_file.items():
         names.sort(key=lambda n: entries[n].start)  # sequential reads
         with open(path, "rb", buffering=0) as handle:
             for name in names:
-                value = _read_tensor(handle, entries[name]).to(device=device, dtype=dtype)
+                # copy=True: the read is a view of the scratch buffer, even when no cast is needed
+                value = _read_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
                 owner, _, leaf = name.rpartition(".")
                 module = modules[owner]
                 if leaf in module._parameters:
