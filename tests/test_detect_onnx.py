@@ -201,5 +201,5 @@ def test_unreadable_onnx_file_is_an_input_error(tmp_path):
 
     (tmp_path / "p.onnx").write_bytes(b"garbage")
     (tmp_path / "d.onnx").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="--yolox-onnx"):
+    with pytest.raises(InputError, match="--yolox_ckpt"):
         make_detector("onnx", dwpose_onnx=tmp_path / "p.onnx", yolox_onnx=tmp_path / "d.onnx")

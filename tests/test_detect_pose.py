@@ -122,9 +122,9 @@ def test_neck_is_mean_of_shoulders_and_needs_both():
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    with pytest.raises(InputError, match="pose-backend"):
+    with pytest.raises(InputError, match="--backend"):
         make_detector("openpose")
-    with pytest.raises(InputError, match="--dwpose-onnx"):
+    with pytest.raises(InputError, match="--dwpose_ckpt"):
         make_detector("onnx", dwpose_onnx=tmp_path / "missing.onnx")
     (tmp_path / "pose.onnx").write_bytes(b"")
     with pytest.raises(InputError, match="both"):
@@ -145,5 +145,5 @@ def test_pth_weights_without_mmpose_say_how_to_install(tmp_path):
     with pytest.raises(InputError) as info:
         make_detector(dwpose_pth=tmp_path / "dw.pth", yolox_pth=tmp_path / "yolox.pth")
     message = str(info.value)
-    assert "mmpose" in message and "pip install" in message and "--dwpose-onnx" in message
+    assert "mmpose" in message and "pip install" in message and "--dwpose_ckpt" in message
     assert "\n" not in message

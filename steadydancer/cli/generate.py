@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--st_cond_cfg", type=float, default=0.1, help="pose CFG starts after this fraction of steps")
     parser.add_argument("--end_cond_cfg", type=float, default=0.4, help="pose CFG ends before this fraction of steps")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    # multi-GPU: under torchrun (see steadydancer/distributed and docs/notes/distributed.md)
+    # multi-GPU: under torchrun (see steadydancer/distributed and docs/multi_gpu.md)
     multi = parser.add_argument_group("multi-GPU (official flags; launch with torchrun --nproc_per_node=N)")
     multi.add_argument("--ulysses_size", type=int, default=1,
                        help="Ulysses sequence-parallel degree (must divide the DiT's heads)")

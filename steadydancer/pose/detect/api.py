@@ -43,11 +43,11 @@ def make_detector(
     device: "cpu" or "cuda[:N]" (ONNX: CUDA execution provider when onnxruntime has it).
     """
     if backend not in BACKENDS:
-        raise InputError(f"--pose-backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
-    dwpose_onnx = _existing_file(dwpose_onnx, "--dwpose-onnx", ".onnx")
-    yolox_onnx = _existing_file(yolox_onnx, "--yolox-onnx", ".onnx")
-    dwpose_pth = _existing_file(dwpose_pth, "--dwpose-pth", ".pth")
-    yolox_pth = _existing_file(yolox_pth, "--yolox-pth", ".pth")
+        raise InputError(f"--backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    dwpose_onnx = _existing_file(dwpose_onnx, "--dwpose_ckpt", ".onnx")
+    yolox_onnx = _existing_file(yolox_onnx, "--yolox_ckpt", ".onnx")
+    dwpose_pth = _existing_file(dwpose_pth, "--dwpose_ckpt", ".pth")
+    yolox_pth = _existing_file(yolox_pth, "--yolox_ckpt", ".pth")
     if backend == "auto":
         if dwpose_onnx or yolox_onnx:
             backend = "onnx"
@@ -58,8 +58,8 @@ def make_detector(
     if backend == "onnx":
         if dwpose_onnx is None or yolox_onnx is None:
             raise InputError(
-                "the ONNX pose backend needs both --dwpose-onnx (dw-ll_ucoco_384.onnx) and "
-                "--yolox-onnx (yolox_l.onnx)"
+                "the ONNX pose backend needs both --dwpose_ckpt (dw-ll_ucoco_384.onnx) and "
+                "--yolox_ckpt (yolox_l.onnx)"
             )
         from .onnx_backend import OnnxWholebody
 
@@ -67,8 +67,8 @@ def make_detector(
     if backend == "mmpose":
         if dwpose_pth is None or yolox_pth is None:
             raise InputError(
-                "the mmpose pose backend needs both --dwpose-pth (dw-ll_ucoco_384.pth) and "
-                "--yolox-pth (yolox_l_8x8_300e_coco_*.pth)"
+                "the mmpose pose backend needs both --dwpose_ckpt (dw-ll_ucoco_384.pth) and "
+                "--yolox_ckpt (yolox_l_8x8_300e_coco_*.pth)"
             )
         from .mmpose_backend import MMPoseWholebody
 

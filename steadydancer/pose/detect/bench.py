@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=30, help="frames to time (after one warm-up frame)")
     parser.add_argument("--detect-resolution", type=int, default=1024)
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--dwpose-onnx")
-    parser.add_argument("--yolox-onnx")
+    parser.add_argument("--dwpose_ckpt", dest="dwpose_onnx")
+    parser.add_argument("--yolox_ckpt", dest="yolox_onnx")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 

@@ -72,7 +72,7 @@ class MediaPipeWholebody(Detector):
         except ImportError as exc:
             raise InputError(
                 "the mediapipe pose backend needs mediapipe==0.10.14 (pip install 'mediapipe==0.10.14'), "
-                "or give DWPose weights (--dwpose-onnx/--yolox-onnx)"
+                "or give DWPose ONNX weights (--dwpose_ckpt, --yolox_ckpt)"
             ) from exc
         self._holistic = holistic.Holistic(
             static_image_mode=True,

@@ -27,7 +27,7 @@ DET_NMS_IOU = 0.7
 
 MISSING_MMPOSE = (
     "the .pth pose weights need mmpose, mmdet and mmcv (pip install 'steadydancer[mmpose]', "
-    "with an mmcv build matching your torch); or use the ONNX files with --dwpose-onnx/--yolox-onnx"
+    "with an mmcv build matching your torch); or give the ONNX files to --dwpose_ckpt and --yolox_ckpt"
 )
 
 _NORM = dict(type="BN", momentum=0.03, eps=0.001)
@@ -138,10 +138,10 @@ class MMPoseWholebody(Detector):
         except ImportError as exc:
             raise InputError(MISSING_MMPOSE) from exc
         self.detector = init_detector(Config(_yolox_l_config()), None, device=device)
-        _load_weights(self.detector, Path(det_ckpt), "--yolox-pth")
+        _load_weights(self.detector, Path(det_ckpt), "--yolox_ckpt")
         self.detector.cfg = adapt_mmdet_pipeline(self.detector.cfg)
         self.pose_model = init_model(Config(_dwpose_l_config()), None, device=device)
-        _load_weights(self.pose_model, Path(pose_ckpt), "--dwpose-pth")
+        _load_weights(self.pose_model, Path(pose_ckpt), "--dwpose_ckpt")
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from mmdet.apis import inference_detector

@@ -229,16 +229,16 @@ class OnnxWholebody(Detector):
 
     def __init__(self, pose_path: str | os.PathLike, det_path: str | os.PathLike, device: str = "cpu") -> None:
         providers = _providers(device)
-        self.det_session = _open_session(Path(det_path), providers, device, "--yolox-onnx")
-        self.pose_session = _open_session(Path(pose_path), providers, device, "--dwpose-onnx")
-        self.det_input_size = self._static_hw(self.det_session, YOLOX_INPUT_SIZE, "--yolox-onnx", det_path)
+        self.det_session = _open_session(Path(det_path), providers, device, "--yolox_ckpt")
+        self.pose_session = _open_session(Path(pose_path), providers, device, "--dwpose_ckpt")
+        self.det_input_size = self._static_hw(self.det_session, YOLOX_INPUT_SIZE, "--yolox_ckpt", det_path)
         pose_h, pose_w = self._static_hw(
-            self.pose_session, (POSE_INPUT_SIZE[1], POSE_INPUT_SIZE[0]), "--dwpose-onnx", pose_path
+            self.pose_session, (POSE_INPUT_SIZE[1], POSE_INPUT_SIZE[0]), "--dwpose_ckpt", pose_path
         )
         self.pose_input_size = (pose_w, pose_h)
         outputs = [o.name for o in self.pose_session.get_outputs()]
         if len(outputs) != 2:
-            raise InputError(f"--dwpose-onnx: {pose_path} has outputs {outputs}, expected simcc_x and simcc_y")
+            raise InputError(f"--dwpose_ckpt: {pose_path} has outputs {outputs}, expected simcc_x and simcc_y")
         # Name order when the names are the usual ones, else the file's order.
         self.pose_outputs = ["simcc_x", "simcc_y"] if set(outputs) == {"simcc_x", "simcc_y"} else outputs
 
@@ -281,5 +281,5 @@ class OnnxWholebody(Detector):
             boxes = np.array([[0.0, 0.0, float(width), float(height)]])
         points, scores = self.keypoints(np.ascontiguousarray(image_as_official[:, :, ::-1]), boxes)
         if points.shape[1] != 133:
-            raise InputError(f"--dwpose-onnx: the model gives {points.shape[1]} keypoints, expected 133 (COCO-WholeBody)")
+            raise InputError(f"--dwpose_ckpt: the model gives {points.shape[1]} keypoints, expected 133 (COCO-WholeBody)")
         return coco_wholebody_to_openpose(points, scores)
