@@ -140,20 +140,31 @@ def test_shape_mismatch_is_named(tiny_ckpt):
     assert "blocks.0.ffn.0.weight" in message and "[48, 32]" in message and "[64, 32]" in message
 
 
+# The child resets the kernel's peak-RSS mark (VmHWM) after its imports: importing the stack can
+# peak higher than the load itself (seen: +540 MiB transient under pytest), and ru_maxrss would
+# report that import peak instead of the load's.
 MEMORY_CHILD = textwrap.dedent("""
-    import gc, json, resource, sys
-    import psutil, torch
+    import gc, json, sys
+    import torch
     from steadydancer.models.loading import load_dit
+
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+
     gc.collect()
-    before = psutil.Process().memory_info().rss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
     model = load_dit(sys.argv[1], device="cpu", dtype=torch.bfloat16)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = status("VmHWM")
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"rss_before_load": before, "peak_rss": peak, "bf16_bytes": size}))
 """)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss units differ off Linux")
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_loading_streams_without_a_float32_copy(tmp_path):
     """A ~320M-parameter float32 checkpoint (1.3 GB) loads as bf16 with peak host memory near
     the bf16 size (0.64 GB), not the 2-4x of a float32 copy or a whole resident shard."""
@@ -184,5 +195,5 @@ def test_loading_streams_without_a_float32_copy(tmp_path):
           f"{grown / 2**20:.0f} MiB (before load {numbers['rss_before_load'] / 2**20:.0f} MiB)")
     assert numbers["bf16_bytes"] > 600 * 2**20
     # A float32 copy would add 2x, a resident shard another 1x; allow the bf16 size plus slack
-    # (one scratch buffer, allocator rounding: measured 1.10-1.23x).
-    assert grown < 1.4 * numbers["bf16_bytes"]
+    # (one scratch buffer and allocator rounding: measured 1.05x).
+    assert grown < 1.2 * numbers["bf16_bytes"]
