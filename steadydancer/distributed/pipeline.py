@@ -16,9 +16,9 @@ import torch
 
 from ..errors import InputError
 from ..pipeline import config as C
-from ..pipeline.i2v import DancerPipeline, SamplingOptions, checkpoint_files, video_to_frames
-from ..pipeline.inputs import check_frame_num, check_pose_folders, load_image, max_area_for, read_inputs, resolve_frame_num
-from ..pose.video import write_video
+from ..pipeline.i2v import DancerPipeline, SamplingOptions
+from ..pipeline.inputs import read_inputs
+from ..pipeline.run import check_inputs, save_video
 from .launch import DistributedSetup
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,7 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
     on the others.
     """
     sampling = sampling or SamplingOptions()
-    max_area = max_area_for(size)
-    if frame_num is not None:
-        check_frame_num(frame_num)
-    available = check_pose_folders(cond_pos_folder, cond_neg_folder)
-    frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
-    load_image(image)
-    checkpoint_files(ckpt_dir)
+    max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num)
     seed = setup.broadcast_seed(seed)
 
     started = time.perf_counter()
@@ -110,10 +104,6 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
                               negative_prompt=negative_prompt, progress=progress and setup.is_main)
     written = None
     if setup.is_main:
-        frames = video_to_frames(video)
-        count = write_video(save_file, (f.numpy() for f in frames), fps=C.SAMPLE_FPS)
-        log.info("saved %d frames (%dx%d, %d fps) to %s in %.1f s", count, frames.shape[2], frames.shape[1],
-                 C.SAMPLE_FPS, save_file, time.perf_counter() - started)
-        written = Path(save_file)
+        written = save_video(video, save_file, started)
     setup.barrier()
     return written

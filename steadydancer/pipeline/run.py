@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from . import config as C
 from .i2v import DancerPipeline, SamplingOptions, checkpoint_files, video_to_frames
 from .inputs import (check_frame_num, check_pose_folders, load_image, max_area_for, read_inputs,
                      resolve_frame_num)
+
+if TYPE_CHECKING:
+    from ..models.memory import MemoryOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +36,7 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
     Returns the path written.
     """
     sampling = sampling or SamplingOptions()
-    max_area = max_area_for(size)
-    if frame_num is not None:
-        check_frame_num(frame_num)
-    available = check_pose_folders(cond_pos_folder, cond_neg_folder)
-    frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
-    load_image(image)  # readable?
-    checkpoint_files(ckpt_dir)
+    max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num)
 
     started = time.perf_counter()
     inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
@@ -50,6 +48,27 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
                               negative_prompt=negative_prompt, progress=progress)
+    return save_video(video, save_file, started)
+
+
+def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                 cond_neg_folder: str | os.PathLike, size: str, frame_num: int | None) -> tuple[int, int]:
+    """Check every input before any model loads (InputError, one line); returns (max_area, frame_num).
+
+    ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold.
+    """
+    max_area = max_area_for(size)
+    if frame_num is not None:
+        check_frame_num(frame_num)
+    available = check_pose_folders(cond_pos_folder, cond_neg_folder)
+    frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
+    load_image(image)  # readable?
+    checkpoint_files(ckpt_dir)
+    return max_area, frame_num
+
+
+def save_video(video: torch.Tensor, save_file: str | os.PathLike, started: float) -> Path:
+    """Write the generated video [3, N, H, W] in [-1, 1] as H.264 mp4 at 16 fps (atomically)."""
     frames = video_to_frames(video)
     count = write_video(save_file, (f.numpy() for f in frames), fps=C.SAMPLE_FPS)
     log.info("saved %d frames (%dx%d, %d fps) to %s in %.1f s", count, frames.shape[2], frames.shape[1],
