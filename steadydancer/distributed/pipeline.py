@@ -57,6 +57,10 @@ class DistributedDancerPipeline(DancerPipeline):
             self._dit = self.setup.prepare_dit(model)
         return self._dit
 
+    def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
+        """Only rank 0 decodes (it alone writes the video), as the official code; others get None."""
+        return super().decode(latent) if self.setup.is_main else None
+
     def text_encoder(self):
         if self._t5 is None:
             self._t5 = self.setup.prepare_text_encoder(super().text_encoder())

@@ -183,7 +183,7 @@ class DancerPipeline:
                  negative: list[Image.Image], prompt: str, max_area: int, frame_num: int,
                  sampling: SamplingOptions, seed: int = -1, negative_prompt: str | None = None,
                  progress: bool = True) -> torch.Tensor:
-        """The video [3, frame_num, H, W] in [-1, 1] (float32, on the CPU).
+        """The video [3, frame_num, H, W] in [-1, 1] (float32, on the CPU; see :meth:`decode`).
 
         ``image``: reference (PIL RGB); ``pose_first``, ``positive``, ``negative``: pose frames
         already PIL-bicubic-resized to the reference image's size.
@@ -253,8 +253,11 @@ class DancerPipeline:
             del dit
             gc.collect()
             torch.cuda.empty_cache()
-        video = self.vae().decode(latent.to(device))
-        return video.cpu()
+        return self.decode(latent)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
+        """The video [3, N, H, W] in [-1, 1] (float32, on the CPU) from the final latent [16, f, h, w]."""
+        return self.vae().decode(latent.to(self.device)).cpu()
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:
