@@ -76,7 +76,7 @@ def check_memory_options(memory, setup: DistributedSetup) -> None:
                          "split the DiT's weights over the GPUs")
     if memory.compile and setup.sequence_parallel:
         raise InputError("--compile with --ulysses_size/--ring_size is not supported (the sequence-parallel "
-                         "attention is routed by hooks that a compiled block would bypass)")
+                         "attention's collectives inside compiled blocks are untested)")
     if setup.dit_fsdp and (memory.dit_dtype == "fp8" or memory.dit_fp8_file or memory.gguf):
         raise InputError("--dit_fsdp with FP8 or GGUF weights is not supported; drop --dit_fsdp (the quantised "
                          "DiT is small enough to replicate) or use bf16 weights")

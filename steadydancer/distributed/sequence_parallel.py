@@ -12,9 +12,8 @@ with identity rotations) and padded keys are masked, so any frame count and size
 padding is dropped after the gather.
 
 The DiT is used through its staged forward (``embed`` -> ``blocks`` -> ``unembed``). Its
-self-attention modules are routed to :class:`SequenceParallelAttention` by forward hooks that
-swap the ``attention`` function their forward calls, only for the duration of that call; the
-model's code is untouched and cross-attention keeps the plain kernel.
+self-attention modules get :class:`SequenceParallelAttention` in their ``attention_fn`` slot;
+cross-attention keeps the plain kernel.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models.attention import attention
 from .attention import SequenceParallelAttention
 from .comm import gather_sequence, pad_sequence_to_multiple
 from .groups import SequenceParallelGroups
@@ -32,41 +32,11 @@ def _self_attention_modules(model: nn.Module) -> list[nn.Module]:
     modules = []
     for block in model.blocks:
         attn = getattr(block, "self_attn", None)
-        if attn is None:
-            raise TypeError(f"{type(block).__name__} has no self_attn: cannot apply sequence parallelism")
+        if attn is None or not hasattr(attn, "attention_fn"):
+            raise TypeError(f"{type(block).__name__} has no self_attn with an attention_fn slot: "
+                            "cannot apply sequence parallelism")
         modules.append(attn)
     return modules
-
-
-class _AttentionRouter:
-    """Forward hooks that make a self-attention module call ``replacement`` instead of the
-    module-level ``attention`` function its class's forward uses."""
-
-    def __init__(self, modules: list[nn.Module], replacement) -> None:
-        self.replacement = replacement
-        self.handles = []
-        self._saved: list[tuple[dict, object]] = []
-        for module in modules:
-            namespace = type(module).forward.__globals__
-            if "attention" not in namespace:
-                raise TypeError(f"{type(module).__name__}.forward does not call a module-level `attention`")
-            self.handles.append(module.register_forward_pre_hook(self._enter(namespace)))
-            self.handles.append(module.register_forward_hook(self._exit, always_call=True))
-
-    def _enter(self, namespace: dict):
-        def hook(module, args):
-            self._saved.append((namespace, namespace["attention"]))
-            namespace["attention"] = self.replacement
-        return hook
-
-    def _exit(self, module, args, output):
-        namespace, original = self._saved.pop()
-        namespace["attention"] = original
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
 
 
 class SequenceParallelDiT(nn.Module):
@@ -86,15 +56,16 @@ class SequenceParallelDiT(nn.Module):
                              f"{groups.ulysses_size}")
         self.model = model
         self.groups = groups
-        namespace = type(_self_attention_modules(model)[0]).forward.__globals__
         # the model's own kernel for the Ulysses-only case: numbers match the single-process model
-        self.attention = SequenceParallelAttention(groups, local_attention=namespace.get("attention"),
-                                                   backend=backend)
-        self._router = _AttentionRouter(_self_attention_modules(model), self.attention)
+        self.attention = SequenceParallelAttention(groups, local_attention=attention, backend=backend)
+        self._self_attention = _self_attention_modules(model)
+        for module in self._self_attention:
+            module.attention_fn = self.attention
 
     def remove(self) -> nn.Module:
-        """Take the hooks off and return the plain model."""
-        self._router.remove()
+        """Give the self-attention modules their local kernel back and return the plain model."""
+        for module in self._self_attention:
+            module.attention_fn = None
         return self.model
 
     def __getattr__(self, name: str):

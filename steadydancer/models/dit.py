@@ -115,13 +115,16 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        # Kernel for q, k, v [B, L, heads, head_dim]; sequence parallelism puts its own here
+        # (steadydancer.distributed), None means the local attention backends.
+        self.attention_fn = None
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, self.head_dim)
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), freqs)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), freqs)
         v = self.v(x).unflatten(-1, heads)
-        return self.o(attention(q, k, v).flatten(2))
+        return self.o((self.attention_fn or attention)(q, k, v).flatten(2))
 
 
 class ImageTextCrossAttention(nn.Module):
