@@ -10,11 +10,14 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from steadydancer.pose.detect import detect_pose, make_detector  # noqa: E402
 from steadydancer.pose.detect.onnx_backend import (  # noqa: E402
+    FLIP_INDICES,
     POSE_MEAN,
     POSE_STD,
     crop_person,
     crop_to_image,
+    crop_warp_matrix,
     letterbox,
+    merge_flip_test,
     nms,
     person_boxes,
     simcc_decode,
@@ -52,12 +55,14 @@ def yolox_graph(path, raw: np.ndarray):
     return _save(graph, path)
 
 
-def pose_graph(path):
+def pose_graph(path, x_gain=None):
     """input [1,3,384,288] -> simcc_x [1,133,576], simcc_y [1,133,768].
 
     Every keypoint's SimCC is the crop's brightest value per column (x) and per row (y), each
     crop pixel spread over split_ratio = 2 bins: a bright spot in the crop becomes the argmax.
+    x_gain [133] (default all ones) multiplies each keypoint's x vector.
     """
+    gain = np.ones(133, np.float32) if x_gain is None else np.asarray(x_gain, np.float32)
     spread_x = np.kron(np.eye(288), np.ones((1, 2))).astype(np.float32)  # [288, 576]
     spread_y = np.kron(np.eye(384), np.ones((1, 2))).astype(np.float32)  # [384, 768]
     nodes = [
@@ -67,7 +72,8 @@ def pose_graph(path):
         helper.make_node("MatMul", ["rows", "spread_y"], ["sy"]),
         helper.make_node("Unsqueeze", ["sx", "axis1"], ["sx1"]),
         helper.make_node("Unsqueeze", ["sy", "axis1"], ["sy1"]),
-        helper.make_node("Expand", ["sx1", "shape_x"], ["simcc_x"]),
+        helper.make_node("Expand", ["sx1", "shape_x"], ["sx_all"]),
+        helper.make_node("Mul", ["sx_all", "gain"], ["simcc_x"]),
         helper.make_node("Expand", ["sy1", "shape_y"], ["simcc_y"]),
     ]
     graph = helper.make_graph(
@@ -84,6 +90,7 @@ def pose_graph(path):
             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
             numpy_helper.from_array(np.array([1, 133, 576], np.int64), "shape_x"),
             numpy_helper.from_array(np.array([1, 133, 768], np.int64), "shape_y"),
+            numpy_helper.from_array(gain.reshape(1, 133, 1), "gain"),
         ],
     )
     return _save(graph, path)
@@ -94,11 +101,12 @@ def _grid_index(stride: int, gx: int, gy: int) -> int:
     return offset + gy * (640 // stride) + gx
 
 
-def raw_for_boxes(boxes_in_input: list[tuple[float, float, float, float, float]]) -> np.ndarray:
-    """Raw head output holding the given (x1, y1, x2, y2, person score) boxes in 640-input pixels."""
+def raw_for_boxes(boxes_in_input: list[tuple]) -> np.ndarray:
+    """Raw head output holding the given (x1, y1, x2, y2, person score[, class-1 score]) boxes
+    in 640-input pixels (objectness 1, one box per stride-32 cell)."""
     raw = np.zeros((ANCHORS, 85), np.float32)
     raw[:, 2:4] = 0.0
-    for x1, y1, x2, y2, score in boxes_in_input:
+    for x1, y1, x2, y2, score, *other in boxes_in_input:
         cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
         stride = 32
         gx, gy = int(cx // stride), int(cy // stride)
@@ -107,15 +115,24 @@ def raw_for_boxes(boxes_in_input: list[tuple[float, float, float, float, float]]
         raw[row, 2:4] = [np.log(w / stride), np.log(h / stride)]
         raw[row, 4] = 1.0
         raw[row, 5] = score
+        raw[row, 6] = other[0] if other else 0.0
     return raw
 
 
 def test_letterbox_scales_into_the_top_left_and_pads_114():
     image = np.full((300, 600, 3), 7, np.uint8)
-    blob, ratio = letterbox(image)
-    assert ratio == pytest.approx(640 / 600)
+    blob, scale_factor = letterbox(image)
+    assert scale_factor == pytest.approx((640 / 600, 640 / 600))
     assert blob.shape == (3, 640, 640) and blob.dtype == np.float32
     assert blob[:, :320, :].max() == 7 and blob[:, 320:, :].min() == 114
+
+
+def test_letterbox_rounds_sizes_like_mmcv_imrescale():
+    # 299 * 640 / 600 = 318.93: mmcv rounds to 319 rows (truncation would give 318), and the
+    # boxes are mapped back with the per-axis factors new / old, as mmdet's scale_factor.
+    blob, (w_scale, h_scale) = letterbox(np.full((299, 600, 3), 7, np.uint8))
+    assert blob[:, 318, 0].max() == 7 and blob[:, 319, 0].min() == 114
+    assert w_scale == pytest.approx(640 / 600) and h_scale == pytest.approx(319 / 299)
 
 
 def test_yolox_decode_and_person_boxes_with_nms():
@@ -123,11 +140,32 @@ def test_yolox_decode_and_person_boxes_with_nms():
     decoded = yolox_decode(raw)
     row = _grid_index(32, 200 // 32, 280 // 32)
     assert decoded[row, :4] == pytest.approx([200, 280, 200, 440], abs=1e-3)
-    boxes = person_boxes(raw, ratio=0.5)
-    # the overlapping weaker box is suppressed, the 0.25 one is under the 0.3 person threshold
-    assert boxes.shape == (1, 4)
+    boxes = person_boxes(raw, 0.5)
+    # the overlapping weaker box (IoU 0.70 > 0.65) is suppressed, the 0.25 one is under 0.5
+    assert boxes.shape == (1, 4) and boxes.dtype == np.float32
     assert boxes[0] == pytest.approx([200, 120, 600, 1000], abs=1e-2)
     assert person_boxes(np.zeros((ANCHORS, 85), np.float32), 1.0).shape == (0, 4)
+
+
+def test_person_boxes_follow_the_official_thresholds_and_order():
+    raw = raw_for_boxes([
+        (100, 100, 300, 500, 0.90),  # A: IoU 0.74 with C -> suppressed by the 0.65 NMS
+        (130, 100, 330, 500, 0.95),  # C: best
+        (400, 100, 600, 500, 0.80),  # B
+        (450, 100, 650, 500, 0.70),  # E: IoU 0.60 with B -> kept (NMS 0.65, not 0.45)
+        (20, 540, 120, 620, 0.50),  # score exactly 0.5: dropped (wholebody.py keeps > 0.5)
+        (200, 540, 300, 620, 0.52),  # kept
+        (400, 540, 500, 620, 0.90, 0.95),  # a person score, but another class wins the argmax
+    ])
+    boxes = person_boxes(raw, (1.0, 2.0))  # x and y mapped back with their own factors
+    expected = [(130, 50, 330, 250), (400, 50, 600, 250), (450, 50, 650, 250), (200, 270, 300, 310)]
+    np.testing.assert_allclose(boxes, expected, atol=1e-2)
+
+
+def test_yolox_nms_is_per_class():
+    # a stronger box of another class in the same place does not suppress the person
+    raw = raw_for_boxes([(100, 100, 300, 500, 0.9), (130, 100, 330, 500, 0.0, 0.99)])
+    assert person_boxes(raw, 1.0).shape == (1, 4)
 
 
 def test_nms_counts_areas_with_the_plus_one_convention():
@@ -135,6 +173,9 @@ def test_nms_counts_areas_with_the_plus_one_convention():
     # IoU = 50 / 150 = 1/3 with +1 areas (it would be 45/117 without)
     assert nms(boxes, np.array([0.9, 0.8]), 0.34) == [0, 1]
     assert nms(boxes, np.array([0.9, 0.8]), 0.33) == [0]
+    # mmcv's nms op (YOLOX test_cfg) counts sizes without the +1: IoU 36/126 = 0.286
+    assert nms(boxes, np.array([0.8, 0.9]), 0.29, pixel_offset=0.0) == [1, 0]
+    assert nms(boxes, np.array([0.8, 0.9]), 0.28, pixel_offset=0.0) == [1]
 
 
 def test_simcc_decode_argmax_split_ratio_and_min_score():

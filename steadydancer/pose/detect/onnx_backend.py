@@ -1,21 +1,41 @@
 """DWPose on onnxruntime: YOLOX-L person boxes, then the dw-ll_ucoco_384 SimCC whole-body model.
 
-Pre- and post-processing follow the DWPose ONNX pipeline (and mmpose's RTMPose codec):
-- YOLOX: letterbox into 640x640 (scale r = min(640/h, 640/w), linear resize to
-  (int(w r), int(h r)) at the top-left, pad value 114, float 0..255, no normalisation); decode
-  with grid offsets and strides 8/16/32 (xy = (p + grid) * stride, wh = exp(p) * stride);
-  score = objectness x class score; person class only, score > 0.1, NMS IoU 0.45 (areas with the
-  +1 pixel convention), then keep score > 0.3. Channel order: the official DWposeDetector
-  applies COLOR_RGB2BGR to an OpenCV (already BGR) frame, so YOLOX and the pose model see the
-  channels swapped relative to their training; both get the same arrays here.
-- Pose: box -> center and scale x 1.25, widened to the 288:384 aspect, affine crop 288x384
-  (linear), RGB normalised with the ImageNet mean/std in 0..255 units (as mmpose's
-  ``bgr_to_rgb=True`` data preprocessor does); SimCC decode: argmax along each axis,
-  score = min of the two maxima, location -1 where score <= 0, divided by the split ratio 2.0;
-  back-projection: p / (288, 384) * scale + center - scale / 2.
-- No box found: the whole image is used as the box, as both official pipelines do.
-Unlike mmpose (flip_test=True in the DWPose config), no flip test is run: this matches the
-DWPose ONNX pipeline, not the mmpose one, to the last digit.
+Pre- and post-processing follow the official SteadyDancer pose path (mmdet YOLOX-L with
+``yolox_l_8xb8-300e_coco.py``, mmpose DWPose-L with ``dwpose-l_384x288.py``, glued together by
+``preprocess/pose/script/wholebody.py``), so that ONNX exports of the same two networks give
+what mmdet + mmpose give:
+
+- YOLOX input (mmdet test pipeline): ``Resize(scale=(640, 640), keep_ratio=True)`` = mmcv
+  ``imrescale``: factor r = min(640 / long side, 640 / short side), new size
+  ``int(side * r + 0.5)`` (rounded), bilinear; ``Pad(pad_to_square=True)`` with 114 at the
+  bottom/right; the data preprocessor neither normalises nor swaps channels (float 0..255).
+  Boxes go back to the image by dividing x by new_w / w and y by new_h / h (mmdet's per-axis
+  ``scale_factor``).
+- YOLOX decode and ``test_cfg`` (mmdet ``YOLOXHead.predict_by_feat``): priors at
+  (col, row) x stride with no half-cell offset, xy = p x stride + prior, wh = exp(p) x stride;
+  label = argmax over the 80 classes, score = objectness x that class score, kept when
+  ``>= score_thr 0.01``; class-aware NMS at IoU 0.65 (mmcv ``nms``: no +1 in areas, a box
+  is dropped when its IoU with a better one is > 0.65); no cap on the number of boxes.
+- Person boxes (``wholebody.py``): label 0 with score > 0.5, then mmpose's numpy ``nms`` at
+  0.7 (areas with +1, dropped when IoU > 0.7), best first.
+- Pose crop (mmpose ``GetBBoxCenterScale`` + ``TopdownAffine``, use_udp off): float32 box ->
+  center, scale = size x 1.25, widened to w:h = 288:384, ``get_warp_matrix`` (three float32
+  point pairs: centre, half a width to the left, and that vector turned 90 degrees), 288x384
+  linear warp; ImageNet mean/std in 0..255 units (the preprocessor's ``bgr_to_rgb=True``
+  swap is the second swap in ``detect``).
+- Flip test (``test_cfg=dict(flip_test=True)``, mmpose ``RTMCCHead.predict`` +
+  ``flip_vectors``): the network also runs on the crop mirrored left-right; its SimCC x
+  vectors are reversed (bin b -> bin Wx - 1 - b, no extra shift) and both its x and y
+  vectors take the rows of the mirror keypoints (COCO-WholeBody ``flip_indices``); the two
+  passes are averaged, (a + b) x 0.5, before decoding.
+- Decode (``SimCCLabel.decode`` / ``get_simcc_maximum``, no DARK, no softmax): argmax per
+  axis, score = the smaller of the two maxima, location -1 where score <= 0, then / 2.0;
+  back-projection (``TopdownPoseEstimator.add_pred_to_datasample``):
+  p / (288, 384) x scale + center - scale / 2.
+- No box found: the whole image [0, 0, w, h] is the box (mmpose ``inference_topdown``).
+Channel order: the official DWposeDetector applies COLOR_RGB2BGR to an OpenCV (already BGR)
+frame, so YOLOX and the pose model see the channels swapped relative to their training; both
+get the same arrays here.
 """
 
 from __future__ import annotations
@@ -35,11 +55,15 @@ from .layout import coco_wholebody_to_openpose
 YOLOX_INPUT_SIZE = (640, 640)  # (height, width)
 YOLOX_STRIDES = (8, 16, 32)
 YOLOX_PAD_VALUE = 114
-YOLOX_SCORE_THRESHOLD = 0.1
-YOLOX_NMS_IOU = 0.45
-PERSON_MIN_SCORE = 0.3
+# mmdet YOLOX test_cfg (yolox_l_8xb8-300e_coco.py): score_thr=0.01, nms iou_threshold=0.65.
+YOLOX_SCORE_THRESHOLD = 0.01
+YOLOX_NMS_IOU = 0.65
+# wholebody.py: label 0 and score > 0.5, then mmpose nms(bboxes, 0.7).
+PERSON_LABEL = 0
+PERSON_MIN_SCORE = 0.5
+PERSON_NMS_IOU = 0.7
 
-POSE_INPUT_SIZE = (288, 384)  # (width, height)
+POSE_INPUT_SIZE = (288, 384)  # (width, height), mmpose codec input_size
 BOX_PADDING = 1.25
 SIMCC_SPLIT_RATIO = 2.0
 # ImageNet mean / std in 0..255 units, RGB order.
@@ -47,106 +71,168 @@ POSE_MEAN = np.array([123.675, 116.28, 103.53])
 POSE_STD = np.array([58.395, 57.12, 57.375])
 
 
+def _coco_wholebody_flip_indices() -> list[int]:
+    """Index of each COCO-WholeBody keypoint's mirror twin (133 entries; mmpose's dataset meta)."""
+    pairs = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]  # body
+    pairs += [(17, 20), (18, 21), (19, 22)]  # feet: big toe, small toe, heel
+    face = 23  # the 68 face points follow in iBUG order
+    pairs += [(face + i, face + 16 - i) for i in range(8)]  # jaw line
+    pairs += [(face + 17 + i, face + 26 - i) for i in range(5)]  # brows
+    pairs += [(face + 31, face + 35), (face + 32, face + 34)]  # nostrils
+    pairs += [(face + a, face + b) for a, b in ((36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46))]  # eyes
+    pairs += [(face + a, face + b) for a, b in ((48, 54), (49, 53), (50, 52), (55, 59), (56, 58))]  # outer lips
+    pairs += [(face + a, face + b) for a, b in ((60, 64), (61, 63), (65, 67))]  # inner lips
+    pairs += [(91 + i, 112 + i) for i in range(21)]  # left hand <-> right hand
+    flip = list(range(133))
+    for a, b in pairs:
+        flip[a], flip[b] = b, a
+    return flip
+
+
+FLIP_INDICES = _coco_wholebody_flip_indices()
+
+
 # ----------------------------------------------------------------------------- YOLOX
 
-def letterbox(image: np.ndarray, input_size: tuple[int, int] = YOLOX_INPUT_SIZE) -> tuple[np.ndarray, float]:
-    """Image [H, W, 3] uint8 -> (YOLOX input [3, h_in, w_in] float32, scale factor r)."""
+def letterbox(
+    image: np.ndarray, input_size: tuple[int, int] = YOLOX_INPUT_SIZE
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Image [H, W, 3] uint8 -> (YOLOX input [3, h_in, w_in] float32, (w_scale, h_scale)).
+
+    mmcv ``imrescale`` to fit (w_in, h_in) keeping the aspect ratio (sizes rounded to the
+    nearest pixel, bilinear), placed at the top-left, padded with 114. The returned per-axis
+    factors are new size / old size, as mmdet's ``scale_factor``.
+    """
     in_h, in_w = input_size
-    ratio = min(in_h / image.shape[0], in_w / image.shape[1])
-    new_w, new_h = int(image.shape[1] * ratio), int(image.shape[0] * ratio)
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+    height, width = image.shape[:2]
+    ratio = min(max(in_h, in_w) / max(height, width), min(in_h, in_w) / min(height, width))
+    new_w, new_h = int(width * ratio + 0.5), int(height * ratio + 0.5)
+    if new_w > in_w or new_h > in_h:
+        raise InputError(f"yolox onnx: input {in_w}x{in_h} cannot hold a {width}x{height} image resized to {new_w}x{new_h}")
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     padded = np.full((in_h, in_w, 3), YOLOX_PAD_VALUE, dtype=np.uint8)
     padded[:new_h, :new_w] = resized
-    return np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32), ratio
+    blob = np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32)
+    return blob, (new_w / width, new_h / height)
 
 
 def yolox_decode(raw: np.ndarray, input_size: tuple[int, int] = YOLOX_INPUT_SIZE) -> np.ndarray:
-    """Raw YOLOX head output [A, 5 + C] (centre offsets, log sizes, obj, classes) -> [A, 5 + C]
-    with (cx, cy, w, h) in input pixels; A = sum over strides of (h_in/s) (w_in/s), row-major."""
+    """Raw YOLOX head output [A, 5 + C] (centre offsets, log sizes, obj, classes) -> float32
+    [A, 5 + C] with (cx, cy, w, h) in input pixels; A = sum over strides of (h_in/s) (w_in/s),
+    row-major, priors at (col, row) x stride."""
     grids, strides = [], []
     for stride in YOLOX_STRIDES:
         rows, cols = input_size[0] // stride, input_size[1] // stride
         xs, ys = np.meshgrid(np.arange(cols), np.arange(rows))
-        grids.append(np.stack((xs, ys), axis=2).reshape(-1, 2))
+        grids.append(np.stack((xs, ys), axis=2).reshape(-1, 2) * stride)
         strides.append(np.full((rows * cols, 1), stride))
-    grid = np.concatenate(grids, axis=0)
-    stride = np.concatenate(strides, axis=0)
-    if raw.shape[0] != len(grid):
+    priors = np.concatenate(grids, axis=0).astype(np.float32)
+    stride = np.concatenate(strides, axis=0).astype(np.float32)
+    if raw.shape[0] != len(priors):
         raise InputError(
-            f"yolox onnx: output has {raw.shape[0]} anchors, expected {len(grid)} for input {input_size}"
+            f"yolox onnx: output has {raw.shape[0]} anchors, expected {len(priors)} for input {input_size}"
         )
-    decoded = raw.astype(np.float64).copy()
-    decoded[:, :2] = (raw[:, :2] + grid) * stride
-    decoded[:, 2:4] = np.exp(raw[:, 2:4]) * stride
+    decoded = raw.astype(np.float32).copy()
+    decoded[:, :2] = raw[:, :2] * stride + priors
+    decoded[:, 2:4] = np.exp(raw[:, 2:4].astype(np.float32)) * stride
     return decoded
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy NMS over xyxy boxes [N, 4] (areas counted with +1 pixel); indices kept, best first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, pixel_offset: float = 1.0) -> list[int]:
+    """Greedy NMS over xyxy boxes [N, 4]; indices kept, best first.
+
+    A box is dropped when its IoU with a kept one is > iou_threshold. ``pixel_offset`` is added
+    to widths and heights: 1 as mmpose's numpy ``nms``, 0 as mmcv's ``nms`` op.
+    """
     x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    areas = (x2 - x1 + pixel_offset) * (y2 - y1 + pixel_offset)
     order = scores.argsort()[::-1]
     keep: list[int] = []
     while order.size > 0:
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
-        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + pixel_offset)
+        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + pixel_offset)
         inter = inter_w * inter_h
         iou = inter / (areas[best] + areas[rest] - inter)
         order = rest[iou <= iou_threshold]
     return keep
 
 
-def person_boxes(raw: np.ndarray, ratio: float, input_size: tuple[int, int] = YOLOX_INPUT_SIZE) -> np.ndarray:
-    """Raw YOLOX output [A, 85] -> person boxes [N, 4] xyxy in original-image pixels, best first."""
+def detections(
+    raw: np.ndarray, scale_factor: float | tuple[float, float], input_size: tuple[int, int] = YOLOX_INPUT_SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mmdet YOLOX post-processing: raw output [A, 5 + C] -> (boxes [M, 4] xyxy image pixels
+    float32, scores [M], labels [M]) after score_thr and class-wise NMS, best first.
+
+    Only the person class is run through NMS: mmdet's NMS is per class and nothing downstream
+    uses other classes (mmcv's batched_nms separates classes by shifting boxes, which is the
+    same thing for boxes with non-negative coordinates).
+    """
+    w_scale, h_scale = (scale_factor, scale_factor) if np.isscalar(scale_factor) else scale_factor
     decoded = yolox_decode(raw, input_size)
-    centre, size = decoded[:, :2], decoded[:, 2:4]
-    boxes = np.concatenate([centre - size / 2.0, centre + size / 2.0], axis=1) / ratio
-    person_scores = decoded[:, 4] * decoded[:, 5]
-    # Class-aware NMS: the person class can be processed on its own.
-    candidates = person_scores > YOLOX_SCORE_THRESHOLD
-    boxes, person_scores = boxes[candidates], person_scores[candidates]
+    class_scores = decoded[:, 5:]
+    labels = class_scores.argmax(axis=1)
+    scores = decoded[:, 4] * class_scores[np.arange(len(labels)), labels]
+    centre, half = decoded[:, :2], decoded[:, 2:4] / 2
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    boxes = boxes / np.array([w_scale, h_scale, w_scale, h_scale], dtype=np.float32)
+    candidates = (scores >= YOLOX_SCORE_THRESHOLD) & (labels == PERSON_LABEL)
+    boxes, scores, labels = boxes[candidates], scores[candidates], labels[candidates]
     if len(boxes) == 0:
-        return np.zeros((0, 4))
-    keep = nms(boxes, person_scores, YOLOX_NMS_IOU)
-    boxes, person_scores = boxes[keep], person_scores[keep]
-    return boxes[person_scores > PERSON_MIN_SCORE]
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    keep = nms(boxes, scores, YOLOX_NMS_IOU, pixel_offset=0.0)
+    return boxes[keep].astype(np.float32), scores[keep], labels[keep]
+
+
+def person_boxes(
+    raw: np.ndarray, scale_factor: float | tuple[float, float], input_size: tuple[int, int] = YOLOX_INPUT_SIZE
+) -> np.ndarray:
+    """Raw YOLOX output [A, 85] -> person boxes [N, 4] xyxy float32 in original-image pixels,
+    best first (label 0, score > 0.5, then NMS 0.7 with +1 areas, as wholebody.py)."""
+    boxes, scores, labels = detections(raw, scale_factor, input_size)
+    chosen = (labels == PERSON_LABEL) & (scores > PERSON_MIN_SCORE)
+    boxes, scores = boxes[chosen], scores[chosen]
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    return boxes[nms(boxes, scores, PERSON_NMS_IOU, pixel_offset=1.0)]
 
 
 # ----------------------------------------------------------------------------- RTMPose / SimCC
 
 def box_to_center_scale(box: np.ndarray, padding: float = BOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
-    """xyxy box [4] -> (center [2], scale [2] = padded (w, h))."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    center = np.array([x1 + x2, y1 + y2]) * 0.5
-    scale = np.array([x2 - x1, y2 - y1]) * padding
+    """xyxy box [4] -> (center [2], scale [2] = padded (w, h)), float32 as mmpose computes them."""
+    box = np.asarray(box, dtype=np.float32)
+    center = (box[2:] + box[:2]) * np.float32(0.5)
+    scale = (box[2:] - box[:2]) * np.float32(padding)
     return center, scale
 
 
 def fix_aspect_ratio(scale: np.ndarray, aspect_ratio: float) -> np.ndarray:
-    """Grow (w, h) so that w / h == aspect_ratio, never shrinking either side."""
+    """Grow (w, h) so that w / h == aspect_ratio, never shrinking either side (dtype kept)."""
     width, height = scale
     if width > height * aspect_ratio:
-        return np.array([width, width / aspect_ratio])
-    return np.array([height * aspect_ratio, height])
+        return np.array([width, width / aspect_ratio], dtype=scale.dtype)
+    return np.array([height * aspect_ratio, height], dtype=scale.dtype)
 
 
 def crop_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """2x3 affine taking the box (center, scale (w, h)) onto an output_size (w, h) image, no rotation.
 
-    Built from three point pairs in float32 (centre, a point half a width above it, and one
-    half a width to its left) as mmpose does, so the matrix carries the same rounding.
+    mmpose ``get_warp_matrix`` (use_udp off): float32 point pairs centre -> output centre,
+    centre - (w/2, 0) -> output centre - (out_w/2, 0), and the third point of each triangle
+    from turning that vector 90 degrees; the same points give the same float rounding.
     """
     out_w, out_h = output_size
-    half_src, half_dst = scale[0] * 0.5, out_w * 0.5
-    src = np.array(
-        [center, center + [0.0, -half_src], center + [-half_src, -half_src]], dtype=np.float32
-    )
-    dst_center = np.array([out_w * 0.5, out_h * 0.5])
-    dst = np.array(
-        [dst_center, dst_center + [0.0, -half_dst], dst_center + [-half_dst, -half_dst]], dtype=np.float32
-    )
+    src = np.zeros((3, 2), dtype=np.float32)
+    dst = np.zeros((3, 2), dtype=np.float32)
+    src[0] = center
+    src[1] = center + np.array([scale[0] * -0.5, 0.0])
+    dst[0] = [out_w * 0.5, out_h * 0.5]
+    dst[1] = np.array([out_w * 0.5, out_h * 0.5]) + np.array([out_w * -0.5, 0.0])
+    for points in (src, dst):
+        direction = points[0] - points[1]
+        points[2] = points[1] + np.array([-direction[1], direction[0]])
     return cv2.getAffineTransform(src, dst)
 
 
@@ -160,8 +246,26 @@ def crop_person(image_rgb: np.ndarray, box: np.ndarray, input_size: tuple[int, i
     scale = fix_aspect_ratio(scale, input_size[0] / input_size[1])
     matrix = crop_warp_matrix(center, scale, input_size)
     crop = cv2.warpAffine(image_rgb, matrix, (int(input_size[0]), int(input_size[1])), flags=cv2.INTER_LINEAR)
-    normalised = (crop - POSE_MEAN) / POSE_STD
+    normalised = (crop.astype(np.float32) - POSE_MEAN.astype(np.float32)) / POSE_STD.astype(np.float32)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32), center, scale
+
+
+def merge_flip_test(
+    simcc_x: np.ndarray,
+    simcc_y: np.ndarray,
+    flipped_x: np.ndarray,
+    flipped_y: np.ndarray,
+    flip_indices: list[int] = FLIP_INDICES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average the SimCC outputs [N, K, W] of a crop and of its mirror image (mmpose flip test).
+
+    The mirror pass is mapped back first: rows taken from each keypoint's mirror twin, x
+    vectors reversed (bin b <- bin Wx - 1 - b; no extra shift); then (a + b) * 0.5.
+    """
+    back_x = flipped_x[:, flip_indices, ::-1]
+    back_y = flipped_y[:, flip_indices]
+    half = np.asarray(0.5, dtype=simcc_x.dtype)
+    return (simcc_x + back_x) * half, (simcc_y + back_y) * half
 
 
 def simcc_decode(
@@ -185,8 +289,9 @@ def simcc_decode(
 def crop_to_image(
     points: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: tuple[int, int] = POSE_INPUT_SIZE
 ) -> np.ndarray:
-    """Points [K, 2] in crop pixels -> image pixels."""
-    return points / np.asarray(input_size, dtype=np.float64) * scale + center - scale / 2.0
+    """Points [K, 2] in crop pixels -> image pixels (float32, as mmpose stores them)."""
+    projected = points / np.asarray(input_size) * scale + center - 0.5 * scale
+    return projected.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- session
@@ -254,10 +359,10 @@ class OnnxWholebody(Detector):
 
     def boxes(self, image_bgr: np.ndarray) -> np.ndarray:
         """Person boxes [N, 4] xyxy pixels of image_bgr, best first."""
-        blob, ratio = letterbox(image_bgr, self.det_input_size)
+        blob, scale_factor = letterbox(image_bgr, self.det_input_size)
         name = self.det_session.get_inputs()[0].name
         raw = self.det_session.run(None, {name: blob[None]})[0]
-        return person_boxes(raw[0], ratio, self.det_input_size)
+        return person_boxes(raw[0], scale_factor, self.det_input_size)
 
     def keypoints(self, image_rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """COCO-WholeBody points of each box: ([N, K, 2] pixels, [N, K] scores)."""
@@ -266,6 +371,14 @@ class OnnxWholebody(Detector):
         for box in boxes:
             blob, center, scale = crop_person(image_rgb, box, self.pose_input_size)
             simcc_x, simcc_y = self.pose_session.run(self.pose_outputs, {name: blob[None]})
+            # Flip test (the DWPose config's test_cfg): the same crop mirrored left-right.
+            mirrored = np.ascontiguousarray(blob[:, :, ::-1])
+            flipped_x, flipped_y = self.pose_session.run(self.pose_outputs, {name: mirrored[None]})
+            if simcc_x.shape[1] != len(FLIP_INDICES):
+                raise InputError(
+                    f"--dwpose_ckpt: the model gives {simcc_x.shape[1]} keypoints, expected 133 (COCO-WholeBody)"
+                )
+            simcc_x, simcc_y = merge_flip_test(simcc_x, simcc_y, flipped_x, flipped_y)
             points, scores = simcc_decode(simcc_x, simcc_y)
             all_points.append(crop_to_image(points[0], center, scale, self.pose_input_size))
             all_scores.append(scores[0])
@@ -278,7 +391,7 @@ class OnnxWholebody(Detector):
         image_as_official = np.ascontiguousarray(image_bgr[:, :, ::-1])
         boxes = self.boxes(image_as_official)
         if len(boxes) == 0:
-            boxes = np.array([[0.0, 0.0, float(width), float(height)]])
+            boxes = np.array([[0, 0, width, height]], dtype=np.float32)
         points, scores = self.keypoints(np.ascontiguousarray(image_as_official[:, :, ::-1]), boxes)
         if points.shape[1] != 133:
             raise InputError(f"--dwpose_ckpt: the model gives {points.shape[1]} keypoints, expected 133 (COCO-WholeBody)")
