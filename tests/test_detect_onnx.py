@@ -244,3 +244,67 @@ def test_unreadable_onnx_file_is_an_input_error(tmp_path):
     (tmp_path / "d.onnx").write_bytes(b"garbage")
     with pytest.raises(InputError, match="--yolox_ckpt"):
         make_detector("onnx", dwpose_onnx=tmp_path / "p.onnx", yolox_onnx=tmp_path / "d.onnx")
+
+
+# COCO-WholeBody flip_indices as mmpose derives them from the `swap` names of
+# configs/_base_/datasets/coco_wholebody.py (body, feet, 68 face points, then the two hands).
+MMPOSE_COCO_WHOLEBODY_FLIP_INDICES = (
+    [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 20, 21, 22, 17, 18, 19]
+    + [39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23]
+    + [49, 48, 47, 46, 45, 44, 43, 42, 41, 40, 50, 51, 52, 53, 58, 57, 56, 55, 54]
+    + [68, 67, 66, 65, 70, 69, 62, 61, 60, 59, 64, 63]
+    + [77, 76, 75, 74, 73, 72, 71, 82, 81, 80, 79, 78, 87, 86, 85, 84, 83, 90, 89, 88]
+    + list(range(112, 133))
+    + list(range(91, 112))
+)
+
+
+def test_flip_indices_are_coco_wholebody_mirror_twins():
+    assert FLIP_INDICES == MMPOSE_COCO_WHOLEBODY_FLIP_INDICES
+    assert all(FLIP_INDICES[FLIP_INDICES[k]] == k for k in range(133))
+
+
+def test_merge_flip_test_reverses_x_swaps_sides_and_averages():
+    simcc_x, simcc_y = np.zeros((1, 133, 576), np.float32), np.zeros((1, 133, 768), np.float32)
+    flipped_x, flipped_y = np.zeros_like(simcc_x), np.zeros_like(simcc_y)
+    simcc_x[0, 2, 100] = 1.0
+    flipped_x[0, 1, 10] = 1.0  # left eye of the mirror pass = right eye (2) of the crop
+    flipped_y[0, 1, 300] = 1.0
+    flipped_x[0, 0, 20] = 1.0  # the nose is its own twin
+    merged_x, merged_y = merge_flip_test(simcc_x, simcc_y, flipped_x, flipped_y)
+    assert merged_x.dtype == np.float32
+    # bin b of the mirror pass lands on bin 575 - b: no extra one-bin shift
+    assert merged_x[0, 2, 565] == 0.5 and merged_x[0, 2, 100] == 0.5 and merged_x[0, 2].sum() == 1.0
+    assert merged_y[0, 2, 300] == 0.5 and merged_y[0, 2].sum() == 0.5
+    assert merged_x[0, 0, 555] == 0.5 and merged_x[0, 1].sum() == 0.0
+
+
+def test_crop_warp_matrix_is_a_scale_and_shift():
+    center, scale = np.array([150.0, 250.0], np.float32), np.array([281.25, 375.0], np.float32)
+    matrix = crop_warp_matrix(center, scale, (288, 384))
+    factor = 288 / 281.25
+    expected = [[factor, 0, 144 - factor * 150], [0, factor, 192 - factor * 250]]
+    np.testing.assert_allclose(matrix, expected, atol=1e-4)
+
+
+def test_flip_test_reaches_keypoints_only_the_mirror_pass_sees(tmp_path):
+    # Only the left eye (1) has a non-zero x vector, so without the flip test the right eye (2)
+    # would score 0 (missing); with it, the mirror pass's left eye becomes the right eye, found
+    # at the same place, and both eyes average one real and one zero x vector.
+    gain = np.zeros(133, np.float32)
+    gain[1] = 1.0
+    detector = make_detector(
+        "onnx", dwpose_onnx=pose_graph(tmp_path / "p.onnx", x_gain=gain),
+        yolox_onnx=yolox_graph(tmp_path / "d.onnx", np.zeros((ANCHORS, 85), np.float32)),
+    )
+    image = np.zeros((400, 300, 3), np.uint8)
+    image[118:123, 68:73] = 255  # off-centre, so an un-reversed x vector would land elsewhere
+    points, scores = detector.keypoints(image, np.array([[0, 0, 300, 400]], np.float32))
+    assert points.shape == (1, 133, 2) and points.dtype == np.float32
+    np.testing.assert_allclose(points[0, 1], [70, 120], atol=1.5)
+    np.testing.assert_allclose(points[0, 2], points[0, 1], atol=1.0)
+    assert scores[0, 1] == pytest.approx(scores[0, 2]) and scores[0, 1] > 0
+    # x maximum halved by the averaging with a zero vector; y (same in both passes) is not
+    blob = crop_person(image, np.array([0, 0, 300, 400], np.float32))[0]
+    assert scores[0, 1] == pytest.approx(0.5 * blob.max(), rel=1e-5)
+    assert scores[0, 3] == 0.0 and points[0, 3] == pytest.approx([-1 / 2 / 288 * 375 + 150 - 187.5, -1 / 2 / 384 * 500 + 200 - 250], abs=1e-3)
