@@ -307,4 +307,6 @@ def test_flip_test_reaches_keypoints_only_the_mirror_pass_sees(tmp_path):
     # x maximum halved by the averaging with a zero vector; y (same in both passes) is not
     blob = crop_person(image, np.array([0, 0, 300, 400], np.float32))[0]
     assert scores[0, 1] == pytest.approx(0.5 * blob.max(), rel=1e-5)
-    assert scores[0, 3] == 0.0 and points[0, 3] == pytest.approx([-1 / 2 / 288 * 375 + 150 - 187.5, -1 / 2 / 384 * 500 + 200 - 250], abs=1e-3)
+    # a missing point is crop location -1 / 2.0, back-projected like any other
+    missing = [-0.5 / 288 * 375 + 150 - 187.5, -0.5 / 384 * 500 + 200 - 250]
+    assert scores[0, 3] == 0.0 and points[0, 3] == pytest.approx(missing, abs=1e-3)

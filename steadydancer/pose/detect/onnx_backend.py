@@ -108,7 +108,9 @@ def letterbox(
     ratio = min(max(in_h, in_w) / max(height, width), min(in_h, in_w) / min(height, width))
     new_w, new_h = int(width * ratio + 0.5), int(height * ratio + 0.5)
     if new_w > in_w or new_h > in_h:
-        raise InputError(f"yolox onnx: input {in_w}x{in_h} cannot hold a {width}x{height} image resized to {new_w}x{new_h}")
+        raise InputError(
+            f"yolox onnx: input {in_w}x{in_h} cannot hold a {width}x{height} image resized to {new_w}x{new_h}"
+        )
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     padded = np.full((in_h, in_w, 3), YOLOX_PAD_VALUE, dtype=np.uint8)
     padded[:new_h, :new_w] = resized
