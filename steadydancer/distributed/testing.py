@@ -34,6 +34,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, a
     try:
         result: Any = fn(rank, world_size, *args)
         torch.save({"ok": result}, Path(out_dir) / f"{rank}.pt")
+        # No rank tears the group down while another may still be in a collective (gloo then
+        # aborts the process from a background thread: "terminate called without an active exception").
+        dist.barrier()
     except BaseException:
         torch.save({"error": traceback.format_exc()}, Path(out_dir) / f"{rank}.pt")
         raise
