@@ -16,7 +16,12 @@ cd "$(dirname "$0")/.."
 : "${MASTER_ADDR:?set MASTER_ADDR to the address of the first node}"
 : "${NODE_RANK:?set NODE_RANK (0 .. NNODES-1)}"
 NNODES=${NNODES:-2}
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+# GPUs listed by nvidia-smi (0 without it; a failing pipeline must not end the script silently under -e)
+GPUS_PER_NODE=${GPUS_PER_NODE:-$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)}
+if ! [ "$GPUS_PER_NODE" -ge 1 ] 2>/dev/null; then
+    echo "error: GPUS_PER_NODE=$GPUS_PER_NODE: expected the number of GPUs to use (>= 1); set GPUS_PER_NODE (nvidia-smi found none)" >&2
+    exit 1
+fi
 MASTER_PORT=${MASTER_PORT:-29500}
 ULYSSES=${ULYSSES:-$GPUS_PER_NODE}
 RING=${RING:-$NNODES}

@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 
 : "${CKPT_DIR:?set CKPT_DIR to the SteadyDancer-14B folder}"
 : "${INPUT_DIR:?set INPUT_DIR to a folder written by steadydancer prepare}"
-NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
-NGPU=${NGPU:-1}
+# GPUs listed by nvidia-smi (0 without it; a failing pipeline must not end the script silently under -e)
+NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)}
+if ! [ "$NGPU" -ge 1 ] 2>/dev/null; then
+    echo "error: NGPU=$NGPU: expected the number of GPUs to use (>= 1); set NGPU (nvidia-smi found none)" >&2
+    exit 1
+fi
 ULYSSES=${ULYSSES:-$NGPU}
 RING=${RING:-1}
 SIZE=${SIZE:-1024*576}
