@@ -159,3 +159,14 @@ def test_scaled_non_linear_layer_is_dequantised_on_load(tmp_path) -> None:
     load_fp8_scaled(fresh, path, dtype=torch.float32)
     assert fresh.patch.weight.dtype == torch.float32
     assert rel(fresh.patch.weight, weight) < LAYER_TOL
+
+
+def test_fp8_matmul_argument_layout_on_cpu() -> None:
+    """torch._scaled_mm also runs on the CPU: the FP8 path's operand layout, scales, row padding
+    (21 rows) and bias give the dequantised result without a GPU."""
+    torch.manual_seed(0)
+    layer = FP8Linear.from_linear(nn.Linear(256, 512).to(torch.bfloat16))
+    x = torch.randn(3, 7, 256, dtype=torch.bfloat16)
+    out = layer._fp8_forward(x, layer.bias.to(x.dtype))
+    assert out.shape == (3, 7, 512) and out.dtype == torch.bfloat16
+    assert rel(out, layer(x)) < LAYER_TOL

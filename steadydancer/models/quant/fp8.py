@@ -93,7 +93,9 @@ class FP8Linear(nn.Module):
         if count % 16:  # the FP8 GEMM wants every dimension a multiple of 16
             rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
         x_scale = rows.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-        x_fp8 = (rows / x_scale.to(rows.dtype)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        # divide in float32 by the very scale _scaled_mm multiplies back (a bf16-rounded divisor
+        # would bias every output by up to 2**-8)
+        x_fp8 = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         out = torch._scaled_mm(x_fp8, self.weight.t(), scale_a=x_scale,
                                scale_b=self.scale_weight.float().reshape(()), bias=None, out_dtype=out_dtype)
