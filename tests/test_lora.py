@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from memory_helpers import tiny_conditions, tiny_dit, tiny_latents
 from steadydancer.errors import InputError
-from steadydancer.models.lora import apply_lora, parse_lora_arg
+from steadydancer.models.lora import apply_lora, parse_lora_arg, read_lora
 from steadydancer.models.quant.fp8 import quantize_model_fp8
 
 TARGETS = ["blocks.0.self_attn.q", "blocks.1.cross_attn.k_img", "blocks.2.ffn.0"]
@@ -148,3 +148,11 @@ def test_lightx2v_style_parameter_and_bias_deltas(tmp_path) -> None:
     assert torch.allclose(run(model), run(reference), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match=r"blocks\.1\.modulation"):
         apply_lora(model, write(tmp_path / "bad.safetensors", {"blocks.1.diff_m": torch.zeros(5)}))
+
+
+@pytest.mark.parametrize("name", ["broken.safetensors", "broken.pt"])
+def test_unreadable_lora_file_is_one_line(tmp_path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"not a tensor file at all")
+    with pytest.raises(InputError, match=rf"^--lora .*{name}: not a readable LoRA file"):
+        read_lora(path, ["blocks.0.self_attn.q"])

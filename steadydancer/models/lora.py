@@ -96,11 +96,15 @@ def read_lora(path: str | Path, module_names: list[str], param_names: set[str] =
     Returns {module name: LoraWeights}. InputError (naming the file) for keys it cannot place.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors' SafetensorError, pickle/zip errors, OSError
+        raise InputError(f"--lora {path}: not a readable LoRA file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(state, dict) or not state:
         raise InputError(f"--lora {path}: no tensors found")
     by_kohya = {name.replace(".", "_"): name for name in module_names}
