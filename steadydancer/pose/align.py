@@ -32,12 +32,6 @@ def reference_size(height: int, width: int, area: int = REFERENCE_AREA) -> tuple
     return int(new_h), int(new_w)
 
 
-def detect_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """(height, width) with the short side scaled to ``resolution``, rounded to multiples of 64."""
-    k = float(resolution) / min(float(height), float(width))
-    return int(np.round(height * k / 64.0)) * 64, int(np.round(width * k / 64.0)) * 64
-
-
 SCALE_NAMES = ("neck", "face_left", "face_right", "shoulder", "arm_upper", "arm_lower", "hand",
                "body_len", "leg_upper", "leg_lower")
 

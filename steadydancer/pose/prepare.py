@@ -357,9 +357,6 @@ def prepare_inputs(
              2 * plan.ref_width, 2 * plan.ref_height)
 
     with atomic_dir(out_dir, keep=[KEYPOINTS_NAME] if reused else None) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private; the result should not be
         if not reused:
             save_keypoints(tmp / KEYPOINTS_NAME, keypoints)
         _copy_reference(image, tmp / "ref_image.png", reference_rgb)
