@@ -76,3 +76,13 @@ def test_demo_refuses_input_flags(fakes, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --image") and "\n" not in err
     assert "prepare" not in fakes
+
+
+@pytest.mark.parametrize("flags, named", [(["--size", "640*480"], "--size 640*480"),
+                                          (["--frame_num", "8"], "--frame_num 8"),
+                                          (["--sample_steps", "0"], "--sample_steps 0")])
+def test_demo_bad_flag_stops_before_preparation(fakes, tmp_path, capsys, flags, named):
+    assert main(["demo", "--out", str(tmp_path / "d"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {named}") and "\n" not in err
+    assert "prepare" not in fakes and "tiny" not in fakes

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 setattr(args, name, value)
     elif args.size is None:
         args.size = C.DEFAULT_SIZE
+    generate.check_flags(args)  # a bad flag stops here, not after the preparation
 
     log.info("preparing the bundled sample into %s", out / "inputs")
     inputs = prepare_inputs(assets / "ref_image.png", assets / "driving_video.mp4", out / "inputs",

@@ -90,15 +90,28 @@ def check_parallel_args(args: argparse.Namespace) -> None:
     check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp)
 
 
-def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill defaults as the official script does and from --input_dir; InputError for bad values."""
+def check_flags(args: argparse.Namespace) -> None:
+    """The checks that need no file (task, size, prompt extension, multi-GPU, frames, steps): InputError.
+
+    Cheap, so that ``demo`` can run them before its long preparation.
+    """
+    from ..pipeline.inputs import check_frame_num, max_area_for
+
     if args.task not in TASKS:
         raise InputError(f"--task {args.task}: only {', '.join(TASKS)} is supported")
-    if args.size not in C.MAX_AREA_CONFIGS:
-        raise InputError(f"--size {args.size}: unsupported; supported sizes are {', '.join(C.SUPPORTED_SIZES)}")
+    max_area_for(args.size)
     if args.use_prompt_extend:
         raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
     check_parallel_args(args)
+    if args.frame_num is not None:
+        check_frame_num(args.frame_num)
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise InputError(f"--sample_steps {args.sample_steps}: must be >= 1")
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults as the official script does and from --input_dir; InputError for bad values."""
+    check_flags(args)
     if args.ckpt_dir is None:
         raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
     if args.input_dir is not None:
@@ -117,8 +130,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.prompt = EXAMPLE_PROMPT
     if args.sample_steps is None:
         args.sample_steps = C.DEFAULT_STEPS
-    if args.sample_steps < 1:
-        raise InputError(f"--sample_steps {args.sample_steps}: must be >= 1")
     if args.sample_shift is None:
         args.sample_shift = C.default_shift(args.size)
     if args.save_file is None:
