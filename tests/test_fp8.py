@@ -117,6 +117,10 @@ def test_wrong_file_is_one_clear_line(tmp_path) -> None:
         load_fp8_scaled(copy.deepcopy(model), path)
     with pytest.raises(InputError, match="not found"):
         load_fp8_scaled(model, tmp_path / "absent.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(InputError, match=r"garbage\.safetensors: not a readable \.safetensors file"):
+        load_fp8_scaled(model, garbage)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

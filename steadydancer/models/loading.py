@@ -38,18 +38,18 @@ OFFICIAL_DIFFUSERS_VERSION = "0.42.1"
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 
 
-class _TensorEntry:
+class SafetensorsEntry:
     """Where one tensor's bytes lie in a .safetensors file."""
 
     def __init__(self, path: Path, dtype: str, shape: list[int], start: int, end: int):
         self.path, self.dtype, self.shape, self.start, self.end = path, dtype, tuple(shape), start, end
 
 
-def _read_header(path: Path) -> dict[str, _TensorEntry]:
+def read_safetensors_header(path: Path) -> dict[str, SafetensorsEntry]:
     """Tensor entries of a .safetensors file, from its JSON header only."""
     try:
         with open(path, "rb") as f:
@@ -69,11 +69,11 @@ def _read_header(path: Path) -> dict[str, _TensorEntry]:
         if end - begin != itemsize * math.prod(info["shape"]):
             raise InputError(f"{path}: tensor {name} has {end - begin} bytes, expected {info['shape']} "
                              f"{info['dtype']}")
-        entries[name] = _TensorEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
+        entries[name] = SafetensorsEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
     return entries
 
 
-def _read_tensor(handle, entry: _TensorEntry, scratch: torch.Tensor | None = None) -> torch.Tensor:
+def read_safetensors_tensor(handle, entry: SafetensorsEntry, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Read one tensor's bytes into a CPU tensor of its own dtype.
 
     With ``scratch`` (a uint8 buffer of at least the tensor's byte size) the result is a view of
@@ -90,7 +90,7 @@ def _read_tensor(handle, entry: _TensorEntry, scratch: torch.Tensor | None = Non
     return out.view(dtype).reshape(entry.shape)
 
 
-def _index_checkpoint(ckpt_dir: Path) -> dict[str, _TensorEntry]:
+def _index_checkpoint(ckpt_dir: Path) -> dict[str, SafetensorsEntry]:
     """Tensor name -> entry over all shards, checking that every shard named exists."""
     index_path = ckpt_dir / INDEX_NAME
     if index_path.is_file():
@@ -102,16 +102,16 @@ def _index_checkpoint(ckpt_dir: Path) -> dict[str, _TensorEntry]:
         for shard in shards:
             if not (ckpt_dir / shard).is_file():
                 raise InputError(f"{ckpt_dir}: shard {shard} named in {INDEX_NAME} is missing")
-        entries: dict[str, _TensorEntry] = {}
+        entries: dict[str, SafetensorsEntry] = {}
         for shard in shards:
-            in_shard = _read_header(ckpt_dir / shard)
+            in_shard = read_safetensors_header(ckpt_dir / shard)
             for name, shard_of_name in weight_map.items():
                 if shard_of_name == shard and name not in in_shard:
                     raise InputError(f"{ckpt_dir / shard}: tensor {name} listed in {INDEX_NAME} is not in the file")
             entries.update(in_shard)
         return entries
     if (ckpt_dir / SINGLE_NAME).is_file():
-        return _read_header(ckpt_dir / SINGLE_NAME)
+        return read_safetensors_header(ckpt_dir / SINGLE_NAME)
     raise InputError(f"{ckpt_dir}: no {INDEX_NAME} or {SINGLE_NAME} (expected the DiT weights)")
 
 
@@ -130,7 +130,7 @@ def read_dit_config(ckpt_dir: str | os.PathLike) -> dict:
     return {k: v for k, v in raw.items() if k in known}
 
 
-def _shapes_from_tensors(entries: dict[str, _TensorEntry]) -> dict:
+def _shapes_from_tensors(entries: dict[str, SafetensorsEntry]) -> dict:
     """Widths the config does not carry, read from tensor shapes (so tiny encoders load too)."""
     found = {}
     if "text_embedding.0.weight" in entries:
@@ -191,7 +191,7 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
         with open(path, "rb", buffering=0) as handle:
             for name in names:
                 # copy=True: the read is a view of the scratch buffer, even when no cast is needed
-                value = _read_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
+                value = read_safetensors_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
                 owner, _, leaf = name.rpartition(".")
                 module = modules[owner]
                 if leaf in module._parameters:

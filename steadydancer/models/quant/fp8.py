@@ -182,7 +182,7 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
     so host memory stays near one tensor. Raises InputError naming the file for missing or
     unexpected names and shape mismatches.
     """
-    from safetensors import safe_open
+    from steadydancer.models.loading import read_safetensors_header, read_safetensors_tensor
 
     path = Path(path)
     if not path.is_file():
@@ -190,8 +190,11 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
     device = torch.device(device)
     if fp8_matmul:
         check_fp8_matmul_supported(device)
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        keys = {strip_prefix(k): k for k in handle.keys() if strip_prefix(k) not in MARKER_KEYS}
+    # plain reads, one tensor at a time (as load_dit): a memory map would keep every page touched
+    # resident until the file closes
+    entries = read_safetensors_header(path)
+    with open(path, "rb", buffering=0) as handle:
+        keys = {strip_prefix(k): k for k in entries if strip_prefix(k) not in MARKER_KEYS}
         scaled = {k[:-len(".scale_weight")] for k in keys if k.endswith(".scale_weight")}
         dequantize_on_load: set[str] = set()
         for name in sorted(scaled):
@@ -221,11 +224,12 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
         for key, file_key in keys.items():
             if key in ignored:
                 continue
-            tensor = handle.get_tensor(file_key)
+            tensor = read_safetensors_tensor(handle, entries[file_key])
             target = expected[key]
             module_name = key.rpartition(".")[0]
             if module_name in dequantize_on_load and key.endswith(".weight"):
-                scale = handle.get_tensor(keys[f"{module_name}.scale_weight"]).float().reshape(-1)
+                scale = read_safetensors_tensor(handle, entries[keys[f"{module_name}.scale_weight"]])
+                scale = scale.float().reshape(-1)
                 if scale.numel() > 1:  # one scale per output channel
                     scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
                 tensor = tensor.float() * scale
