@@ -57,6 +57,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
+def check_max_frame(max_frame: int | None) -> None:
+    """``--max_frame`` must be positive when given (None = every frame)."""
+    if max_frame is not None and max_frame <= 0:
+        raise InputError(f"--max_frame must be positive, got {max_frame}")
+
+
+def pose_frames(poses: Iterable[Pose], height: int, width: int, all_people: bool = False,
+                desc: str = "draw poses", progress: bool = True) -> Iterator[np.ndarray]:
+    """The poses drawn one by one (RGB uint8 [height, width, 3]), with a progress bar."""
+    for pose in tqdm(poses, desc=desc, unit="frame", disable=not progress):
+        yield draw_pose(pose, height, width, all_people=all_people)
+
+
 def _as_pose(detection: dict | Pose, where: str) -> Pose:
     return detection if isinstance(detection, Pose) else Pose.from_dict(detection, where)
 
@@ -238,9 +251,8 @@ def render_folder(out: Path, plan: PosePlan, keypoints: KeypointsFile, reference
     big_h, big_w = 2 * plan.ref_height, 2 * plan.ref_width
     fps = keypoints.fps
 
-    def frames_of(poses: list[Pose], desc: str) -> Iterable[np.ndarray]:
-        for pose in tqdm(poses, desc=desc, unit="frame", disable=not progress):
-            yield draw_pose(pose, big_h, big_w, all_people=all_people)
+    def frames_of(poses: list[Pose], desc: str) -> Iterator[np.ndarray]:
+        return pose_frames(poses, big_h, big_w, all_people, desc, progress)
 
     for name, poses in (("positive", plan.positive), ("negative", plan.negative)):
         for i, frame in enumerate(frames_of(poses, f"draw {name}")):
@@ -339,8 +351,7 @@ def prepare_inputs(
     """
     del image_resolution  # sizes only the official detector's preview image
     image, video, out_dir = Path(image), Path(video), Path(out_dir)
-    if max_frame is not None and max_frame <= 0:
-        raise InputError(f"--max_frame must be positive, got {max_frame}")
+    check_max_frame(max_frame)
     if detect_resolution <= 0:
         raise InputError(f"--detect_resolution must be positive, got {detect_resolution}")
     reference_rgb = read_image(image)

@@ -25,8 +25,8 @@ from ..errors import InputError
 from .draw import draw_pose
 from .keypoints import save_keypoints
 from .prepare import (DEFAULT_DETECT_RESOLUTION, DEFAULT_IMAGE_RESOLUTION, KEYPOINTS_NAME,
-                      VIDEO_PRESET, _preview_frames, _write_jpeg, detect_frames, load_or_detect, plan_poses,
-                      read_image)
+                      VIDEO_PRESET, _preview_frames, _write_jpeg, check_max_frame, detect_frames,
+                      load_or_detect, plan_poses, pose_frames, read_image)
 from .video import iter_video, write_video
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
     single = Path(args.outfn_align_pose_video or f"./assets/poses/align/img_{img_name}_video_{video_name}.mp4")
     demo = Path(args.outfn or f"./assets/poses/align_demo/img_{img_name}_video_{video_name}.mp4")
     keypoints_path = Path(args.keypoints) if args.keypoints else single.parent / KEYPOINTS_NAME
-    if args.max_frame is not None and args.max_frame <= 0:
-        raise InputError(f"--max_frame must be positive, got {args.max_frame}")
+    check_max_frame(args.max_frame)
     reference_rgb = read_image(image)
     detector_args = weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.backend, args.device)
     keypoints, reused = load_or_detect(keypoints_path, image, reference_rgb, video, args.max_frame,
@@ -143,8 +142,7 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
     big = (2 * plan.ref_height, 2 * plan.ref_width)
 
     def drawn(poses, desc):
-        for pose in tqdm(poses, desc=desc, unit="frame"):
-            yield draw_pose(pose, *big, all_people=args.all_people)
+        return pose_frames(poses, *big, args.all_people, desc)
 
     write_video(single, drawn(plan.positive, f"write {single.name}"), keypoints.fps, preset=VIDEO_PRESET)
     if with_aug:
@@ -192,8 +190,7 @@ def run_pose_extra(args: argparse.Namespace) -> int:
     """Raw (unaligned) poses of a video: ``--outfn_all`` (frame | pose) and ``--outfn_single``."""
     if not args.outfn_all or not args.outfn_single:
         raise InputError("--outfn_all and --outfn_single are required")
-    if args.max_frame is not None and args.max_frame <= 0:
-        raise InputError(f"--max_frame must be positive, got {args.max_frame}")
+    check_max_frame(args.max_frame)
     from .detect import make_detector
 
     detector_args = weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.backend, args.device)
@@ -205,10 +202,6 @@ def run_pose_extra(args: argparse.Namespace) -> int:
         raise InputError(f"--align_frame {args.align_frame} is past the {len(frames)} frames read")
     panel_w = int((RAW_PREVIEW_HEIGHT / height * width) // 2 * 2)
 
-    def single_frames():
-        for pose in tqdm(poses, desc="write single", unit="frame"):
-            yield draw_pose(pose, RAW_PREVIEW_HEIGHT, panel_w, all_people=args.all_people)
-
     def all_frames():
         video = iter_video(args.vidfn, args.max_frame)
         for _ in range(args.align_frame):
@@ -219,7 +212,8 @@ def run_pose_extra(args: argparse.Namespace) -> int:
                                                    all_people=args.all_people)], axis=1)
 
     write_video(args.outfn_all, all_frames(), fps, preset=VIDEO_PRESET)
-    write_video(args.outfn_single, single_frames(), fps, preset=VIDEO_PRESET)
+    write_video(args.outfn_single, pose_frames(poses, RAW_PREVIEW_HEIGHT, panel_w, args.all_people,
+                                               "write single"), fps, preset=VIDEO_PRESET)
     print("pose align done")
     return 0
 
