@@ -156,6 +156,8 @@ def save_fp8_scaled(model: nn.Module, path: str | Path) -> None:
 
 
 def strip_prefix(key: str) -> str:
+    """A tensor name without the ComfyUI ``model.diffusion_model.``/``diffusion_model.`` prefix
+    (shared by the FP8 and GGUF loaders)."""
     for prefix in PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix):]

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from steadydancer.errors import InputError
+from steadydancer.models.quant.fp8 import strip_prefix
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 ORIG_SHAPE_FIELD = "comfy.gguf.orig_shape."
 QK_K = 256
 
@@ -191,13 +191,6 @@ class GGUFLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype_name}"
 
 
-def _strip(name: str) -> str:
-    for prefix in PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
 def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.bfloat16, keep_quantized_under: str = "blocks.") -> nn.Module:
     """Load a ComfyUI-GGUF DiT file into ``model`` (built on the meta device or anywhere).
@@ -217,7 +210,7 @@ def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "
         raise InputError(f"--gguf {path}: not a readable GGUF file ({exc})") from None
     device = torch.device(device)
     expected = dict(model.state_dict(keep_vars=True))
-    tensors = {_strip(t.name): t for t in reader.tensors}
+    tensors = {strip_prefix(t.name): t for t in reader.tensors}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
