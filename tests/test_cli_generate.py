@@ -94,3 +94,11 @@ def test_pose_folders_of_different_lengths(setup, capsys, tmp_path):
 def test_multi_gpu_flags_need_torchrun(setup, capsys):
     _, _, out, base = setup
     _expect_error(capsys, base + ["--ulysses_size", "2"], out, "--ulysses_size", "torchrun")
+
+
+def test_save_file_that_is_a_folder_stops_before_generation(setup, capsys):
+    tmp_path, _, out, base = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _expect_error(capsys, base + ["--save_file", str(folder)], out, "--save_file", "is a folder")
+    assert not list(folder.iterdir())

@@ -94,3 +94,14 @@ def test_configs_json_matches_code():
     assert (ref["sample_guide_scale"], ref["condition_guide_scale"], ref["st_cond_cfg"], ref["end_cond_cfg"]) == (
         args.sample_guide_scale, args.condition_guide_scale, args.st_cond_cfg, args.end_cond_cfg)
     assert ref["sample_fps"] == C.SAMPLE_FPS and ref["sample_solver"] == args.sample_solver
+
+
+def test_output_file_checked_before_generation(tmp_path):
+    from steadydancer.pipeline.inputs import check_output_file
+
+    check_output_file(tmp_path / "new" / "deeper" / "video.mp4")  # missing folders are created later
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_file(tmp_path)
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(InputError, match="cannot write in"):
+        check_output_file(tmp_path / "plain" / "video.mp4")

@@ -139,6 +139,22 @@ def read_inputs(image_path: str | os.PathLike, pos_folder: str | os.PathLike, ne
                             prompt=prompt)
 
 
+def check_output_file(path: str | os.PathLike) -> None:
+    """InputError unless ``path`` can be written (it is written only after the whole generation).
+
+    Its folder may be missing (it is created), but not a file, nor read-only; the path itself
+    must not be a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--save_file {path}: is a folder; name the mp4 to write")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--save_file {path}: cannot write in {parent}")
+
+
 def check_pose_folders(pos_folder, neg_folder) -> int:
     """Frames available in both folders; InputError if missing, empty or of different lengths."""
     if pos_folder is None:
