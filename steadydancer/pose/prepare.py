@@ -9,6 +9,7 @@ the same keypoints straight to JPEG (no video round trip).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -131,19 +132,26 @@ def _detect_fn(detector: Any, detect_resolution: int, all_people: bool) -> Calla
 
 def detect_frames(detector: Any, video: str | os.PathLike, max_frame: int | None = None,
                   detect_resolution: int = DEFAULT_DETECT_RESOLUTION, all_people: bool = False,
-                  progress: bool = True) -> tuple[list[Pose], tuple[int, int], float]:
-    """Poses of video frames ``0 .. max_frame-1``, the frame (width, height) and the fps."""
+                  progress: bool = True, start: int = 0) -> tuple[list[Pose], tuple[int, int], float]:
+    """Poses of video frames ``start .. max_frame-1``, the frame (width, height) and the fps.
+
+    Frames before ``start`` are decoded but not detected.
+    """
+    if start < 0:
+        raise InputError(f"--align_frame must be >= 0, got {start}")
     detect = _detect_fn(detector, detect_resolution, all_people)
     fps = video_fps(video)
     frames: list[Pose] = []
     size = None
     total = _frame_count(video, max_frame)
-    for frame in tqdm(iter_video(video, max_frame), total=total, desc="detect poses", unit="frame",
-                      disable=not progress):
+    total = None if total is None else max(total - start, 0)
+    for frame in tqdm(itertools.islice(iter_video(video, max_frame), start, None), total=total,
+                      desc="detect poses", unit="frame", disable=not progress):
         size = size or (frame.shape[1], frame.shape[0])
         frames.append(detect(frame))
     if not frames:
-        raise InputError(f"video {video} has no decodable frames")
+        raise InputError(f"video {video} has no decodable frames"
+                         + (f" from frame {start} (--align_frame) on" if start else ""))
     missing = sum(not p.has_person() for p in frames)
     if missing:
         log.warning("nobody found in %d of %d driving frames (kept as missing points)", missing, len(frames))

@@ -195,11 +195,10 @@ def run_pose_extra(args: argparse.Namespace) -> int:
 
     detector_args = weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.backend, args.device)
     with make_detector(**detector_args) as detector:
-        frames, (width, height), fps = detect_frames(detector, args.vidfn, args.max_frame,
-                                                     args.detect_resolution, args.all_people)
-    poses = frames[args.align_frame:]
-    if not poses:
-        raise InputError(f"--align_frame {args.align_frame} is past the {len(frames)} frames read")
+        # as the official script, frames before --align_frame are skipped, not detected
+        poses, (width, height), fps = detect_frames(detector, args.vidfn, args.max_frame,
+                                                    args.detect_resolution, args.all_people,
+                                                    start=args.align_frame)
     panel_w = int((RAW_PREVIEW_HEIGHT / height * width) // 2 * 2)
 
     def all_frames():
