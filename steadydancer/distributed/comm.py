@@ -24,13 +24,16 @@ def _all_to_all_first_dim(chunks: torch.Tensor, group) -> torch.Tensor:
     """``out[j] = chunk i of rank j`` for ``chunks`` of shape [G, ...] on rank i of ``group``.
 
     Uses ``all_to_all_single`` (NCCL; gloo in recent torch) and falls back to an all-gather
-    (more memory, same result) where the backend lacks it.
+    (more memory, same result) where a CPU backend lacks it. An NCCL error is raised as is:
+    starting another collective on a failed communicator would hang every rank.
     """
     chunks = chunks.contiguous()
     out = torch.empty_like(chunks)
     try:
         dist.all_to_all_single(out, chunks, group=group)
     except (RuntimeError, NotImplementedError):
+        if dist.get_backend(group) == "nccl":
+            raise
         out = _all_to_all_by_all_gather(chunks, group)
     return out
 
