@@ -141,6 +141,8 @@ def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str
     from steadydancer.models.block_swap import check_blocks_on_gpu
     from steadydancer.models.lora import apply_lora
 
+    if options.blocks_on_gpu is None and not options.fp8_matmul and not options.loras:
+        return  # nothing to check: no meta model to build
     model = _meta_model(Path(ckpt_dir))
     if options.blocks_on_gpu is not None:
         check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))

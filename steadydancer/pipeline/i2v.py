@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.memory import MemoryOptions, sampler_passes
+from ..models.memory import DTYPES, MemoryOptions, check_memory_options, load_dit_with_options, sampler_passes
 from ..sampling import DiTConditions, sample_dc_cfg
 from . import config as C
 from .inputs import first_frame_mask, latent_size, pil_to_tensor, resize_bicubic
@@ -89,13 +89,11 @@ class DancerPipeline:
         self.offload_model = True if offload_model is None else bool(offload_model)
         self.t5_cpu = t5_cpu
         self.keep_models = keep_models
-        self.dit_dtype = dit_dtype or (torch.bfloat16 if self.on_gpu else torch.float32)
-        # memory/speed options (block swap, FP8/GGUF weights, LoRA, batched guidance): models/memory.py
-        self.memory = memory
-        if memory is not None and memory.dit_dtype in ("bf16", "fp16", "fp32"):
-            from ..models.memory import DTYPES
-
-            self.dit_dtype = DTYPES[memory.dit_dtype]
+        # memory/speed options (block swap, FP8/GGUF weights, LoRA, batched guidance): models/memory.py;
+        # the defaults change nothing
+        self.memory = memory or MemoryOptions()
+        self.dit_dtype = (DTYPES.get(self.memory.dit_dtype or "") or dit_dtype
+                          or (torch.bfloat16 if self.on_gpu else torch.float32))
         self.t5_dtype = torch.bfloat16 if self.on_gpu else torch.float32
         self.clip_dtype = torch.float16 if self.on_gpu else torch.float32
         self._t5 = self._clip = self._vae = self._dit = None
@@ -103,10 +101,7 @@ class DancerPipeline:
 
         dit_config = read_dit_config(self.ckpt_dir)
         self.text_len = int(dit_config.get("text_len", 512))
-        if memory is not None:  # block count, FP8 hardware, LoRA fit: before any model loads
-            from ..models.memory import check_memory_options
-
-            check_memory_options(self.ckpt_dir, self.device, memory)
+        check_memory_options(self.ckpt_dir, self.device, self.memory)  # before any model loads
         self.patch_size = tuple(dit_config.get("patch_size", (1, 2, 2)))
 
     # -- models, loaded on first use ---------------------------------------------------------
@@ -142,15 +137,8 @@ class DancerPipeline:
 
     def dit(self):
         if self._dit is None:
-            from ..models.loading import load_dit
-
             log.info("loading DiT from %s (%s)", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""))
-            if self.memory is not None:
-                from ..models.memory import load_dit_with_options
-
-                self._dit = load_dit_with_options(self.ckpt_dir, self.device, self.dit_dtype, self.memory)
-            else:
-                self._dit = load_dit(self.ckpt_dir, device=self.device, dtype=self.dit_dtype)
+            self._dit = load_dit_with_options(self.ckpt_dir, self.device, self.dit_dtype, self.memory)
         return self._dit
 
     # -- stages ------------------------------------------------------------------------------
