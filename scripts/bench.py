@@ -56,7 +56,12 @@ def pass_counts(steps: int = STEPS) -> tuple[int, int]:
 
 def latent_shape(frames: int, size: str) -> tuple[int, int, int]:
     """(F_lat, lat_h, lat_w) for ``frames`` pixel frames at ``size`` = 'W*H' (the area rule of the pipeline)."""
-    width, height = (int(v) for v in size.replace("x", "*").split("*"))
+    try:
+        width, height = (int(v) for v in size.replace("x", "*").split("*"))
+    except ValueError:
+        raise InputError(f"--size: expected W*H in pixels (e.g. 1024*576), got {size!r}") from None
+    if width < 1 or height < 1:
+        raise InputError(f"--size: expected positive W*H, got {size!r}")
     area, ar = width * height, height / width
     lat_h = round((area * ar) ** 0.5 // 8 // 2 * 2)
     lat_w = round((area / ar) ** 0.5 // 8 // 2 * 2)

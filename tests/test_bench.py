@@ -50,3 +50,10 @@ def test_bad_modes_are_one_line(capsys) -> None:
         assert bench.main([*TINY_ARGS, "--modes", "fp8_matmul"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --fp8_matmul: FP8 matmuls need")
+
+
+@pytest.mark.parametrize("size", ["64x", "wide*tall", "0*64"])
+def test_bad_size_is_one_line(capsys, size: str) -> None:
+    assert bench.main(["--device", "cpu", "--size", size, "--modes", "plain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --size:") and len(err.splitlines()) == 1
