@@ -33,11 +33,16 @@ def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def unipc_sigmas(steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
-    """Wan's UniPC sampling sigmas [steps] (float64, before the final 0)."""
+def _unipc_base_sigmas(steps: int, num_train_timesteps: int) -> np.ndarray:
+    """Wan's UniPC sigmas before the shift [steps] (float64)."""
     # Wan builds its training table in float32 and reads its first entry back as sigma_max.
     sigma_max = float(np.float32(1.0 - 1.0 / num_train_timesteps))
-    return shift_sigmas(np.linspace(sigma_max, 0.0, steps + 1)[:-1], shift)
+    return np.linspace(sigma_max, 0.0, steps + 1)[:-1]
+
+
+def unipc_sigmas(steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
+    """Wan's UniPC sampling sigmas [steps] (float64, before the final 0)."""
+    return shift_sigmas(_unipc_base_sigmas(steps, num_train_timesteps), shift)
 
 
 def dpm_sigmas(steps: int, shift: float) -> np.ndarray:
@@ -69,8 +74,7 @@ def make_scheduler(solver: str, steps: int, shift: float, num_train_timesteps: i
             use_flow_sigmas=True, flow_shift=shift, solver_type="bh2", lower_order_final=True,
             final_sigmas_type="zero")
         # the shift is applied inside set_timesteps (flow_shift), so pass the unshifted base
-        base = np.linspace(float(np.float32(1.0 - 1.0 / num_train_timesteps)), 0.0, steps + 1)[:-1]
-        scheduler.set_timesteps(sigmas=base, device=device)
+        scheduler.set_timesteps(sigmas=_unipc_base_sigmas(steps, num_train_timesteps), device=device)
     elif solver == "dpm++":
         scheduler = DPMSolverMultistepScheduler(
             num_train_timesteps=num_train_timesteps, solver_order=2, prediction_type="flow_prediction",
