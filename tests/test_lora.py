@@ -103,6 +103,26 @@ def test_quantised_layers_get_the_low_rank_path_at_run_time(tmp_path) -> None:
     assert torch.allclose(run(model), want, rtol=1e-4, atol=1e-5)
 
 
+def test_quantised_layer_takes_a_full_delta_and_a_second_lora_at_run_time(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = tiny_dit()
+    quantize_model_fp8(model)
+    name = "blocks.0.self_attn.o"
+    plain = tiny_dit()
+    for module_name, module in plain.named_modules():
+        if module_name.startswith("blocks.") and type(module) is torch.nn.Linear:
+            module.weight.data = model.get_submodule(module_name).dequantized_weight(torch.float32)
+    diff = torch.randn(32, 32) * 0.1
+    down, up = torch.randn(RANK, 32) * 0.1, torch.randn(32, RANK) * 0.1
+    plain.get_submodule(name).weight.data += 0.5 * diff + 0.8 * (up @ down)
+    apply_lora(model, write(tmp_path / "diff.safetensors", {f"{name}.diff": diff}), strength=0.5)
+    apply_lora(model, write(tmp_path / "low.safetensors", {f"{name}.lora_A.weight": down,
+                                                           f"{name}.lora_B.weight": up}), strength=0.8)
+    layer = model.get_submodule(name)
+    assert layer.lora_delta.shape == (32, 32) and layer.lora_down.shape == (RANK, 32)
+    assert torch.allclose(run(model), run(plain), rtol=1e-4, atol=1e-5)
+
+
 def test_lora_that_does_not_fit_is_refused_and_leaves_the_model_alone(tmp_path) -> None:
     model = tiny_dit()
     before = run(model)

@@ -151,8 +151,11 @@ def read_lora(path: str | Path, module_names: list[str], param_names: set[str] =
 
 def _runtime_lora_hook(module: nn.Module, args, output):
     x = args[0]
-    down, up = module.lora_down.to(x.dtype), module.lora_up.to(x.dtype)
-    return output + F.linear(F.linear(x, down), up)
+    if module.lora_down is not None:
+        output = output + F.linear(F.linear(x, module.lora_down.to(x.dtype)), module.lora_up.to(x.dtype))
+    if module.lora_delta is not None:
+        output = output + F.linear(x, module.lora_delta.to(x.dtype))
+    return output
 
 
 def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int:
@@ -218,22 +221,27 @@ def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
 
 
 def _add_runtime_lora(module: nn.Module, entry: LoraWeights, strength: float, shape: torch.Size) -> None:
-    """Attach ``x -> up(down(x))`` after a quantised linear (full deltas become rank-`out` pairs)."""
+    """Add ``up(down(x))`` and/or ``delta @ x`` to a quantised linear's output at run time.
+
+    A second LoRA on the same layer stacks its ranks onto ``lora_down``/``lora_up`` and sums its
+    full delta into ``lora_delta`` (one dense [out, in] matrix, not a rank-``in`` pair).
+    """
     device = module.weight.device
-    pairs = []
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if not hasattr(module, "lora_delta"):
+        for name in ("lora_down", "lora_up", "lora_delta"):
+            module.register_buffer(name, None, persistent=False)
+        module.register_forward_hook(_runtime_lora_hook)
     if entry.down is not None:
         rank = entry.down.shape[0]
         scale = strength * ((entry.alpha / rank) if entry.alpha is not None else 1.0)
-        pairs.append((entry.down.float().flatten(1), entry.up.float().flatten(1) * scale))
+        down, up = entry.down.float().flatten(1), entry.up.float().flatten(1) * scale
+        if module.lora_down is not None:
+            down = torch.cat([module.lora_down.float().cpu(), down], dim=0)
+            up = torch.cat([module.lora_up.float().cpu(), up], dim=1)
+        module.lora_down, module.lora_up = down.to(device, dtype), up.to(device, dtype)
     if entry.diff is not None:
-        pairs.append((torch.eye(shape[1]), entry.diff.float().reshape(shape) * strength))
-    down = torch.cat([d for d, _ in pairs], dim=0)
-    up = torch.cat([u for _, u in pairs], dim=1)
-    if hasattr(module, "lora_down"):               # a second LoRA on the same layer: stack ranks
-        down = torch.cat([module.lora_down.float().cpu(), down], dim=0)
-        up = torch.cat([module.lora_up.float().cpu(), up], dim=1)
-    else:
-        module.register_forward_hook(_runtime_lora_hook)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    module.register_buffer("lora_down", down.to(device, dtype), persistent=False)
-    module.register_buffer("lora_up", up.to(device, dtype), persistent=False)
+        delta = entry.diff.float().reshape(shape) * strength
+        if module.lora_delta is not None:
+            delta = delta + module.lora_delta.float().cpu()
+        module.lora_delta = delta.to(device, dtype)
