@@ -199,7 +199,8 @@ class BlockSwap:
         if sb.slot is not None:
             return                                       # still in its slot from earlier
         candidates = [s for s in range(len(self.slots)) if s != avoid_slot] or [0]
-        # prefer an empty slot, then the one holding the block used longest ago (any other)
+        # prefer an empty slot, else the first allowed one (with prefetch that is the one slot not
+        # holding the block about to run; the copy below waits until its last compute is done)
         slot_id = next((s for s in candidates if self.slots[s].holder is None), candidates[0])
         slot = self.slots[slot_id]
         if slot.holder is not None:
