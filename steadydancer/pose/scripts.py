@@ -31,7 +31,9 @@ from .video import iter_video, write_video
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_WEIGHTS = Path("preprocess") / "pretrained_weights" / "dwpose"
+# Where the official README puts the DWPose weights: beside the preprocess/ scripts (as the
+# official defaults are), not relative to the current folder.
+OFFICIAL_WEIGHTS = Path(__file__).resolve().parents[2] / "preprocess" / "pretrained_weights" / "dwpose"
 OFFICIAL_MAX_FRAME = 300
 # the official raw-pose preview is painted at this height
 RAW_PREVIEW_HEIGHT = 768
