@@ -90,7 +90,7 @@ def read_safetensors_tensor(handle, entry: SafetensorsEntry, scratch: torch.Tens
     return out.view(dtype).reshape(entry.shape)
 
 
-def _index_checkpoint(ckpt_dir: Path) -> dict[str, SafetensorsEntry]:
+def index_checkpoint(ckpt_dir: Path) -> dict[str, SafetensorsEntry]:
     """Tensor name -> entry over all shards, checking that every shard named exists."""
     index_path = ckpt_dir / INDEX_NAME
     if index_path.is_file():
@@ -144,6 +144,25 @@ def _shapes_from_tensors(entries: dict[str, SafetensorsEntry]) -> dict:
     return found
 
 
+def build_meta_dit(ckpt_dir: str | os.PathLike, entries: dict[str, SafetensorsEntry] | None = None) -> SteadyDancerDiT:
+    """The checkpoint's DiT on the meta device, from config.json plus the widths that the tensor
+    ``entries`` of its shards carry (see :func:`index_checkpoint`; None: the release's widths, for
+    a GGUF or FP8 file standing in for the shards). InputError for a config the DiT refuses."""
+    ckpt_dir = Path(ckpt_dir)
+    config = read_dit_config(ckpt_dir)
+    if entries is not None:
+        config.update(_shapes_from_tensors(entries))
+    try:
+        with torch.device("meta"):
+            return SteadyDancerDiT(**config)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{ckpt_dir / CONFIG_NAME}: {exc}") from None
+
+
+# the names memory.py imported before index_checkpoint/build_meta_dit were public
+_index_checkpoint = index_checkpoint
+
+
 def _short_list(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
@@ -159,14 +178,8 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise InputError(f"{ckpt_dir}: checkpoint folder not found")
-    config = read_dit_config(ckpt_dir)
-    entries = _index_checkpoint(ckpt_dir)
-    config.update(_shapes_from_tensors(entries))
-    try:
-        with torch.device("meta"):
-            model = SteadyDancerDiT(**config)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{ckpt_dir / CONFIG_NAME}: {exc}") from None
+    entries = index_checkpoint(ckpt_dir)
+    model = build_meta_dit(ckpt_dir, entries)
 
     expected = dict(model.named_parameters())
     expected.update(model.named_buffers())
