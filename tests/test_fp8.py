@@ -174,3 +174,22 @@ def test_fp8_matmul_argument_layout_on_cpu() -> None:
     out = layer._fp8_forward(x, layer.bias.to(x.dtype))
     assert out.shape == (3, 7, 512) and out.dtype == torch.bfloat16
     assert rel(out, layer(x)) < LAYER_TOL
+
+
+@pytest.mark.parametrize("layer", ["blocks.1.ffn.0", "patch"])
+def test_scale_of_the_wrong_size_is_one_line(tmp_path, layer: str) -> None:
+    class WithConv(Toy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv3d(4, 32, (1, 2, 2), (1, 2, 2))
+
+    state = dict(WithConv().state_dict())
+    state[f"{layer}.weight"] = state[f"{layer}.weight"].to(FP8_DTYPE)
+    state[f"{layer}.scale_weight"] = torch.ones(3)
+    path = tmp_path / "bad_scale.safetensors"
+    save_file(state, str(path))
+    with torch.device("meta"):
+        fresh = WithConv()
+    with pytest.raises(InputError, match=rf"bad_scale\.safetensors: {layer}\.scale_weight has 3 values, "
+                                         r"expected 1 or one per output row"):
+        load_fp8_scaled(fresh, path)

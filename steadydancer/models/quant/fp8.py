@@ -175,6 +175,15 @@ def _set_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
         raise KeyError(key)
 
 
+def _checked_scale(scale: torch.Tensor, rows: int, path: Path, file_key: str) -> torch.Tensor:
+    """A stored weight scale as float32 [1] or [rows]; InputError for any other size."""
+    scale = scale.float().reshape(-1)
+    if scale.numel() not in (1, rows):
+        raise InputError(f"{path}: {file_key} has {scale.numel()} values, expected 1 or one per output "
+                         f"row ({rows})")
+    return scale
+
+
 def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.bfloat16, fp8_matmul: bool = False) -> nn.Module:
     """Load an fp8_e4m3fn_scaled file into ``model`` (built on the meta device or anywhere).
@@ -231,12 +240,12 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
             module_name = key.rpartition(".")[0]
             if module_name in dequantize_on_load and key.endswith(".weight"):
                 scale = read_safetensors_tensor(handle, entries[keys[f"{module_name}.scale_weight"]])
-                scale = scale.float().reshape(-1)
+                scale = _checked_scale(scale, tensor.shape[0], path, keys[f"{module_name}.scale_weight"])
                 if scale.numel() > 1:  # one scale per output channel
                     scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
                 tensor = tensor.float() * scale
             if key.endswith(".scale_weight"):
-                tensor = tensor.float().reshape(-1)
+                tensor = _checked_scale(tensor, model.get_submodule(module_name).out_features, path, file_key)
                 tensor = tensor.reshape(()) if tensor.numel() == 1 else tensor
             elif tensor.shape != target.shape:
                 raise InputError(f"{path}: {file_key} has shape {tuple(tensor.shape)}, the model "
