@@ -144,6 +144,16 @@ def _shapes_from_tensors(entries: dict[str, SafetensorsEntry]) -> dict:
     return found
 
 
+def assign_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> None:
+    """Put ``value`` in place of ``module``'s parameter (frozen) or buffer named ``leaf``."""
+    if leaf in module._parameters:
+        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+    elif leaf in module._buffers:
+        module._buffers[leaf] = value
+    else:
+        raise KeyError(f"{type(module).__name__} has no parameter or buffer {leaf!r}")
+
+
 def build_meta_dit(ckpt_dir: str | os.PathLike, entries: dict[str, SafetensorsEntry] | None = None) -> SteadyDancerDiT:
     """The checkpoint's DiT on the meta device, from config.json plus the widths that the tensor
     ``entries`` of its shards carry (see :func:`index_checkpoint`; None: the release's widths, for
@@ -206,11 +216,7 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
                 # copy=True: the read is a view of the scratch buffer, even when no cast is needed
                 value = read_safetensors_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
                 owner, _, leaf = name.rpartition(".")
-                module = modules[owner]
-                if leaf in module._parameters:
-                    module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-                else:
-                    module._buffers[leaf] = value
+                assign_tensor(modules[owner], leaf, value)
     return model.eval().requires_grad_(False)
 
 

@@ -165,14 +165,10 @@ def strip_prefix(key: str) -> str:
 
 
 def _set_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    from steadydancer.models.loading import assign_tensor
+
     module_name, _, leaf = key.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    if leaf in module._parameters:
-        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
-    elif leaf in module._buffers:
-        module._buffers[leaf] = tensor
-    else:
-        raise KeyError(key)
+    assign_tensor(model.get_submodule(module_name) if module_name else model, leaf, tensor)
 
 
 def _checked_scale(scale: torch.Tensor, rows: int, path: Path, file_key: str) -> torch.Tensor:

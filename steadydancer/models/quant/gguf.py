@@ -200,6 +200,8 @@ def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "
     on ``device``. One tensor is read at a time. Raises InputError naming the file for a file
     that is not GGUF or does not fit the model.
     """
+    from steadydancer.models.loading import assign_tensor
+
     gguf = _gguf()
     path = Path(path)
     if not path.is_file():
@@ -241,11 +243,7 @@ def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "
             setattr(model.get_submodule(parent_name), child,
                     GGUFLinear(module.in_features, module.out_features, qtype_name, raw.to(device), bias))
             continue
-        value = dequantize(raw, qtype_name, shape, torch.float32).to(device, dtype)
-        if leaf in module._parameters:
-            module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-        else:
-            module._buffers[leaf] = value
+        assign_tensor(module, leaf, dequantize(raw, qtype_name, shape, torch.float32).to(device, dtype))
     return model.eval().requires_grad_(False)
 
 
