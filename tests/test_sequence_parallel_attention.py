@@ -67,6 +67,19 @@ def _two_process_checks(rank: int, world_size: int) -> tuple[dict, dict]:
     return _exchange_roundtrip(rank, world_size), _errors_for_grids(rank, world_size, [(2, 1), (1, 2)], [12, 13])
 
 
+def test_attention_with_lse_slices_heads_and_query_rows_exactly(monkeypatch):
+    """Under a tiny score-element bound (one head alone over it) the sliced computation is exact."""
+    import steadydancer.distributed.attention as attention_module
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 37, 5, 8, dtype=torch.float64) for _ in range(3))
+    want_out, want_lse = attention_with_lse(q, k, v)
+    for bound in (1, 2 * 37 * 3, 2 * 37 * 37 * 2):
+        monkeypatch.setattr(attention_module, "_MAX_SCORE_ELEMENTS", bound)
+        out, lse = attention_with_lse(q, k, v)
+        assert torch.allclose(out, want_out) and torch.allclose(lse, want_lse), bound
+
+
 def test_two_processes_exchange_roundtrip_ulysses_and_ring_equal_single_process():
     for rank, (exchange, errors) in enumerate(run_on_gloo(_two_process_checks, 2)):
         assert exchange["shape"] == (2, 6, 2, 5)

@@ -49,17 +49,25 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
     b, lq, heads, dim = q.shape
     lk = k.shape[1]
     scale = 1.0 / math.sqrt(dim)
-    step = max(1, _MAX_SCORE_ELEMENTS // max(1, b * lq * lk))
+    # slices of heads, and of query rows when one head alone is over the bound (each query row's
+    # softmax is independent, so slicing is exact)
+    rows = max(1, _MAX_SCORE_ELEMENTS // max(1, b * lk))  # query rows of one head under the bound
+    step = max(1, rows // lq)
+    row_step = min(lq, rows)
     outs, lses = [], []
     for h0 in range(0, heads, step):
-        qh = q[:, :, h0:h0 + step].transpose(1, 2).to(compute)  # [B, h, Lq, D]
-        kh = k[:, :, h0:h0 + step].transpose(1, 2).to(compute)
+        kh = k[:, :, h0:h0 + step].transpose(1, 2).to(compute)  # [B, h, Lk, D]
         vh = v[:, :, h0:h0 + step].transpose(1, 2).to(compute)
-        scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale  # [B, h, Lq, Lk]
-        lse = torch.logsumexp(scores, dim=-1)  # [B, h, Lq]
-        probs = torch.exp(scores - lse.unsqueeze(-1))
-        outs.append(torch.matmul(probs, vh).transpose(1, 2))  # [B, Lq, h, D]
-        lses.append(lse.transpose(1, 2))  # [B, Lq, h]
+        head_outs, head_lses = [], []
+        for r0 in range(0, lq, row_step):
+            qh = q[:, r0:r0 + row_step, h0:h0 + step].transpose(1, 2).to(compute)  # [B, h, r, D]
+            scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale  # [B, h, r, Lk]
+            lse = torch.logsumexp(scores, dim=-1)  # [B, h, r]
+            probs = torch.exp(scores - lse.unsqueeze(-1))
+            head_outs.append(torch.matmul(probs, vh).transpose(1, 2))  # [B, r, h, D]
+            head_lses.append(lse.transpose(1, 2))  # [B, r, h]
+        outs.append(torch.cat(head_outs, dim=1))
+        lses.append(torch.cat(head_lses, dim=1))
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
