@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..pipeline import config as C
+from ..models.memory import load_dit_with_options
 from ..pipeline.i2v import DancerPipeline, SamplingOptions
 from ..pipeline.inputs import read_inputs
 from ..pipeline.run import check_inputs, save_video
@@ -44,16 +45,9 @@ class DistributedDancerPipeline(DancerPipeline):
 
     def dit(self):
         if self._dit is None:
-            from ..models.loading import load_dit
-
             where = torch.device("cpu") if self.setup.dit_fsdp else self.device
             log.info("loading DiT from %s (%s) on %s", self.ckpt_dir, str(self.dit_dtype).replace("torch.", ""), where)
-            if self.memory is not None:
-                from ..models.memory import load_dit_with_options
-
-                model = load_dit_with_options(self.ckpt_dir, where, self.dit_dtype, self.memory)
-            else:
-                model = load_dit(self.ckpt_dir, device=where, dtype=self.dit_dtype)
+            model = load_dit_with_options(self.ckpt_dir, where, self.dit_dtype, self.memory)
             self._dit = self.setup.prepare_dit(model)
         return self._dit
 
@@ -95,7 +89,8 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
     on the others.
     """
     sampling = sampling or SamplingOptions()
-    max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num)
+    max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num,
+                                       save_file=save_file if setup.is_main else None)
     seed = setup.broadcast_seed(seed)
 
     started = time.perf_counter()

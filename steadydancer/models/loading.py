@@ -169,9 +169,6 @@ def build_meta_dit(ckpt_dir: str | os.PathLike, entries: dict[str, SafetensorsEn
         raise InputError(f"{ckpt_dir / CONFIG_NAME}: {exc}") from None
 
 
-# the names memory.py imported before index_checkpoint/build_meta_dit were public
-_index_checkpoint = index_checkpoint
-
 
 def _short_list(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])

@@ -118,20 +118,15 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
 
 
 def _meta_model(ckpt_dir: Path):
-    from steadydancer.models.dit import SteadyDancerDiT
-    from steadydancer.models.loading import read_dit_config
+    """The DiT on the meta device; widths from the shards when there are any (tiny test models),
+    else the release's (a GGUF or FP8 file stands in for the shards)."""
+    from steadydancer.models.loading import build_meta_dit, index_checkpoint
 
-    config = read_dit_config(ckpt_dir)
-    try:  # widths config.json does not carry (text/CLIP dims of tiny test models) from the shards
-        from steadydancer.models.loading import _index_checkpoint, _shapes_from_tensors
-        config.update(_shapes_from_tensors(_index_checkpoint(ckpt_dir)))
-    except InputError:
-        pass  # no shards (a GGUF or FP8 file stands in for them): the release's widths
     try:
-        with torch.device("meta"):
-            return SteadyDancerDiT(**config)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{ckpt_dir / 'config.json'}: {exc}") from None
+        entries = index_checkpoint(ckpt_dir)
+    except InputError:
+        entries = None
+    return build_meta_dit(ckpt_dir, entries)
 
 
 def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str, options: MemoryOptions) -> None:
