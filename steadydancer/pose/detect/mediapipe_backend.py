@@ -13,6 +13,7 @@ outside the image scores 0 (DWPose gives such points low scores too).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -81,6 +82,24 @@ class MediaPipeWholebody(Detector):
             refine_face_landmarks=False,
             min_detection_confidence=min_detection_confidence,
         )
+        self._warm_up_quietly()
+
+    def _warm_up_quietly(self) -> None:
+        """Start MediaPipe's graph once on a blank image with the process's stderr muted.
+
+        Its TFLite runtime prints a few lines per sub-model as the graph starts (absl logging
+        straight to file descriptor 2, before absl is initialised, so no log level reaches them);
+        they would land in the middle of the progress bars. Python exceptions still propagate.
+        """
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                self.detect(np.zeros((64, 64, 3), np.uint8))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         height, width = image_bgr.shape[:2]
