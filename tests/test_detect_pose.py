@@ -147,3 +147,19 @@ def test_pth_weights_without_mmpose_say_how_to_install(tmp_path):
     message = str(info.value)
     assert "mmpose" in message and "pip install" in message and "--dwpose_ckpt" in message
     assert "\n" not in message
+
+
+def test_hands_of_several_people_are_in_dwpose_order():
+    """keypoints.json keeps DWPose's layout: every person's left hand, then every right hand."""
+    people = []
+    for i, (x0, y0) in enumerate([(100, 100), (600, 100)]):
+        points, scores = _person(x0, y0, 300 - 50 * i)  # first person the more prominent
+        points[92:113] = [x0 + 1, y0 + 1]   # left hand
+        points[113:134] = [x0 + 2, y0 + 2]  # right hand
+        people.append((points, scores))
+    keypoints = np.stack([p for p, _ in people])
+    scores = np.stack([s for _, s in people])
+    pose = build_pose(keypoints, scores, 1000, 1000, all_people=True)
+    firsts = [tuple(np.round(np.array(h[0]) * 1000)) for h in pose["hands"]]
+    assert firsts == [(101, 101), (601, 101), (102, 102), (602, 102)]
+    assert len(pose["scores"]["hands"]) == 4

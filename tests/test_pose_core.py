@@ -155,11 +155,19 @@ def test_all_people_are_aligned_and_drawn():
     one, two = standing_pose(dx=-0.2, scale=0.6), standing_pose(dx=0.2, scale=0.6)
     both = {"bodies": {"candidate": one["bodies"]["candidate"] + two["bodies"]["candidate"],
                        "subset": [list(range(18)), list(range(18, 36))]},
-            "hands": one["hands"] + two["hands"], "faces": one["faces"] + two["faces"]}
+            # DWPose order: the left hands of both, then the right hands
+            "hands": [one["hands"][0], two["hands"][0], one["hands"][1], two["hands"][1]],
+            "faces": one["faces"] + two["faces"]}
     pose = Pose.from_dict(both)
     assert pose.num_people == 2
     alignment = compute_alignment(Pose.from_dict(standing_pose()), pose, 1.0, 1.0)
-    aligned = align_pose(pose, alignment)
+    aligned = align_pose(pose, alignment, all_people=True)
+    assert pose.hand_rows(1) == [1, 3]
+    # each hand moves with its own wrist (the synthetic hands start exactly at the wrists):
+    # person 1's left hand is row 1 (wrist 7), its right hand row 3 (wrist 4)
+    np.testing.assert_allclose(aligned.hands[1][0], aligned.candidate[18 + 7], atol=1e-9)
+    np.testing.assert_allclose(aligned.hands[3][0], aligned.candidate[18 + 4], atol=1e-9)
+    np.testing.assert_allclose(aligned.hands[2][0], aligned.candidate[4], atol=1e-9)
     # the second person is re-shaped too: its shoulder width now matches the reference's
     width = np.linalg.norm(aligned.candidate[18 + 2] - aligned.candidate[18 + 5])
     assert width == pytest.approx(0.16, abs=1e-6)

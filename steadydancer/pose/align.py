@@ -137,21 +137,23 @@ def _align_person(body_in: np.ndarray, hands_in: np.ndarray, faces_in: np.ndarra
             np.nan_to_num(faces, nan=-1.0))
 
 
-def align_pose(pose: Pose, alignment: Alignment) -> Pose:
+def align_pose(pose: Pose, alignment: Alignment, all_people: bool = False) -> Pose:
     """The driving ``pose`` re-shaped to the reference person, in reference-normalised coordinates.
 
-    Every person is aligned with the same scales and offset (the official code aligns only the
-    first); like the official code, the neck offset is also added to placeholder points, whose
-    subset entries stay -1.
+    Like the official code, only the first person is re-shaped, together with the first two rows
+    of ``hands`` (with several people in DWPose order those are two left hands: the official
+    quirk, kept so that the same file gives the same drawing); with ``all_people`` every person
+    is re-shaped with their own two hands. The neck offset is added to every point, placeholders
+    included (their subset entries stay -1), as the official code does.
     """
     candidate = pose.candidate.copy()
     hands = pose.hands.copy()
     faces = pose.faces.copy()
-    for person in range(pose.num_people):
+    for person in range(pose.num_people if all_people else min(pose.num_people, 1)):
         rows = slice(18 * person, 18 * person + 18)
-        hand_rows = slice(2 * person, 2 * person + 2)
+        hand_rows = pose.hand_rows(person) if all_people else [0, 1]
         face_rows = slice(person, person + 1)
-        if candidate[rows].shape[0] < 18 or hands[hand_rows].shape[0] < 2:
+        if candidate[rows].shape[0] < 18 or max(hand_rows) >= hands.shape[0]:
             continue
         body_a, hands_a, faces_a = _align_person(pose.candidate[rows], pose.hands[hand_rows],
                                                  pose.faces[face_rows], alignment.scales,

@@ -3,7 +3,7 @@
 A pose uses the DWPose/ControlNet layout: for ``P`` people, ``candidate`` [18*P, 2] holds the
 OpenPose-18 body points of person ``p`` in rows ``18p..18p+17``, ``subset`` [P, 18] holds, per
 person and joint, the row of ``candidate`` to use (-1 = missing), ``hands`` [2*P, 21, 2] holds
-person ``p``'s two hands in rows ``2p, 2p+1`` and ``faces`` [P, 68, 2] the face landmarks.
+the left hands of all people, then their right hands (person ``p``: rows ``p`` and ``P+p``), and ``faces`` [P, 68, 2] the face landmarks.
 Coordinates are (x, y) normalised by the width and height of the image the detector saw;
 a missing point is (-1, -1). The most prominent person comes first.
 """
@@ -41,6 +41,10 @@ class Pose:
     @property
     def num_people(self) -> int:
         return int(self.subset.shape[0])
+
+    def hand_rows(self, person: int) -> list[int]:
+        """Rows of ``hands`` holding ``person``'s left and right hand (DWPose order)."""
+        return [person, self.num_people + person]
 
     def copy(self) -> "Pose":
         return Pose(self.candidate.copy(), self.subset.copy(), self.hands.copy(),

@@ -89,10 +89,11 @@ class PosePlan:
 
 
 def plan_poses(keypoints: KeypointsFile, align_frame: int = 0, max_frame: int | None = None,
-               seed: int | None = 0) -> PosePlan:
+               seed: int | None = 0, all_people: bool = False) -> PosePlan:
     """Align the driving frames ``align_frame .. max_frame-1`` and make the negative stream.
 
     ``max_frame`` counts from the start of the video (the official meaning); None = all.
+    ``all_people``: re-shape every person (else the first, as the official code).
     """
     ref_w0, ref_h0 = keypoints.reference_size
     ref_h, ref_w = reference_size(ref_h0, ref_w0)
@@ -111,7 +112,7 @@ def plan_poses(keypoints: KeypointsFile, align_frame: int = 0, max_frame: int | 
     positive = []
     for pose in keypoints.frames[align_frame:end]:
         # a frame where nobody was found stays empty (drawn black)
-        positive.append(align_pose(pose, alignment) if pose.has_person() else Pose.empty())
+        positive.append(align_pose(pose, alignment, all_people) if pose.has_person() else Pose.empty())
     negative, factors = augment_sequence(positive, seed)
     for i, pose in enumerate(positive):
         if not pose.has_person():
@@ -370,7 +371,7 @@ def prepare_inputs(
         kp_path, image, reference_rgb, video, max_frame, detect_resolution, all_people, detector,
         dict(backend=backend, dwpose_onnx=dwpose_onnx, yolox_onnx=yolox_onnx, dwpose_pth=dwpose_pth,
              yolox_pth=yolox_pth, device=device), progress)
-    plan = plan_poses(keypoints, align_frame, max_frame, seed)
+    plan = plan_poses(keypoints, align_frame, max_frame, seed, all_people)
     log.info("%d frames from frame %d at %.3g fps; reference resized to %dx%d, frames drawn at %dx%d",
              len(plan.positive), align_frame, keypoints.fps, plan.ref_width, plan.ref_height,
              2 * plan.ref_width, 2 * plan.ref_height)

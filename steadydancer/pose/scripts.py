@@ -140,7 +140,7 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
     if not reused:
         save_keypoints(keypoints_path, keypoints)
         log.info("poses saved to %s (reused by the next run)", keypoints_path)
-    plan = plan_poses(keypoints, args.align_frame, args.max_frame, getattr(args, "seed", None))
+    plan = plan_poses(keypoints, args.align_frame, args.max_frame, getattr(args, "seed", None), args.all_people)
     big = (2 * plan.ref_height, 2 * plan.ref_width)
 
     def drawn(poses, desc):

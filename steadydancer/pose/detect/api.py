@@ -148,7 +148,8 @@ def build_pose(
     coordinates even when they are missing (``subset`` says which are), so that alignment sees
     the very numbers the official pipeline sees.
     Layout for N people: candidate [18 N, 2]; subset [N, 18] holding 18 i + j or -1; hands
-    [2 N, 21, 2] as (left, right) of person 0, then of person 1, ...; faces [N, 68, 2];
+    [2 N, 21, 2] as DWPose orders them (the left hands of persons 0..N-1, then their right
+    hands); faces [N, 68, 2];
     scores: body [18 N] (flat, like candidate; [18] for one person as DESIGN.md shows),
     hands [2 N, 21], faces [N, 68].
     """
@@ -162,14 +163,17 @@ def build_pose(
     keypoints = keypoints[order] / np.array([float(width), float(height)])
     scores = scores[order]
 
-    candidate, subset, hands, faces = [], [], [], []
-    body_scores, hand_scores, face_scores = [], [], []
+    candidate, subset, faces = [], [], []
+    body_scores, face_scores = [], []
+    # DWPose order: the left hands of all people, then their right hands
+    left_hands, right_hands, left_scores, right_scores = [], [], [], []
     for person, (points, point_scores) in enumerate(zip(keypoints, scores)):
         candidate.extend(points[BODY].tolist())
         subset.append(
             [float(18 * person + j) if s > threshold else -1.0 for j, s in enumerate(point_scores[BODY])]
         )
-        for hand in (LEFT_HAND, RIGHT_HAND):
+        for hand, hands, hand_scores in ((LEFT_HAND, left_hands, left_scores),
+                                         (RIGHT_HAND, right_hands, right_scores)):
             hands.append(_points_with_missing(points[hand], point_scores[hand], threshold))
             hand_scores.append(point_scores[hand].tolist())
         faces.append(_points_with_missing(points[FACE], point_scores[FACE], threshold))
@@ -177,9 +181,9 @@ def build_pose(
         face_scores.append(point_scores[FACE].tolist())
     return {
         "bodies": {"candidate": candidate, "subset": subset},
-        "hands": hands,
+        "hands": left_hands + right_hands,
         "faces": faces,
-        "scores": {"body": body_scores, "hands": hand_scores, "faces": face_scores},
+        "scores": {"body": body_scores, "hands": left_scores + right_scores, "faces": face_scores},
     }
 
 
