@@ -58,6 +58,23 @@ def test_fp8_and_lora_through_the_options(ckpt, tmp_path) -> None:
     assert not torch.allclose(run(model), want, atol=1e-4)
 
 
+def test_fp8_quantised_while_streaming_equals_quantising_the_loaded_model(ckpt) -> None:
+    from steadydancer.models.quant.fp8 import quantize_model_fp8
+
+    want = load_dit(ckpt, dtype=torch.float32)
+    quantize_model_fp8(want)
+    seen = []
+    model = load_dit(ckpt, dtype=torch.float32, on_block_loaded=lambda block: (
+        seen.append(block), quantize_model_fp8(block, under="")))
+    assert [id(b) for b in seen] == [id(b) for b in model.blocks]          # each block once, all of them
+    got, expected = model.state_dict(), want.state_dict()
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name].float(), tensor.float()), name
+    streamed = load_dit_with_options(ckpt, "cpu", torch.float32, MemoryOptions(dit_dtype="fp8"))
+    assert torch.equal(run(streamed), run(want))
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_memory_arguments(parser)

@@ -19,6 +19,7 @@ import math
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -175,9 +176,21 @@ def _short_list(names: list[str], limit: int = 5) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _block_index(name: str) -> int | None:
+    """3 for ``blocks.3.self_attn.q.weight``; None for tensors outside the transformer blocks."""
+    if not name.startswith("blocks."):
+        return None
+    return int(name.split(".", 2)[1])
+
+
 def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.bfloat16) -> SteadyDancerDiT:
+             dtype: torch.dtype = torch.bfloat16,
+             on_block_loaded: Callable[[torch.nn.Module], None] | None = None) -> SteadyDancerDiT:
     """Load the DiT of a checkpoint folder, tensor by tensor, straight to ``device`` in ``dtype``.
+
+    ``on_block_loaded(block)`` is called on each transformer block as soon as its last tensor is
+    in (it may change the block in place: quantise it, move it), so a transform of the blocks
+    never needs the whole model in ``dtype`` at once.
 
     Returns the model in eval mode with requires_grad off. Raises InputError (one line) for a
     missing folder, config, index or shard, and for missing/unexpected tensors or wrong shapes.
@@ -201,10 +214,14 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
             raise InputError(f"{ckpt_dir}: tensor {name} has shape {list(entries[name].shape)}, "
                              f"expected {list(tensor.shape)} from config.json")
 
-    modules = dict(model.named_modules())
     by_file: dict[Path, list[str]] = {}
     for name in expected:
         by_file.setdefault(entries[name].path, []).append(name)
+    pending: dict[int, int] = {}  # block index -> tensors still to read
+    for name in expected:
+        index = _block_index(name)
+        if index is not None:
+            pending[index] = pending.get(index, 0) + 1
     scratch = torch.empty(max(e.end - e.start for e in entries.values()), dtype=torch.uint8)
     for path, names in by_file.items():
         names.sort(key=lambda n: entries[n].start)  # sequential reads
@@ -213,7 +230,14 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
                 # copy=True: the read is a view of the scratch buffer, even when no cast is needed
                 value = read_safetensors_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
                 owner, _, leaf = name.rpartition(".")
-                assign_tensor(modules[owner], leaf, value)
+                # looked up each time (not from a dict built up front): a hook may have replaced
+                # the modules of a finished block, and a stale reference would keep their tensors
+                assign_tensor(model.get_submodule(owner), leaf, value)
+                index = _block_index(name)
+                if index is not None:
+                    pending[index] -= 1
+                    if pending[index] == 0 and on_block_loaded is not None:
+                        on_block_loaded(model.blocks[index])
     return model.eval().requires_grad_(False)
 
 

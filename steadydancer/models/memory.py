@@ -173,13 +173,15 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
         model = load_fp8_scaled(_meta_model(ckpt_dir), options.dit_fp8_file, device=load_device,
                                 dtype=compute, fp8_matmul=options.fp8_matmul)
     elif options.dit_dtype == "fp8":
-        # Quantise block by block on the device, so that the GPU never holds the bf16 model.
+        # Each block is quantised on the device as soon as its tensors are read, so neither host
+        # nor GPU ever holds more than one block in the compute dtype.
         from steadydancer.models.quant.fp8 import quantize_model_fp8
-        model = load_dit(ckpt_dir, device="cpu", dtype=compute)
-        for block in model.blocks:
-            block.to(device)
+
+        def quantise(block: nn.Module) -> None:
             quantize_model_fp8(block, under="", fp8_matmul=options.fp8_matmul)
             block.to(load_device)
+
+        model = load_dit(ckpt_dir, device=device, dtype=compute, on_block_loaded=quantise)
         model.to(load_device)
     else:
         model = load_dit(ckpt_dir, device=load_device, dtype=compute)
