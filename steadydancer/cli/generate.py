@@ -141,6 +141,15 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed.cli import is_torchrun, one_error_line
+
+    if is_torchrun():  # several processes: sharding / sequence parallelism, rank 0 writes
+        with one_error_line():  # the same bad flag would print one line per process
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..pipeline.i2v import SamplingOptions
     from ..pipeline.run import generate_video
 
@@ -154,11 +163,8 @@ def run(args: argparse.Namespace) -> int:
     memory = memory_options_from_args(args)
     from ..distributed.cli import is_torchrun, run_distributed
 
-    if is_torchrun():  # several processes: sharding / sequence parallelism, rank 0 writes
-        from ..models.memory import check_single_process
-
-        check_single_process(memory)
-        return run_distributed(args, sampling)
+    if is_torchrun():  # the memory options are checked against what combines with several processes
+        return run_distributed(args, sampling, memory)
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,

@@ -165,6 +165,18 @@ class DistributedSetup:
             dist.destroy_process_group()
 
 
+def process_device(env: TorchrunEnv | None = None) -> torch.device:
+    """The device a torchrun process runs on: ``cuda:LOCAL_RANK`` when CUDA is available, else the
+    CPU (InputError when LOCAL_RANK has no GPU). Nothing is initialised."""
+    env = env or TorchrunEnv.read()
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if env.local_rank >= torch.cuda.device_count():
+        raise InputError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
+                         f"use --nproc_per_node <= the GPUs per node")
+    return torch.device("cuda", env.local_rank)
+
+
 def init_distributed(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool = False, t5_fsdp: bool = False,
                      num_heads: int | None = None, attention_backend: str = "auto") -> DistributedSetup:
     """Check the flags, join the torchrun process group and build the sequence-parallel groups.
@@ -176,14 +188,12 @@ def init_distributed(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool =
     if env.world_size == 1:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         return DistributedSetup(env, device)
-    if torch.cuda.is_available():
-        if env.local_rank >= torch.cuda.device_count():
-            raise InputError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
-                             f"use --nproc_per_node <= the GPUs per node")
-        torch.cuda.set_device(env.local_rank)
-        device, backend = torch.device("cuda", env.local_rank), "nccl"
+    device = process_device(env)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
     groups = None

@@ -38,7 +38,7 @@ class DistributedDancerPipeline(DancerPipeline):
         if t5_cpu and setup.t5_fsdp:
             raise InputError("--t5_cpu and --t5_fsdp exclude each other: T5 either stays on the CPU or is "
                              "sharded over the GPUs")
-        check_memory_options(memory, setup)
+        check_parallel_memory_options(memory, dit_fsdp=setup.dit_fsdp, sequence_parallel=setup.sequence_parallel)
         super().__init__(ckpt_dir, device=setup.device, offload_model=False, t5_cpu=t5_cpu,
                          dit_dtype=dit_dtype, keep_models=False, memory=memory)
         self.setup = setup
@@ -61,17 +61,23 @@ class DistributedDancerPipeline(DancerPipeline):
         return self._t5
 
 
-def check_memory_options(memory, setup: DistributedSetup) -> None:
-    """Memory/speed flags that do not combine with several processes stop with one line."""
+def check_parallel_memory_options(memory, dit_fsdp: bool, sequence_parallel: bool) -> None:
+    """Memory/speed flags that do not combine with several processes stop with one line.
+
+    Everything else is allowed: a LoRA (merged on the host before FSDP shards the DiT),
+    --batch_guidance (the sequence-parallel DiT takes a batch of 2-3 like the plain one),
+    --dit_dtype, FP8/GGUF weights without --dit_fsdp (replicated), --fp8_matmul,
+    --compile without sequence parallelism.
+    """
     if memory is None:
         return
     if memory.block_swap:
         raise InputError("--blocks_on_gpu: block swap is a one-GPU mode; under torchrun use --dit_fsdp to "
                          "split the DiT's weights over the GPUs")
-    if memory.compile and setup.sequence_parallel:
+    if memory.compile and sequence_parallel:
         raise InputError("--compile with --ulysses_size/--ring_size is not supported (the sequence-parallel "
                          "attention's collectives inside compiled blocks are untested)")
-    if setup.dit_fsdp and (memory.dit_dtype == "fp8" or memory.dit_fp8_file or memory.gguf):
+    if dit_fsdp and (memory.dit_dtype == "fp8" or memory.dit_fp8_file or memory.gguf):
         raise InputError("--dit_fsdp with FP8 or GGUF weights is not supported; drop --dit_fsdp (the quantised "
                          "DiT is small enough to replicate) or use bf16 weights")
 
@@ -83,7 +89,7 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
                                seed: int = -1, t5_cpu: bool = False, negative_prompt: str | None = None,
                                progress: bool = True, memory=None) -> Path | None:
     """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs;
-    ``memory``: a :class:`~steadydancer.models.memory.MemoryOptions`, see :func:`check_memory_options`).
+    ``memory``: a :class:`~steadydancer.models.memory.MemoryOptions`, see :func:`check_parallel_memory_options`).
 
     Every rank must call it with the same arguments. Returns the written path on rank 0 and None
     on the others.
