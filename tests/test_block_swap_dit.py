@@ -106,11 +106,3 @@ def test_sampler_passes_skip_negative_text_only_at_guidance_one() -> None:
     sampler_passes(None, 5.0)(model, latent, t, sets, torch.device("cpu"))
     sampler_passes(MemoryOptions(batch_guidance=True), 1.0)(model, latent, t, sets, torch.device("cpu"))
     assert calls == [1, 1, 1, 2]
-
-
-def test_memory_flags_refused_under_torchrun_in_one_line() -> None:
-    from steadydancer.models.memory import check_single_process
-
-    check_single_process(MemoryOptions())                     # defaults: nothing to refuse
-    with pytest.raises(InputError, match=r"^--dit_dtype fp8, --blocks_on_gpu: not supported under torchrun"):
-        check_single_process(MemoryOptions(dit_dtype="fp8", blocks_on_gpu=2))

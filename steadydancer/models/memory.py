@@ -56,14 +56,6 @@ class MemoryOptions:
         return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used
 
 
-def check_single_process(options: MemoryOptions) -> None:
-    """InputError when memory flags are given to a multi-process (torchrun) run, which ignores them."""
-    used = options.flags_in_use()
-    if used:
-        raise InputError(f"{', '.join(used)}: not supported under torchrun yet (the multi-GPU path shards "
-                         f"the DiT instead); run on one GPU or drop these flags")
-
-
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the memory/speed flags to a command's parser (their own group)."""
     group = parser.add_argument_group("memory and speed")
