@@ -176,13 +176,23 @@ class DiTBlock(nn.Module):
         self.norm2 = LayerNormFP32(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        # Tokens per FFN call (None: all at once). The FFN's hidden activation [B, L, ffn_dim] is
+        # the largest tensor of a block; running the tokens through it in chunks bounds it, and
+        # each token's output is computed exactly as in one call.
+        self.ffn_chunk_size: int | None = None
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, freqs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e).chunk(6, dim=1)
         x = x + self.self_attn(self.norm1(x) * (1 + scale1) + shift1, freqs) * gate1
         x = x + self.cross_attn(self.norm3(x), context)
-        x = x + self.ffn(self.norm2(x) * (1 + scale2) + shift2) * gate2
+        x = x + self._feed_forward(self.norm2(x) * (1 + scale2) + shift2) * gate2
         return x
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunk = self.ffn_chunk_size
+        if not chunk or x.shape[1] <= chunk:
+            return self.ffn(x)
+        return torch.cat([self.ffn(part) for part in x.split(chunk, dim=1)], dim=1)
 
 
 class OutputHead(nn.Module):
