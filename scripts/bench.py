@@ -10,7 +10,8 @@ Modes: plain | block_swap:K (K blocks resident) | fp8 (FP8 weights, bf16 compute
 fp8_matmul (FP8 tensor-core matmuls, CUDA >= 8.9) | batched (the guidance passes of a step as
 one forward of B=2 or 3) | compile (torch.compile of each block) | ffn_chunk:N (each block's
 feed-forward over at most N tokens at a time) | load (streaming a checkpoint from --ckpt_dir:
-seconds and peak host memory; no forward).
+seconds and peak host memory; no forward) | load_fp8 (the same, quantised block by block to FP8
+as ``--dit_dtype fp8`` loads). ``scripts/make_random_dit.py`` writes a random 14B checkpoint.
 
 A step is the official default: 40 steps with the pose pass inside (0.1, 0.4), i.e. 3 passes
 on 11 steps and 2 on 29 (2.275 passes per step on average).
@@ -46,6 +47,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H800": 989.0, 
                "A800": 312.0, "L40S": 362.0, "L40": 181.0, "RTX 6000 Ada": 364.0, "4090": 165.0,
                "A6000": 155.0, "3090": 71.0}
 STEPS, POSE_WINDOW = 40, (0.1, 0.4)
+LOAD_MODES = ("load", "load_fp8")
 TEXT_TOKENS, TEXT_LEN, CLIP_TOKENS = 512, 512, 257
 
 
@@ -111,7 +113,8 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
 
     with torch.device("meta"):
         model = SteadyDancerDiT(**cfg)
-    model = model.to_empty(device=device).to(dtype)
+    # torch's cast, not diffusers' ModelMixin.to, which warns about float32 modules the DiT has not got
+    model = torch.nn.Module.to(model.to_empty(device=device), dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -156,18 +159,20 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     row: dict = {"mode": mode}
-    if mode == "load":
-        from steadydancer.models.loading import load_dit
+    if mode in LOAD_MODES:
+        from steadydancer.models.memory import MemoryOptions, load_dit_with_options
         if not ckpt_dir:
-            raise InputError("--ckpt_dir: the load mode needs a checkpoint folder")
+            raise InputError(f"--ckpt_dir: the {mode} mode needs a checkpoint folder")
         stored = sum(p.stat().st_size for p in Path(ckpt_dir).glob("*.safetensors"))
         before = host_peak_gib()
         start = time.perf_counter()
-        model = load_dit(ckpt_dir, device=device, dtype=dtype)
+        options = MemoryOptions(dit_dtype="fp8" if mode == "load_fp8" else None)
+        model = load_dit_with_options(ckpt_dir, device, dtype, options)
         _sync(device)
         row.update(load_s=time.perf_counter() - start, stored_gib=stored / 2 ** 30,
                    host_before_gib=before, host_peak_gib=host_peak_gib(),
-                   params_b=sum(p.numel() for p in model.parameters()) / 1e9)
+                   params_b=sum(p.numel() for p in model.parameters()) / 1e9,
+                   model_gib=sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 30)
         if device.type == "cuda":
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         return row
@@ -278,9 +283,10 @@ def format_table(rows: list[dict], peak: float | None) -> str:
         if "error" in r:
             lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | |")
             continue
-        if r["mode"] == "load":
-            lines.append(f"| load ({r['stored_gib']:.2f} GiB stored) | load {r['load_s']:.1f} s | | | | "
-                         f"{r.get('gpu_peak_gib', float('nan')):.2f} | {r['host_peak_gib']:.2f} |")
+        if r["mode"] in LOAD_MODES:
+            gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
+            lines.append(f"| {r['mode']} ({r['stored_gib']:.2f} GiB stored -> {r['model_gib']:.2f} GiB model) "
+                         f"| load {r['load_s']:.1f} s | | | | {gpu} | {r['host_peak_gib']:.2f} |")
             continue
         frac = f"{r['tflops'] / peak:.0%}" if peak else "n/a"
         gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
@@ -313,10 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(found[-1][len("BENCH_ROW "):]))
     peak = device_peak_tflops(device, args.peak_tflops)
     f, h, w = shape
-    header = (f"device: {device_name(device)}; dtype {str(dtype).replace('torch.', '')}; DiT dim {cfg['dim']}, "
-              f"ffn {cfg['ffn_dim']}, heads {cfg['num_heads']}, layers {cfg['num_layers']}; latent {f}x{h}x{w} "
-              f"({(f + 2) * (h // 2) * (w // 2)} tokens); {forward_flops(cfg, *shape) / 1e12:.2f} TFLOP per forward; "
-              f"peak {peak or 'unknown'} TFLOP/s")
+    header = f"device: {device_name(device)}; dtype {str(dtype).replace('torch.', '')}"
+    if any(mode not in LOAD_MODES for mode in modes):
+        header += (f"; DiT dim {cfg['dim']}, ffn {cfg['ffn_dim']}, heads {cfg['num_heads']}, layers "
+                   f"{cfg['num_layers']}; latent {f}x{h}x{w} ({(f + 2) * (h // 2) * (w // 2)} tokens); "
+                   f"{forward_flops(cfg, *shape) / 1e12:.2f} TFLOP per forward; peak {peak or 'unknown'} TFLOP/s")
+    if args.ckpt_dir and any(mode in LOAD_MODES for mode in modes):
+        header += f"; loads {args.ckpt_dir}"
     print(header)
     print(format_table(rows, peak))
     if args.json:

@@ -60,3 +60,28 @@ def test_bad_size_is_one_line(capsys, size: str) -> None:
     assert bench.main(["--device", "cpu", "--size", size, "--modes", "plain"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --size:") and len(err.splitlines()) == 1
+
+
+def test_load_modes_on_a_random_checkpoint(tmp_path) -> None:
+    """make_random_dit.py writes the released layout; bench's load modes read it back (plain, FP8)."""
+    import make_random_dit
+    from steadydancer.models.loading import load_dit
+
+    ckpt = tmp_path / "dit"
+    assert make_random_dit.main([str(ckpt), "--dim", "32", "--ffn_dim", "64", "--num_heads", "2",
+                                 "--num_layers", "2", "--shards", "3"]) == 0
+    assert len(list(ckpt.glob("diffusion_pytorch_model-0000?-of-00003.safetensors"))) == 3
+    model = load_dit(ckpt, dtype=torch.bfloat16)
+    weight = model.blocks[1].ffn[0].weight.float()
+    assert 0.015 < weight.std().item() < 0.025                       # N(0, 0.02), not zeros
+    rows = {}
+    for mode in ("load", "load_fp8"):
+        cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args([*TINY_ARGS, "--dtype", "bf16"]))
+        rows[mode] = bench.run_mode(mode, cfg, shape, device, dtype, repeats=1, ckpt_dir=str(ckpt))
+    stored = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 2 ** 30
+    assert abs(rows["load"]["stored_gib"] - stored) < 1e-9
+    linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    saved = sum(m.weight.numel() - 4 for m in linears) / 2 ** 30     # 2 -> 1 byte a weight, + a float32 scale
+    assert abs(rows["load"]["model_gib"] - rows["load_fp8"]["model_gib"] - saved) < 1e-9
+    table = bench.format_table([{**rows["load"], "mode": "load"}, rows["load_fp8"]], None)
+    assert "| load_fp8 (" in table and "GiB model) | load " in table

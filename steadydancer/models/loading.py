@@ -248,7 +248,8 @@ def official_config(model: SteadyDancerDiT) -> dict:
     return config
 
 
-def save_dit_checkpoint(model: SteadyDancerDiT, out_dir: str | os.PathLike, num_shards: int = 1) -> Path:
+def save_dit_checkpoint(model: SteadyDancerDiT, out_dir: str | os.PathLike, num_shards: int = 1,
+                        tensor_source: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> Path:
     """Write ``model`` in the released layout (config.json, N shards, index) into ``out_dir``.
 
     Tensors keep their dtype and are split into ``num_shards`` shards of similar size in
@@ -256,10 +257,16 @@ def save_dit_checkpoint(model: SteadyDancerDiT, out_dir: str | os.PathLike, num_
     shards of an earlier save are replaced. Each file is written atomically, shards first and
     config.json last, so an interrupted save never looks complete. Widths the official config
     omits (text_dim, CLIP width) are carried by the tensor shapes, which :func:`load_dit` reads.
+
+    ``tensor_source(name, tensor)`` gives the CPU tensor to write for each entry of the state dict,
+    one shard at a time (default: the model's own); with it ``model`` may live on the meta device,
+    e.g. to write random weights of a model larger than host memory.
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    if tensor_source is None:
+        tensor_source = lambda name, tensor: tensor.detach().to("cpu").contiguous()  # noqa: E731
+    state = dict(model.state_dict())
     total = sum(t.numel() * t.element_size() for t in state.values())
     count = max(1, min(num_shards, len(state)))
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
@@ -280,7 +287,8 @@ def save_dit_checkpoint(model: SteadyDancerDiT, out_dir: str | os.PathLike, num_
     for i, shard in enumerate(shards):
         filename = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         with atomic_path(out_dir / filename) as tmp:
-            save_file(shard, str(tmp), metadata={"format": "pt"})
+            save_file({name: tensor_source(name, tensor) for name, tensor in shard.items()}, str(tmp),
+                      metadata={"format": "pt"})
         weight_map.update({name: filename for name in shard})
         filenames.append(filename)
     for stale in out_dir.glob("diffusion_pytorch_model*.safetensors"):
