@@ -8,8 +8,13 @@ about a minute (the video is noise). For tests, CI and trying the command lines 
 
 import argparse
 import sys
+from pathlib import Path
 
-from steadydancer.pipeline.tiny import write_tiny_checkpoint
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # also runs from a clone that was not pip-installed
+    sys.path.insert(0, str(REPO))
+
+from steadydancer.pipeline.tiny import write_tiny_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,7 @@ also when the sequence length does not divide by the degree (padded keys must be
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from steadydancer.distributed.attention import (SequenceParallelAttention, attention_with_lse,
@@ -78,6 +79,40 @@ def test_attention_with_lse_slices_heads_and_query_rows_exactly(monkeypatch):
         monkeypatch.setattr(attention_module, "_MAX_SCORE_ELEMENTS", bound)
         out, lse = attention_with_lse(q, k, v)
         assert torch.allclose(out, want_out) and torch.allclose(lse, want_lse), bound
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_fused_kernel_with_lse_equals_the_math_path(dtype, tolerance):
+    """The flash-attention kernel (what ring blocks use) gives the math path's output and
+    log-sum-exp, and its blocks merge to the full softmax."""
+    from steadydancer.distributed.attention import _fused_attention_with_lse, _math_attention_with_lse
+
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 37, 3, 64, generator=gen).to(dtype) for _ in range(3))
+    fused = _fused_attention_with_lse(q, k, v)
+    assert fused is not None
+    want_out, want_lse = _math_attention_with_lse(q, k, v)
+    assert fused[0].dtype == fused[1].dtype == torch.float32
+    assert fused[0].shape == want_out.shape and fused[1].shape == want_lse.shape == (2, 37, 3)
+    assert (fused[0] - want_out).abs().max() < tolerance and (fused[1] - want_lse).abs().max() < tolerance
+    merged, _ = merge_partial_attention(*attention_with_lse(q, k[:, :20], v[:, :20]),
+                                        *attention_with_lse(q, k[:, 20:], v[:, 20:]))
+    assert (merged - want_out).abs().max() < 2 * tolerance
+
+
+def test_fused_kernel_failure_falls_back_to_the_math_path(monkeypatch, caplog):
+    import steadydancer.distributed.attention as attention_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(attention_module, "_fused_lse_broken", False)
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", broken)
+    q, k, v = (torch.randn(1, 9, 2, 16) for _ in range(3))
+    out, lse = attention_with_lse(q, k, v)
+    want_out, want_lse = attention_module._math_attention_with_lse(q, k, v)
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    assert attention_module._fused_lse_broken and "using the exact math path" in caplog.text
 
 
 def test_two_processes_exchange_roundtrip_ulysses_and_ring_equal_single_process():

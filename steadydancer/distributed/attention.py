@@ -7,7 +7,8 @@ never changes a real token's output; outputs at padded query positions are meani
 dropped by the caller.
 
 Two implementations behind one call:
-- pure torch (any backend: NCCL on GPU, gloo on CPU), always available;
+- pure torch (any backend: NCCL on GPU, gloo on CPU), always available; each ring block through
+  torch's flash-attention kernel with its log-sum-exp (an exact math path where it does not apply);
 - xDiT's ``xFuserLongContextAttention`` (flash-attn kernels), used on CUDA when xfuser is
   importable and the sequence needed no padding (xfuser cannot mask padded keys).
 """
@@ -39,12 +40,49 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return out.transpose(1, 2)
 
 
+# Set when the fused kernel failed once on this machine: the math path is used from then on.
+_fused_lse_broken = False
+
+
+def _fused_attention_with_lse(q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """torch's flash-attention kernel, which also returns the log-sum-exp (CUDA: bf16/fp16; CPU:
+    float32/bf16/fp16), or None where it does not apply. Same layout and result as the math path."""
+    global _fused_lse_broken
+    dim = q.shape[-1]
+    allowed = (torch.float16, torch.bfloat16) if q.is_cuda else (torch.float16, torch.bfloat16, torch.float32)
+    if _fused_lse_broken or q.dtype not in allowed or dim % 8 or dim > 256 or q.device.type not in ("cuda", "cpu"):
+        return None
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, L, D]
+    try:
+        if q.is_cuda:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False)[:2]
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, 0.0, False)
+    except (RuntimeError, NotImplementedError) as exc:  # e.g. a GPU or build without the kernel
+        _fused_lse_broken = True
+        log.warning("ring attention: the fused kernel failed (%s); using the exact math path", exc)
+        return None
+    lse = lse[..., :q.shape[1]]  # some kernels pad the row count of the log-sum-exp
+    return out.transpose(1, 2).float(), lse.transpose(1, 2).float()
+
+
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention that also returns the log-sum-exp of the scores.
 
     q [B, Lq, H, D], k/v [B, Lk, H, D] -> (out [B, Lq, H, D], lse [B, Lq, H]), both in float32
-    (float64 for float64 inputs), scale 1/sqrt(D) as in SDPA and flash-attn.
+    (float64 for float64 inputs), scale 1/sqrt(D) as in SDPA and flash-attn. torch's
+    flash-attention kernel where it applies (memory linear in the length), else a math path that
+    materialises the scores in bounded slices.
     """
+    fused = _fused_attention_with_lse(q, k, v)
+    if fused is not None:
+        return fused
+    return _math_attention_with_lse(q, k, v)
+
+
+def _math_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_with_lse` by explicit scores, in float32 (float64 for float64 inputs)."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     b, lq, heads, dim = q.shape
     lk = k.shape[1]
