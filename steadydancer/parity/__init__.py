@@ -3,6 +3,8 @@
 ``python -m steadydancer.parity CASE_DIR`` recognises a case folder (the format of
 ``shared/parity``: dit, vae, t5, clip, pose), runs our code on it, prints the relative error
 of each output (||ours - ref|| / ||ref||) and exits non-zero when any is above the tolerance.
+``--device cuda`` / ``--dtype bf16`` run the model kinds on a GPU / in a lower precision (the
+official outputs stay float32: the error then measures that precision).
 
 Each kind lives in its own module with ``run_case(case_dir) -> dict[str, float]``.
 """
@@ -32,11 +34,19 @@ def detect_kind(case_dir: str | Path) -> str:
                      "models_t5*.pth, models_clip*.pth or keypoints.json + official/)")
 
 
-def run_case(case_dir: str | Path) -> dict[str, float]:
-    """Relative error of each output of the case, by output name."""
+def run_case(case_dir: str | Path, device: str = "cpu", dtype=None) -> dict[str, float]:
+    """Relative error of each output of the case, by output name.
+
+    ``device`` / ``dtype`` (a torch dtype; None: float32, as the official outputs) apply to the
+    model kinds; the pose kind runs on the CPU in any case.
+    """
     kind = detect_kind(case_dir)
     module = importlib.import_module(f"steadydancer.parity.{kind}")
-    return module.run_case(Path(case_dir))
+    if kind == "pose":
+        return module.run_case(Path(case_dir))
+    import torch
+
+    return module.run_case(Path(case_dir), device=device, dtype=dtype or torch.float32)
 
 
 def relative_error(ours, ref) -> float:

@@ -5,13 +5,33 @@ import sys
 
 from . import TOLERANCE, detect_kind, run_case
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steadydancer.parity",
                                      description="check our outputs against an official parity case")
     parser.add_argument("cases", nargs="+", help="case folders (format of shared/parity)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest relative error that passes (default {TOLERANCE}; bf16 lands near 1e-2)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (model kinds; default cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                        help="compute dtype of the model kinds (default fp32, the official outputs' dtype)")
     args = parser.parse_args(argv)
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        print(f"error: --device: expected cpu, cuda or cuda:N, got {args.device!r}", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and args.dtype == "fp32":
+        # TF32 would round the official float32 computation's matmuls and convolutions to 10 bits
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     failed = False
     for case in args.cases:
         try:
@@ -19,11 +39,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        errors = run_case(case)
+        errors = run_case(case, device=str(device), dtype=getattr(torch, DTYPES[args.dtype]))
+        where = "" if kind == "pose" or (device.type == "cpu" and args.dtype == "fp32") else f" {device} {args.dtype}"
         for name, err in errors.items():
             ok = err <= args.tolerance
             failed |= not ok
-            print(f"{case} [{kind}] {name}: rel err {err:.3e} {'ok' if ok else 'FAIL'}")
+            print(f"{case} [{kind}{where}] {name}: rel err {err:.3e} {'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

@@ -7,6 +7,7 @@ Case folder: ``ckpt/`` (official-layout DiT), ``io.safetensors`` (inputs and off
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,18 +31,24 @@ def case_conditions(io: dict[str, torch.Tensor]) -> tuple[DiTConditions, DiTCond
             conditions(io["context"], io["condition_neg"]))
 
 
-def run_case(case_dir: Path) -> dict[str, float]:
-    """Relative errors of ``forward_out``, ``timesteps`` and ``sample_out`` (float32, CPU)."""
+def run_case(case_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Relative errors of ``forward_out``, ``timesteps`` and ``sample_out``.
+
+    The official outputs are float32; with another ``dtype`` the DiT runs under autocast in it,
+    as the pipeline does on a GPU, and the errors say how far that precision lands.
+    """
     from ..models.loading import load_dit  # the models stage; imported late so the others run without it
 
     case_dir = Path(case_dir)
-    io = load_file(str(case_dir / "io.safetensors"))
+    device = torch.device(device)
+    io = {name: tensor.to(device) for name, tensor in load_file(str(case_dir / "io.safetensors")).items()}
     meta = json.loads((case_dir / "meta.json").read_text())
-    model = load_dit(case_dir / "ckpt", device="cpu", dtype=torch.float32)
+    model = load_dit(case_dir / "ckpt", device=device, dtype=dtype)
     cond, neg_text, neg_pose = case_conditions(io)
     errors: dict[str, float] = {}
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
 
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         forward = model(io["noise"][None], io["t"], **cond.as_kwargs())[0]
     errors["forward_out"] = relative_error(forward, io["forward_out"])
 
@@ -50,13 +57,13 @@ def run_case(case_dir: Path) -> dict[str, float]:
     errors["timesteps"] = relative_error(timesteps.float(), io["timesteps"])
 
     three_pass_steps: list[int] = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         sample = sample_dc_cfg(
             model, io["noise"], cond, neg_text, neg_pose, solver=meta["solver"], steps=int(meta["steps"]),
             shift=float(meta["shift"]), guide_scale=float(meta["guide_scale"]),
             condition_guide_scale=float(meta["condition_guide_scale"]),
             st_cond_cfg=float(meta["st_cond_cfg"]), end_cond_cfg=float(meta["end_cond_cfg"]),
-            progress=False, num_train_timesteps=num_train,
+            progress=False, num_train_timesteps=num_train, device=device,
             on_step=lambda idx, t, passes: three_pass_steps.append(idx) if passes == 3 else None)
     if "pose_cfg_steps" in meta:
         assert three_pass_steps == list(meta["pose_cfg_steps"]), (

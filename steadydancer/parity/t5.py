@@ -9,7 +9,7 @@ import torch
 from . import relative_error
 
 
-def run_case(case_dir: Path) -> dict[str, float]:
+def run_case(case_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Relative errors of ``hidden`` [B, L, C] and ``hidden_trimmed`` [n, C] of a t5 case folder."""
     from safetensors.torch import load_file
 
@@ -18,9 +18,9 @@ def run_case(case_dir: Path) -> dict[str, float]:
     case_dir = Path(case_dir)
     checkpoint = next(case_dir.glob("models_t5*.pth"))
     io = load_file(case_dir / "io.safetensors")
-    encoder = TextEncoder(checkpoint, None, device="cpu", dtype=torch.float32)
+    encoder = TextEncoder(checkpoint, None, device=device, dtype=dtype)
     check_arch_json(case_dir, encoder.arch)
-    hidden = encoder.encode_ids(io["ids"], io["mask"])
+    hidden = encoder.encode_ids(io["ids"].to(device), io["mask"].to(device)).float().cpu()
     lengths = io["mask"].gt(0).sum(dim=1).tolist()
     # What the pipeline keeps: each sample's real tokens (one sample in the shared cases).
     trimmed = torch.cat([h[:n] for h, n in zip(hidden, lengths)])
