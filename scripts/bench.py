@@ -8,8 +8,8 @@ subprocess so that its peak host memory (ru_maxrss) is its own.
 
 Modes: plain | block_swap:K (K blocks resident) | fp8 (FP8 weights, bf16 compute) |
 fp8_matmul (FP8 tensor-core matmuls, CUDA >= 8.9) | batched (the guidance passes of a step as
-one forward of B=2 or 3) | compile (torch.compile of each block) | ffn_chunk:N (each block's
-feed-forward over at most N tokens at a time) | load (streaming a checkpoint from --ckpt_dir:
+one forward of B=2 or 3) | compile (torch.compile of each block) | token_chunk:N (each block's
+per-token work over at most N tokens at a time) | load (streaming a checkpoint from --ckpt_dir:
 seconds and peak host memory; no forward) | load_fp8 (the same, quantised block by block to FP8
 as ``--dit_dtype fp8`` loads). ``scripts/make_random_dit.py`` writes a random 14B checkpoint.
 
@@ -192,9 +192,9 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
     elif mode == "compile":
         for block in model.blocks:
             block.compile()
-    elif mode.startswith("ffn_chunk:"):
+    elif mode.startswith("token_chunk:"):
         for block in model.blocks:
-            block.ffn_chunk_size = int(mode.split(":")[1])
+            block.token_chunk_size = int(mode.split(":")[1])
     elif mode not in ("plain", "batched"):
         raise InputError(f"--modes: unknown mode {mode!r}")
     if device.type == "cuda":
@@ -228,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
                    help="compute dtype (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--modes", default=None,
-                   help="comma-separated (default GPU: plain,block_swap:20,block_swap:0,fp8,batched,ffn_chunk:8192; "
+                   help="comma-separated (default GPU: plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192; "
                         "CPU: plain,block_swap:1,fp8,batched)")
     p.add_argument("--frames", type=int, default=None, help="pixel frames, 4n+1 (default 81; CPU 9)")
     p.add_argument("--size", default=None, help="W*H (default 1024*576; CPU 256*144)")
@@ -256,7 +256,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     shape = latent_shape(frames, args.size or ("256*144" if on_cpu else "1024*576"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("fp32" if on_cpu else "bf16")]
-    default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,ffn_chunk:8192"
+    default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:
         if mode.startswith("block_swap"):
@@ -266,10 +266,10 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
             except (IndexError, ValueError):
                 raise InputError(f"--modes: {mode!r}: expected block_swap:K") from None
             check_blocks_on_gpu(count, cfg["num_layers"], flag=f"--modes {mode}")
-        if mode.startswith("ffn_chunk"):
+        if mode.startswith("token_chunk"):
             _, _, tokens = mode.partition(":")
             if not tokens.isdigit() or int(tokens) < 1:
-                raise InputError(f"--modes: {mode!r}: expected ffn_chunk:N with N >= 1 tokens")
+                raise InputError(f"--modes: {mode!r}: expected token_chunk:N with N >= 1 tokens")
         if mode == "fp8_matmul":
             from steadydancer.models.quant.fp8 import check_fp8_matmul_supported
             check_fp8_matmul_supported(device)

@@ -46,7 +46,7 @@ for stage in $STAGES; do
       ;;
     bench)
       python scripts/bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
-      python scripts/bench.py --modes plain,ffn_chunk:8192 --frames 161 --json "$OUT/bench_161.json" 2>&1 \
+      python scripts/bench.py --modes plain,token_chunk:8192 --frames 161 --json "$OUT/bench_161.json" 2>&1 \
           | tee "$OUT/bench_161.txt" || status=1
       ;;
     *) echo "error: STAGES: unknown stage $stage (parity, tests, nccl, bench)" >&2; exit 2 ;;

@@ -24,7 +24,7 @@ def test_flop_count_and_pass_counts() -> None:
     assert 3.0e15 < flops < 4.5e15                      # ~3.6 PFLOP per forward: 52992 tokens
 
 
-@pytest.mark.parametrize("mode", ["plain", "block_swap:1", "fp8", "batched", "ffn_chunk:16"])
+@pytest.mark.parametrize("mode", ["plain", "block_swap:1", "fp8", "batched", "token_chunk:16"])
 def test_each_mode_runs_in_process(mode: str) -> None:
     cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS))
     row = bench.run_mode(mode, cfg, shape, device, dtype, repeats=1)
@@ -46,9 +46,9 @@ def test_bad_modes_are_one_line(capsys) -> None:
     assert bench.main([*TINY_ARGS, "--modes", "block_swap:7"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --modes block_swap:7: expected a whole number from 0 to 2 (the model has 2 blocks), got 7"]
-    assert bench.main([*TINY_ARGS, "--modes", "ffn_chunk:0"]) == 2
+    assert bench.main([*TINY_ARGS, "--modes", "token_chunk:0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: --modes: 'ffn_chunk:0': expected ffn_chunk:N with N >= 1 tokens"]
+        "error: --modes: 'token_chunk:0': expected token_chunk:N with N >= 1 tokens"]
     if not torch.cuda.is_available():
         assert bench.main([*TINY_ARGS, "--modes", "fp8_matmul"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -82,14 +82,14 @@ def _worker(rank: int, world_size: int, ckpt: str, memory: MemoryOptions) -> dic
 
 
 def test_lora_and_batch_guidance_on_two_processes_equal_single_process(tiny):
-    """Ulysses 2 + --dit_fsdp with a LoRA, --batch_guidance and --ffn_chunk_size: the single process's
+    """Ulysses 2 + --dit_fsdp with a LoRA, --batch_guidance and --token_chunk_size: the single process's
     video, bit for bit."""
     from steadydancer.models.loading import load_dit
     from steadydancer.models.memory import load_dit_with_options
     from steadydancer.pipeline.i2v import DancerPipeline
 
     ckpt, lora, _ = tiny
-    memory = MemoryOptions(loras=[(lora, 0.8)], batch_guidance=True, ffn_chunk_size=16)
+    memory = MemoryOptions(loras=[(lora, 0.8)], batch_guidance=True, token_chunk_size=16)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each gloo process: the same reduction order
     try:

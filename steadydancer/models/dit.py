@@ -120,11 +120,18 @@ class SelfAttention(nn.Module):
         self.attention_fn = None
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        return self.o(self.attend(*self.project(x, freqs)).flatten(2))
+
+    def project(self, x: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, L, heads, head_dim] of x [B, L, dim] (q, k normed and rotated); per token."""
         heads = (self.num_heads, self.head_dim)
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), freqs)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), freqs)
-        v = self.v(x).unflatten(-1, heads)
-        return self.o((self.attention_fn or attention)(q, k, v).flatten(2))
+        return q, k, self.v(x).unflatten(-1, heads)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The attention kernel over all tokens: [B, L, heads, head_dim] (before the output projection)."""
+        return (self.attention_fn or attention)(q, k, v)
 
 
 class ImageTextCrossAttention(nn.Module):
@@ -149,13 +156,22 @@ class ImageTextCrossAttention(nn.Module):
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, self.context_keys_values(context))
+
+    def context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(image k, image v, text k, text v) [B, n, heads, head_dim] of the context."""
         heads = (self.num_heads, self.head_dim)
         n_image = context.shape[1] - self.text_len
         image, text = context[:, :n_image], context[:, n_image:]
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        from_image = attention(q, self.norm_k_img(self.k_img(image)).unflatten(-1, heads),
-                               self.v_img(image).unflatten(-1, heads))
-        from_text = attention(q, self.norm_k(self.k(text)).unflatten(-1, heads), self.v(text).unflatten(-1, heads))
+        return (self.norm_k_img(self.k_img(image)).unflatten(-1, heads), self.v_img(image).unflatten(-1, heads),
+                self.norm_k(self.k(text)).unflatten(-1, heads), self.v(text).unflatten(-1, heads))
+
+    def attend(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x [B, L, dim] attending to :meth:`context_keys_values`; each token on its own."""
+        k_image, v_image, k_text, v_text = keys_values
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))
+        from_image = attention(q, k_image, v_image)
+        from_text = attention(q, k_text, v_text)
         return self.o(from_text.flatten(2) + from_image.flatten(2))
 
 
@@ -176,23 +192,50 @@ class DiTBlock(nn.Module):
         self.norm2 = LayerNormFP32(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
-        # Tokens per FFN call (None: all at once). The FFN's hidden activation [B, L, ffn_dim] is
-        # the largest tensor of a block; running the tokens through it in chunks bounds it, and
-        # each token's output is computed exactly as in one call.
-        self.ffn_chunk_size: int | None = None
+        # Tokens per chunk of the block's per-token work (None: all at once); see _forward_chunked.
+        self.token_chunk_size: int | None = None
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, freqs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e).chunk(6, dim=1)
+        if self.token_chunk_size and x.shape[1] > self.token_chunk_size:
+            return self._forward_chunked(x, (shift1, scale1, gate1, shift2, scale2, gate2), freqs, context)
         x = x + self.self_attn(self.norm1(x) * (1 + scale1) + shift1, freqs) * gate1
         x = x + self.cross_attn(self.norm3(x), context)
-        x = x + self._feed_forward(self.norm2(x) * (1 + scale2) + shift2) * gate2
+        x = x + self.ffn(self.norm2(x) * (1 + scale2) + shift2) * gate2
         return x
 
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunk = self.ffn_chunk_size
-        if not chunk or x.shape[1] <= chunk:
-            return self.ffn(x)
-        return torch.cat([self.ffn(part) for part in x.split(chunk, dim=1)], dim=1)
+    def _forward_chunked(self, x: torch.Tensor, modulation: tuple[torch.Tensor, ...], freqs: torch.Tensor,
+                         context: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with everything but the self-attention kernel run over ``token_chunk_size``
+        tokens at a time.
+
+        Norms, projections, RoPE, cross-attention and the FFN act on each token alone, so only q, k,
+        v and the attention output are held for all tokens, not the float32 norms, the FFN's hidden
+        activation (tokens x ffn_dim, a block's largest tensor) or the other temporaries: the peak of
+        a block drops to about half for long videos. Each token goes through the same operations as
+        in :meth:`forward`.
+        """
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation
+        chunks = [slice(start, start + self.token_chunk_size) for start in range(0, x.shape[1], self.token_chunk_size)]
+        q = k = v = None
+        for part in chunks:
+            q_part, k_part, v_part = self.self_attn.project(self.norm1(x[:, part]) * (1 + scale1) + shift1,
+                                                            freqs[part])
+            if q is None:
+                q, k, v = (part_.new_empty(x.shape[:2] + part_.shape[2:]) for part_ in (q_part, k_part, v_part))
+            q[:, part], k[:, part], v[:, part] = q_part, k_part, v_part
+        attended = self.self_attn.attend(q, k, v).flatten(2)
+        del q, k, v, q_part, k_part, v_part
+        keys_values = self.cross_attn.context_keys_values(context)
+        out = None
+        for part in chunks:
+            y = x[:, part] + self.self_attn.o(attended[:, part]) * gate1
+            y = y + self.cross_attn.attend(self.norm3(y), keys_values)
+            y = y + self.ffn(self.norm2(y) * (1 + scale2) + shift2) * gate2
+            if out is None:
+                out = y.new_empty(x.shape[:2] + y.shape[2:])
+            out[:, part] = y
+        return out
 
 
 class OutputHead(nn.Module):

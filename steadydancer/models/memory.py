@@ -8,11 +8,11 @@ Flags (``add_memory_arguments``):
   --lora PATH[:STRENGTH]           apply a LoRA (repeatable; strength 1 by default)
   --blocks_on_gpu K                keep K blocks on the GPU, stream the others (block swap)
   --batch_guidance                 run a step's guidance passes as one batched forward
-  --ffn_chunk_size TOKENS          run each block's feed-forward over at most TOKENS tokens at a time
+  --token_chunk_size TOKENS        run each block's per-token work over at most TOKENS tokens at a time
   --compile                        torch.compile each transformer block
 
 Order of work in ``load_dit_with_options``: load (streamed, in the stored low precision where
-asked) -> LoRA -> FFN chunking -> block swap -> compile. With a block count, the model is loaded to the host and
+asked) -> LoRA -> token chunking -> block swap -> compile. With a block count, the model is loaded to the host and
 only the resident blocks and the two swap slots go to the GPU.
 """
 
@@ -43,7 +43,7 @@ class MemoryOptions:
     blocks_on_gpu: int | None = None
     batch_guidance: bool = False
     compile: bool = False
-    ffn_chunk_size: int | None = None
+    token_chunk_size: int | None = None
 
     @property
     def block_swap(self) -> bool:
@@ -53,7 +53,7 @@ class MemoryOptions:
         """The memory flags that change something (for messages)."""
         names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
                  "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
-                 "compile": "--compile", "ffn_chunk_size": "--ffn_chunk_size"}
+                 "compile": "--compile", "token_chunk_size": "--token_chunk_size"}
         used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
         return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used
 
@@ -80,10 +80,10 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run the 2-3 guidance passes of a step as one batched forward (more memory, faster)")
     group.add_argument("--compile", action="store_true", default=False,
                        help="torch.compile each transformer block (first steps are slower)")
-    group.add_argument("--ffn_chunk_size", type=int, default=None, metavar="TOKENS",
-                       help="run each block's feed-forward over at most TOKENS tokens at a time: bounds its "
-                            "hidden activation (tokens x 13824 at 14B, the largest of a block) for long "
-                            "videos; e.g. 8192")
+    group.add_argument("--token_chunk_size", type=int, default=None, metavar="TOKENS",
+                       help="long videos: run each block's per-token work (norms, projections, "
+                            "cross-attention, feed-forward) over at most TOKENS tokens at a time, only the "
+                            "self-attention kernel over all; about halves a block's activation peak; e.g. 8192")
 
 
 def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
@@ -108,14 +108,14 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
     if blocks_on_gpu is not None and blocks_on_gpu < 0:
         raise InputError(f"--blocks_on_gpu: expected a whole number from 0 to the DiT's block count, "
                          f"got {blocks_on_gpu}")
-    ffn_chunk_size = getattr(args, "ffn_chunk_size", None)
-    if ffn_chunk_size is not None and ffn_chunk_size < 1:
-        raise InputError(f"--ffn_chunk_size: expected a number of tokens >= 1, got {ffn_chunk_size}")
+    token_chunk_size = getattr(args, "token_chunk_size", None)
+    if token_chunk_size is not None and token_chunk_size < 1:
+        raise InputError(f"--token_chunk_size: expected a number of tokens >= 1, got {token_chunk_size}")
     loras = [parse_lora_arg(value) for value in getattr(args, "lora", None) or []]
     return MemoryOptions(dit_dtype=dit_dtype, dit_fp8_file=dit_fp8_file, gguf=gguf, fp8_matmul=fp8_matmul,
                          loras=loras, blocks_on_gpu=blocks_on_gpu,
                          batch_guidance=bool(getattr(args, "batch_guidance", False)),
-                         compile=bool(getattr(args, "compile", False)), ffn_chunk_size=ffn_chunk_size)
+                         compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size)
 
 
 def _meta_model(ckpt_dir: Path):
@@ -191,9 +191,9 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
     from steadydancer.models.lora import apply_lora
     for path, strength in options.loras:
         apply_lora(model, path, strength)
-    if options.ffn_chunk_size is not None:
+    if options.token_chunk_size is not None:
         for block in model.blocks:
-            block.ffn_chunk_size = options.ffn_chunk_size
+            block.token_chunk_size = options.token_chunk_size
     if options.blocks_on_gpu is not None:
         model.block_swap = enable_block_swap(model, options.blocks_on_gpu, device)
     if options.compile:
