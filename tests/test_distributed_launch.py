@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from steadydancer.distributed.launch import TorchrunEnv, check_parallel_flags, init_distributed
 from steadydancer.distributed.testing import run_on_gloo
 from steadydancer.errors import InputError
+from test_pipeline_support import random_pose_images
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -51,20 +50,10 @@ def test_single_process_setup_without_torchrun(monkeypatch):
         init_distributed(dit_fsdp=True)
 
 
-def _pose_inputs():
-    gen = np.random.default_rng(0)
-
-    def image():
-        return Image.fromarray(gen.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-
-    ref, positive, negative = image(), [image() for _ in range(5)], [image() for _ in range(5)]
-    return ref, positive[0], positive, negative
-
-
 def _generate(pipeline) -> torch.Tensor:
     from steadydancer.pipeline.i2v import SamplingOptions
 
-    ref, first, positive, negative = _pose_inputs()
+    ref, first, positive, negative = random_pose_images()
     sampling = SamplingOptions(steps=3)
     return pipeline.generate(ref, first, positive, negative, "a dancer", max_area=64 * 48, frame_num=5,
                              sampling=sampling, seed=11, progress=False)

@@ -4,15 +4,14 @@ does not fit the DiT stop with one line before the process group forms or any mo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from steadydancer.cli.main import main
 from steadydancer.distributed.testing import run_on_gloo
 from steadydancer.models.memory import MemoryOptions
+from test_pipeline_support import random_pose_images, write_inputs
 
 LORA_TARGETS = ("blocks.0.self_attn.q", "blocks.1.cross_attn.k", "blocks.1.ffn.0")
 PROBE = "blocks.0.self_attn.q.weight"  # a weight the LoRA changes: checked after sharding
@@ -34,23 +33,8 @@ def tiny(tmp_path_factory):
         state[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(4, in_dim, generator=g) * 0.3
         state[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(out_dim, 4, generator=g) * 0.3
     save_file(state, str(root / "lora.safetensors"))
-    rng = np.random.default_rng(0)
-    for name in ("positive", "negative"):
-        (root / "in" / name).mkdir(parents=True)
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "in" / name / f"{i:04d}.jpg")
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "in" / "ref_image.png")
-    return ckpt, root / "lora.safetensors", root / "in"
-
-
-def _inputs():
-    gen = np.random.default_rng(0)
-
-    def image():
-        return Image.fromarray(gen.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-
-    ref, positive, negative = image(), [image() for _ in range(5)], [image() for _ in range(5)]
-    return ref, positive[0], positive, negative
+    folder = write_inputs(root / "in", 5, ref_size=(64, 48), pose_size=(64, 48))
+    return ckpt, root / "lora.safetensors", folder
 
 
 def _generate_twice(pipeline) -> dict:
@@ -59,7 +43,7 @@ def _generate_twice(pipeline) -> dict:
 
     batches: list[int] = []
     pipeline.dit().register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
-    ref, first, positive, negative = _inputs()
+    ref, first, positive, negative = random_pose_images()
     out = {}
     for scale in (5.0, 1.0):
         out[scale] = pipeline.generate(ref, first, positive, negative, "a dancer", max_area=64 * 48, frame_num=5,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from steadydancer.cli.main import main
+from test_pipeline_support import write_inputs
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +16,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cli")
     ckpt = write_tiny_checkpoint(root / "ckpt", seed=0)
-    rng = np.random.default_rng(0)
-    for name in ("positive", "negative"):
-        (root / "in" / name).mkdir(parents=True)
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (56, 40, 3), dtype=np.uint8)).save(root / "in" / name / f"{i:04d}.jpg")
-    Image.fromarray(rng.integers(0, 255, (56, 40, 3), dtype=np.uint8)).save(root / "in" / "ref_image.png")
+    write_inputs(root / "in", 5, ref_size=(40, 56), pose_size=(40, 56))
     return root, ckpt
 
 

@@ -35,3 +35,14 @@ def write_inputs(folder: Path, frames: int, neg_frames: int | None = None, ref_s
             Image.fromarray(pixels).save(folder / name / f"{i:04d}.jpg")
     (folder / "prompt.txt").write_text("a person dances")
     return folder
+
+
+def random_pose_images(frames: int = 5, size: tuple[int, int] = (64, 48), seed: int = 0):
+    """(reference, first pose, positive poses, negative poses) as random PIL images of ``size`` (W, H)."""
+    rng = np.random.default_rng(seed)
+
+    def image() -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+    ref, positive, negative = image(), [image() for _ in range(frames)], [image() for _ in range(frames)]
+    return ref, positive[0], positive, negative
