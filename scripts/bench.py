@@ -254,8 +254,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     if frames % 4 != 1:
         raise InputError(f"--frames: expected 4n+1, got {frames}")
     shape = latent_shape(frames, args.size or ("256*144" if on_cpu else "1024*576"))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("fp32" if on_cpu else "bf16")]
+    from steadydancer.models.memory import DTYPES
+
+    dtype = DTYPES[args.dtype or ("fp32" if on_cpu else "bf16")]
     default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:

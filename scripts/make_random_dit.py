@@ -22,10 +22,10 @@ if str(REPO) not in sys.path:
 
 from steadydancer.models.dit import SteadyDancerDiT  # noqa: E402
 from steadydancer.models.loading import save_dit_checkpoint  # noqa: E402
+from steadydancer.models.memory import DTYPES  # noqa: E402
 
 RELEASE_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096, clip_dim=1280,
                    in_dim=36, in_dim_c=16, out_dim=16, text_len=512)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def main(argv: list[str] | None = None) -> int:

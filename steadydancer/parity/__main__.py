@@ -3,9 +3,8 @@
 import argparse
 import sys
 
+from ..models.memory import DTYPES
 from . import TOLERANCE, detect_kind, run_case
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def main(argv=None) -> int:
@@ -39,7 +38,7 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        errors = run_case(case, device=str(device), dtype=getattr(torch, DTYPES[args.dtype]))
+        errors = run_case(case, device=str(device), dtype=DTYPES[args.dtype])
         where = "" if kind == "pose" or (device.type == "cpu" and args.dtype == "fp32") else f" {device} {args.dtype}"
         for name, err in errors.items():
             ok = err <= args.tolerance
