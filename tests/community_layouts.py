@@ -69,11 +69,12 @@ POSE_CONVS = ("condition_embedding_spatial.conv", "condition_embedding_spatial.c
 KIJAI_EXTRA_SCALED = POSE_LINEARS + POSE_CONVS   # [ISSUE-14]: 8 scales beyond the blocks; our guess
 
 
-def community_dit(seed: int = 0) -> SteadyDancerDiT:
-    """The fixtures' DiT in float32, every weight non-zero (so each one matters to the output)."""
+def community_dit(seed: int = 0, num_layers: int = COMMUNITY_DIT["num_layers"]) -> SteadyDancerDiT:
+    """The fixtures' DiT in float32, every weight non-zero (so each one matters to the output).
+    Fewer ``num_layers`` for end-to-end runs, where 40 blocks over thousands of tokens are slow."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SteadyDancerDiT(**COMMUNITY_DIT)
+        model = SteadyDancerDiT(**{**COMMUNITY_DIT, "num_layers": num_layers})
         with torch.no_grad():
             for param in model.parameters():
                 if param.abs().max() == 0:
