@@ -5,7 +5,8 @@ the code that makes or loads it says; every layout fact carries a comment naming
 model is tiny (width 128 = one Wan head of 128 channels, FFN 256) but has the release's 40 blocks,
 so the tensor counts are the real ones (1345 model tensors).
 
-    python tests/community_layouts.py OUT_DIR    # writes every fixture into OUT_DIR
+    python tests/community_layouts.py OUT_DIR      # writes every fixture into OUT_DIR
+    python tests/community_layouts.py --accuracy   # each layout's output error vs float32 (docs/weights.md)
 
 Sources (read with the project's code-search tools, not copied):
   [KJ-LOAD]  kijai/ComfyUI-WanVideoWrapper nodes_model_loading.py: strips ``model.diffusion_model.``
@@ -236,6 +237,48 @@ def write_lightx2v_lora(model: nn.Module, path: Path, rank: int = 4, alpha: floa
     return state
 
 
+def dit_inputs(seed: int = 1, frames: int = 2, h: int = 4, w: int = 4) -> dict[str, torch.Tensor]:
+    """Random inputs of the fixture DiT (B = 1, 2 latent frames, 4x4 latent)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    return dict(latents=rand(1, 16, frames, h, w), timestep=torch.tensor([500.0]),
+                text_context=rand(1, 7, COMMUNITY_DIT["text_dim"]), clip_image=rand(1, 5, COMMUNITY_DIT["clip_dim"]),
+                clip_pose=rand(1, 5, COMMUNITY_DIT["clip_dim"]), image_cond=rand(1, 20, frames, h, w),
+                pose_latents=rand(1, 16, frames, h, w), ref_image=rand(1, 36, 1, h, w),
+                ref_pose=rand(1, 36, 1, h, w))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def accuracy_report(out_dir: Path) -> list[str]:
+    """One line per layout: relative error of the fixture DiT's output vs float32, file size."""
+    from steadydancer.models.loading import build_meta_dit
+    from steadydancer.models.quant.fp8 import fp8_file_shapes, load_fp8_scaled
+    from steadydancer.models.quant.gguf import gguf_file_shapes, load_gguf
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = community_dit()
+    lines = []
+    with torch.no_grad():
+        exact = model(**dit_inputs())
+        fp8 = out_dir / "kj.safetensors"
+        write_kijai_fp8(model, fp8)
+        for dtype in (torch.float32, torch.bfloat16):
+            loaded = load_fp8_scaled(build_meta_dit(out_dir / "none", fp8_file_shapes(fp8)), fp8, dtype=dtype)
+            args = {k: v.to(dtype) if k != "timestep" else v for k, v in dit_inputs().items()}
+            lines.append(f"FP8 e4m3 scaled (Kijai layout), {str(dtype)[6:]} compute: "
+                         f"{rel(loaded(**args), exact):.4f}  ({fp8.stat().st_size / 2**20:.1f} MiB)")
+        for qtype in ("Q8_0", "Q4_0"):
+            path = out_dir / f"{qtype}.gguf"
+            write_steadydancer_gguf(model, path, qtype)
+            loaded = load_gguf(build_meta_dit(out_dir / "none", gguf_file_shapes(path)), path, dtype=torch.float32)
+            lines.append(f"GGUF {qtype} (converter layout), float32 compute: {rel(loaded(**dit_inputs()), exact):.4f}"
+                         f"  ({path.stat().st_size / 2**20:.1f} MiB)")
+    return lines
+
+
 def write_all(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = community_dit()
@@ -248,4 +291,10 @@ def write_all(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    write_all(Path(sys.argv[1]))
+    if sys.argv[1:] == ["--accuracy"]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            print("\n".join(accuracy_report(Path(scratch))))
+    else:
+        write_all(Path(sys.argv[1]))

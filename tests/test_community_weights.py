@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from community_layouts import (COMMUNITY_DIT, KIJAI_FP8_TENSORS, POSE_LINEARS, RELEASE_MODEL_TENSORS,
-                               block_linears, community_dit, write_kijai_fp8, write_lightx2v_lora,
+                               block_linears, community_dit, rel, write_kijai_fp8, write_lightx2v_lora,
                                write_steadydancer_gguf, write_unscaled_fp8)
+from community_layouts import dit_inputs as inputs
 from steadydancer.errors import InputError
 from steadydancer.models.dit import SteadyDancerDiT
 from steadydancer.models.loading import build_meta_dit, infer_dit_config
@@ -27,20 +28,6 @@ FLOAT8 = set(FLOAT8_DTYPES)
 @pytest.fixture(scope="module")
 def model() -> SteadyDancerDiT:
     return community_dit()
-
-
-def inputs(seed: int = 1, frames: int = 2, h: int = 4, w: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    return dict(latents=rand(1, 16, frames, h, w), timestep=torch.tensor([500.0]),
-                text_context=rand(1, 7, COMMUNITY_DIT["text_dim"]), clip_image=rand(1, 5, COMMUNITY_DIT["clip_dim"]),
-                clip_pose=rand(1, 5, COMMUNITY_DIT["clip_dim"]), image_cond=rand(1, 20, frames, h, w),
-                pose_latents=rand(1, 16, frames, h, w), ref_image=rand(1, 36, 1, h, w),
-                ref_pose=rand(1, 36, 1, h, w))
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def meta_model(shapes, source="fixture") -> SteadyDancerDiT:

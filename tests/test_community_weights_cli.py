@@ -56,7 +56,7 @@ def test_pipeline_loads_and_runs_the_dit_from_the_file(setup, field, name, ckpt)
 
     from steadydancer.models.memory import MemoryOptions
     from steadydancer.pipeline.i2v import DancerPipeline
-    from test_community_weights import inputs
+    from community_layouts import dit_inputs as inputs
 
     pipeline = DancerPipeline(setup / ckpt, device="cpu", memory=MemoryOptions(**{field: setup / name}))
     assert pipeline.text_len == 512 and pipeline.patch_size == (1, 2, 2)

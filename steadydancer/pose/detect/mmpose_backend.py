@@ -7,8 +7,9 @@ architecture numbers of yolox_l_8xb8-300e_coco and dwpose-l_384x288) so no confi
 needed. Checkpoints are read with torch's weights-only unpickler allowing only the mmengine
 classes a checkpoint's meta data pickles (read_mm_checkpoint), and loaded strictly: a name or
 shape that does not match stops with one line (load_strict) instead of leaving layers random.
-Not exercised by the test suite (mmcv has no wheel for torch 2.13 on CPU); the error path
-when mmpose is missing is.
+The mmdet/mmpose run is not exercised by the test suite (mmcv has no wheel for torch 2.13 on
+CPU); the checkpoint reading and strict loading are (tests/test_mmpose_checkpoint.py), and so is
+the error path when mmpose is missing.
 """
 
 from __future__ import annotations
