@@ -124,6 +124,18 @@ def test_other_scale_spellings_prefixes_and_comfy_quant_load_the_same_model(tmp_
         assert torch.equal(loaded(**inputs()), reference(**inputs()))
 
 
+def test_a_scale_applies_to_a_weight_stored_in_16_bits(tmp_path, model) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bf16_head_with_scale.safetensors"
+    state = write_kijai_fp8(model, path)
+    state["head.head.weight"] = model.head.head.weight.to(torch.bfloat16)
+    state["head.head.scale_weight"] = torch.tensor(2.0)
+    save_file(state, str(path))
+    loaded = load_fp8_scaled(meta_model(fp8_file_shapes(path)), path, dtype=torch.float32)
+    assert torch.equal(loaded.head.head.weight, 2 * model.head.head.weight.to(torch.bfloat16).float())
+
+
 def test_comfy_quant_of_another_format_is_one_line(tmp_path, model) -> None:
     from safetensors.torch import save_file
 

@@ -303,7 +303,7 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
             raise InputError(f"{path}: {keys.get(name + '.scale_weight', keys.get(name + '.weight'))} "
                              f"names no layer of the model") from None
         if not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise InputError(f"{path}: {name} is scaled but the model's {name} has no weight")
+            raise InputError(f"{path}: {name} is scaled or float8 but the model's {name} has no weight")
         weight_key = keys.get(name + ".weight")
         stays_fp8 = (isinstance(module, (nn.Linear, FP8Linear)) and name.startswith(keep_fp8_under)
                      and weight_key is not None and layout.entries[weight_key].dtype == "F8_E4M3")
@@ -340,9 +340,9 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
                 raise InputError(f"{path}: {file_key} has shape {tuple(tensor.shape)}, the model "
                                  f"expects {tuple(target.shape)}")
             if module_name in fp8_modules and leaf == "weight":
-                _set_tensor(model, key, tensor.to(device, copy=True))
+                _set_tensor(model, key, tensor.to(device))
                 continue
-            if tensor.dtype in FLOAT8_DTYPES and leaf == "weight" and module_name in scaled:
+            if leaf == "weight" and module_name in scaled:      # W = weight x scale, whatever its dtype
                 scale_key = keys[f"{module_name}.scale_weight"]
                 scale = _checked_scale(read_safetensors_tensor(handle, layout.entries[scale_key]),
                                        tensor.shape[0], path, scale_key)
@@ -351,7 +351,7 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
                 tensor = tensor.float() * scale
             if tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            _set_tensor(model, key, tensor.to(device, copy=True))
+            _set_tensor(model, key, tensor.to(device))
     # FP8Linear layers whose file had no scale (unscaled fp8) keep scale 1
     for name in fp8_modules - scaled:
         _set_tensor(model, f"{name}.scale_weight", torch.ones((), dtype=torch.float32, device=device))
