@@ -131,15 +131,15 @@ def write_kijai_fp8(model: nn.Module, path: Path, prefix: str = "", scale_suffix
     return state
 
 
-def write_unscaled_fp8(model: nn.Module, path: Path) -> None:
-    """An unscaled fp8 file ([KJ-LOAD] "fp8_e4m3fn" without ``scaled``): every >= 2-D weight
-    except norms and modulation cast straight to float8_e4m3fn, no scales, no marker."""
+def write_unscaled_fp8(model: nn.Module, path: Path, dtype: torch.dtype = FP8_DTYPE) -> None:
+    """An unscaled fp8 file ([KJ-LOAD] "fp8_e4m3fn" / "fp8_e5m2" without ``scaled``): every >= 2-D
+    weight except norms and modulation cast straight to ``dtype``, no scales, no marker."""
     from safetensors.torch import save_file
 
     state = {}
     for name, tensor in model.state_dict().items():
         if tensor.dim() >= 2 and "norm" not in name and "modulation" not in name:
-            state[name] = tensor.float().clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+            state[name] = tensor.float().clamp(-FP8_MAX, FP8_MAX).to(dtype)
         else:
             state[name] = tensor.to(torch.bfloat16).contiguous()
     save_file(state, str(path), metadata={"format": "pt"})

@@ -104,6 +104,14 @@ def test_unscaled_float8_tensors_are_dequantised_outside_block_linears(tmp_path,
     assert torch.equal(layer.dequantized_weight(torch.float32), stored["blocks.0.self_attn.q.weight"].float())
     patch = stored["patch_embedding.weight"]
     assert patch.dtype == torch.float8_e4m3fn and torch.equal(loaded.patch_embedding.weight, patch.float())
+    # float8_e5m2 (Kijai's other fp8 mode): dequantised on load everywhere, the forward runs
+    e5m2 = tmp_path / "unscaled_e5m2.safetensors"
+    write_unscaled_fp8(model, e5m2, torch.float8_e5m2)
+    loaded = load_fp8_scaled(meta_model(fp8_file_shapes(e5m2)), e5m2, dtype=torch.float32)
+    assert not any(isinstance(m, FP8Linear) for m in loaded.modules())
+    no_float8_outside_block_linears(loaded)
+    with torch.no_grad():
+        assert torch.isfinite(loaded(**inputs())).all()
 
 
 @pytest.mark.parametrize("prefix,spelling,comfy_quant", [
