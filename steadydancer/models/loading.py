@@ -53,8 +53,11 @@ class SafetensorsEntry:
 def read_safetensors_header(path: Path) -> dict[str, SafetensorsEntry]:
     """Tensor entries of a .safetensors file, from its JSON header only."""
     try:
+        file_size = os.path.getsize(path)
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
+            if length > file_size:
+                raise ValueError(f"header of {length} bytes in a file of {file_size}")
             header = json.loads(f.read(length))
     except (OSError, struct.error, ValueError) as exc:
         raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
@@ -70,6 +73,9 @@ def read_safetensors_header(path: Path) -> dict[str, SafetensorsEntry]:
         if end - begin != itemsize * math.prod(info["shape"]):
             raise InputError(f"{path}: tensor {name} has {end - begin} bytes, expected {info['shape']} "
                              f"{info['dtype']}")
+        if data_start + end > file_size:
+            raise InputError(f"{path}: file is truncated ({file_size} bytes; tensor {name} ends at byte "
+                             f"{data_start + end}); download it again")
         entries[name] = SafetensorsEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
     return entries
 
