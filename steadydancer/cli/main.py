@@ -62,6 +62,13 @@ def guarded(fn: Callable[..., Any], *args: Any) -> int:
     except Terminated:
         print("terminated (SIGTERM); partial outputs removed", file=sys.stderr)
         return 143
+    except ImportError as exc:
+        if "libGL" not in str(exc):
+            raise
+        # mediapipe's OpenCV GUI build won the shared cv2/ folder on a machine without OpenGL
+        print(f"error: OpenCV's GUI build is installed and needs {exc.name or 'libGL.so.1'}, which this machine "
+              "lacks: run `bash scripts/headless_opencv.sh` (keeps the headless build)", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
 

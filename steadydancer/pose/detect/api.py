@@ -163,7 +163,7 @@ def build_pose(
     Layout for N people: candidate [18 N, 2]; subset [N, 18] holding 18 i + j or -1; hands
     [2 N, 21, 2] as DWPose orders them (the left hands of persons 0..N-1, then their right
     hands); faces [N, 68, 2];
-    scores: body [18 N] (flat, like candidate; [18] for one person as DESIGN.md shows),
+    scores: body [18 N] (flat, like candidate; [18] for one person, see docs/pose.md),
     hands [2 N, 21], faces [N, 68].
     """
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 134, 2)
