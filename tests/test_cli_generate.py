@@ -166,3 +166,40 @@ def test_hyphenated_flags_and_a_plain_default_file_name(tmp_path, monkeypatch):
     name = args.save_file
     assert name.endswith(".mp4") and not set(name) & set("*,/ "), name
     assert name.startswith("i2v-14B_1280x720_1_1_a_man_dancing_fast_slow_")
+
+
+def test_logs_name_the_seed_source_prompt_and_pose_speed(tmp_path, caplog):
+    """A given seed is not called random; the prompt's file and a 24 fps pose folder are logged."""
+    import argparse
+    import json
+
+    from steadydancer.cli import generate
+
+    inputs = write_inputs(tmp_path / "in", 5)
+    (inputs / "prompt.txt").write_text("a dancer in blue\n")
+    (inputs / "keypoints.json").write_text(json.dumps({"driving": {"fps": 24.0}}))
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    args = parser.parse_args(["--ckpt_dir", "c", "--input_dir", str(inputs)])
+    with caplog.at_level("INFO"):
+        generate.resolve_args(args)
+    assert f"prompt from {inputs / 'prompt.txt'}: a dancer in blue" in caplog.text
+    assert "24 fps and the video is written at 16 fps" in caplog.text and "--target_fps 16" in caplog.text
+
+
+def test_generation_log_has_stage_lines_and_no_carriage_returns(tmp_path):
+    """Run as a job would (output to a pipe): every long stage logs a label and line-wise progress."""
+    ckpt = tiny_checkpoint()
+    inputs = write_inputs(tmp_path / "in", 5)
+    cmd = [sys.executable, "-m", "steadydancer", "generate", "--size", "832*480", "--ckpt_dir", str(ckpt),
+           "--input_dir", str(inputs), "--frame_num", "5", "--sample_steps", "2", "--base_seed", "7",
+           "--save_file", str(tmp_path / "o.mp4"), "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log
+    for needle in ("T5: encoding", "CLIP: encoding", "VAE: encoding", "VAE encode positive poses:",
+                   "VAE encode negative poses:", "sampling:", "VAE: decoding 5 frames", "VAE decode:",
+                   "seed 7\n"):
+        assert needle in log, needle
+    assert "to reproduce" not in log  # the seed was given
