@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -304,3 +305,16 @@ def test_official_scripts_reuse_keypoints(inputs, tmp_path):
     assert {p.name for p in out.iterdir()} == {"all.mp4", "single.mp4", "single_aug.mp4"}
     assert dump_video_images(out / "single_aug.mp4", out) == 3
     assert (out / "0002.jpg").is_file() and not (out / "0003.jpg").exists()
+
+
+def test_out_in_a_read_only_folder_is_one_line(inputs, tmp_path, monkeypatch):
+    """Checked before any work (the tests run as root, who may write anywhere: access is faked)."""
+    image, video = inputs
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    detector = FakeDetector()
+    with pytest.raises(InputError, match=f"--out {locked / 'out'}: cannot write in {locked}"):
+        prepare_inputs(image, video, locked / "out", max_frame=2, detector=detector, progress=False)
+    assert detector.calls == 0
