@@ -164,6 +164,15 @@ def test_a_larger_max_frame_detects_only_the_missing_frames(inputs, tmp_path):
     prepare_inputs(image, video, out, max_frame=100, detector=detector, progress=False)
     assert detector.calls == 0
 
+    # a file that stopped exactly at the video's end without knowing it (no frame count in the
+    # header): asking for more finds nothing new and is not an error
+    data = json.loads((out / "keypoints.json").read_text())
+    data["source"]["frames"]["to_end"] = False
+    (out / "keypoints.json").write_text(json.dumps(data))
+    detector = FakeDetector()
+    prepare_inputs(image, video, out, max_frame=None, detector=detector, progress=False)
+    assert detector.calls == 0 and load_keypoints(out / "keypoints.json").source["frames"]["to_end"]
+
 
 def test_target_fps_resamples_the_driving_video(inputs, tmp_path):
     """12.5 fps -> 25 fps repeats each frame; -> 6.25 fps keeps every other frame (real speed kept)."""

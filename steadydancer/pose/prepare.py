@@ -23,12 +23,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_dir
+from ..progress import progress as progress_bar
 from .align import align_pose, compute_alignment, reference_size
 from .augment import augment_sequence
 from .draw import draw_pose
 from .keypoints import KeypointsFile, Pose, load_keypoints, save_keypoints
 from .video import iter_video, video_fps, write_video
-from ..progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,15 @@ def _detect_fn(detector: Any, detect_resolution: int, all_people: bool) -> Calla
 
 def detect_frames(detector: Any, video: str | os.PathLike, max_frame: int | None = None,
                   detect_resolution: int = DEFAULT_DETECT_RESOLUTION, all_people: bool = False,
-                  progress: bool = True, start: int = 0,
-                  target_fps: float | None = None) -> tuple[list[Pose], tuple[int, int], float, bool]:
+                  progress: bool = True, start: int = 0, target_fps: float | None = None,
+                  allow_empty: bool = False) -> tuple[list[Pose], tuple[int, int] | None, float, bool]:
     """Poses of video frames ``start .. max_frame-1``, the frame (width, height), the fps, and
     whether the video ended before ``max_frame``.
 
     Frames before ``start`` are decoded but not detected. ``target_fps``: the video resampled to
     that rate (frames dropped or repeated, :func:`~steadydancer.pose.video.iter_video`); the
-    frame indices and the fps returned are the resampled video's.
+    frame indices and the fps returned are the resampled video's. ``allow_empty``: a video with
+    no frames from ``start`` on is not an error (appending to a file that already reached the end).
     """
     if start < 0:
         raise InputError(f"--align_frame must be >= 0, got {start}")
@@ -163,7 +164,7 @@ def detect_frames(detector: Any, video: str | os.PathLike, max_frame: int | None
                               total=total, desc="detect poses", unit="frame", disable=not progress):
         size = size or (frame.shape[1], frame.shape[0])
         frames.append(detect(frame))
-    if not frames:
+    if not frames and not allow_empty:
         raise InputError(f"video {video} has no decodable frames"
                          + (f" from frame {start} on" if start else ""))
     missing = sum(not p.has_person() for p in frames)
@@ -410,7 +411,8 @@ def load_or_detect(keypoints_path: Path, image: Path, reference_rgb: np.ndarray,
     try:
         if existing is not None:
             frames, _, _, to_end = detect_frames(detector, video, max_frame, detect_resolution, all_people,
-                                                 progress, start=extend_from, target_fps=target_fps)
+                                                 progress, start=extend_from, target_fps=target_fps,
+                                                 allow_empty=True)
             keypoints = existing
             keypoints.frames = keypoints.frames[:extend_from] + frames
         else:
