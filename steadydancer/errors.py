@@ -7,3 +7,11 @@ class InputError(Exception):
     The message must name the file or flag and what was expected; the command line
     prints it as one line (``error: ...``) without a traceback.
     """
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM, as ``timeout`` and job schedulers send).
+
+    A BaseException like KeyboardInterrupt, so that the same cleanup runs (partial outputs
+    removed); the command line exits with 143 (128 + SIGTERM).
+    """

@@ -41,25 +41,39 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _must_stay(folder: Path) -> bool:
+    """Whether ``folder`` itself must not be renamed away: it is (or holds) the current working
+    folder, a symbolic link or a mount point. Its contents are replaced instead."""
+    cwd = Path.cwd().resolve()
+    real = folder.resolve()
+    return folder.is_symlink() or os.path.ismount(folder) or real == cwd or real in cwd.parents
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, keep: Iterator[str] | None = None) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it replaces ``final``.
 
-    If ``final`` already exists, its files named in ``keep`` are copied into the temporary
-    folder first (e.g. a ``keypoints.json`` to reuse). On an exception the temporary folder
-    is removed and ``final`` is left as it was.
+    On an exception (Ctrl-C and SIGTERM included, see ``steadydancer.cli.main``) the temporary
+    folder is removed and ``final`` is left as it was. When ``final`` must stay where it is
+    (the current folder, a link, a mount point), the temporary folder is made inside it and its
+    entries are moved in one by one at the end, replacing those of the same name.
     """
-    final = Path(final)
+    final = Path(os.path.abspath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    in_place = final.is_dir() and _must_stay(final)
+    where = final if in_place else final.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=where))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
     try:
-        if keep and final.is_dir():
-            for name in keep:
-                if (final / name).is_file():
-                    shutil.copy2(final / name, tmp / name)
         yield tmp
-        if final.exists():
+        if in_place:
+            for entry in sorted(tmp.iterdir()):
+                target = final / entry.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            tmp.rmdir()
+        elif final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)

@@ -102,3 +102,104 @@ def test_save_file_that_is_a_folder_stops_before_generation(setup, capsys):
     folder.mkdir()
     _expect_error(capsys, base + ["--save_file", str(folder)], out, "--save_file", "is a folder")
     assert not list(folder.iterdir())
+
+
+def _no_model_may_load(monkeypatch):
+    """Fail the test if generation gets as far as building the pipeline (models would load)."""
+    from steadydancer.pipeline import i2v
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was about to load")
+
+    monkeypatch.setattr(i2v.DancerPipeline, "__init__", refuse)
+
+
+@pytest.mark.parametrize("damage", ["truncate_shard", "delete_shard", "truncate_vae", "truncate_t5"])
+def test_damaged_checkpoint_is_found_before_any_model_loads(setup, capsys, monkeypatch, damage):
+    tmp_path, _, out, base = setup
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(), broken)
+    shard = sorted(broken.glob("diffusion_pytorch_model-*.safetensors"))[-1]
+    target = {"truncate_shard": shard, "delete_shard": shard, "truncate_vae": broken / "Wan2.1_VAE.pth",
+              "truncate_t5": broken / "models_t5_umt5-xxl-enc-bf16.pth"}[damage]
+    if damage == "delete_shard":
+        target.unlink()
+    else:
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) * 2 // 3])
+    _no_model_may_load(monkeypatch)
+    _expect_error(capsys, base + ["--ckpt_dir", str(broken)], out, target.name)
+
+
+def test_a_gap_in_the_pose_frames_is_named(setup, capsys, tmp_path):
+    _, _, out, base = setup
+    inputs = write_inputs(tmp_path / "gap", 9)
+    (inputs / "positive" / "0005.jpg").unlink()
+    _expect_error(capsys, base + ["--input_dir", str(inputs), "--frame_num", "9"], out, "0005.jpg", "missing")
+
+
+def test_unreadable_image_reads_the_same_in_prepare_and_generate(setup, capsys, tmp_path):
+    _, _, out, base = setup
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, generate_err = _run_cli(base + ["--image", str(bad)], capsys)
+    code2 = main(["prepare", "--image", str(bad), "--video", "v.mp4", "--out", str(tmp_path / "o")])
+    prepare_err = capsys.readouterr().err.strip()
+    assert code == code2 == 2
+    assert generate_err == prepare_err == f"error: cannot read reference image {bad}: not an image file"
+
+
+def test_hyphenated_flags_and_a_plain_default_file_name(tmp_path, monkeypatch):
+    """--frame-num works as --frame_num does; the default output name has no '*' or ','."""
+    import argparse
+
+    from steadydancer.cli import generate
+    from steadydancer.cli.main import add_hyphen_aliases
+
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    add_hyphen_aliases(parser)
+    args = parser.parse_args(["--frame-num", "9", "--sample-steps", "2", "--ckpt-dir", "c",
+                              "--prompt", "a man, dancing * fast / slow", "--image", "x.png"])
+    assert (args.frame_num, args.sample_steps, args.ckpt_dir) == (9, 2, "c")
+    args = generate.resolve_args(args)
+    name = args.save_file
+    assert name.endswith(".mp4") and not set(name) & set("*,/ "), name
+    assert name.startswith("i2v-14B_1280x720_1_1_a_man_dancing_fast_slow_")
+
+
+def test_logs_name_the_seed_source_prompt_and_pose_speed(tmp_path, caplog):
+    """A given seed is not called random; the prompt's file and a 24 fps pose folder are logged."""
+    import argparse
+    import json
+
+    from steadydancer.cli import generate
+
+    inputs = write_inputs(tmp_path / "in", 5)
+    (inputs / "prompt.txt").write_text("a dancer in blue\n")
+    (inputs / "keypoints.json").write_text(json.dumps({"driving": {"fps": 24.0}}))
+    parser = argparse.ArgumentParser()
+    generate.add_arguments(parser)
+    args = parser.parse_args(["--ckpt_dir", "c", "--input_dir", str(inputs)])
+    with caplog.at_level("INFO"):
+        generate.resolve_args(args)
+    assert f"prompt from {inputs / 'prompt.txt'}: a dancer in blue" in caplog.text
+    assert "24 fps and the video is written at 16 fps" in caplog.text and "--target_fps 16" in caplog.text
+
+
+def test_generation_log_has_stage_lines_and_no_carriage_returns(tmp_path):
+    """Run as a job would (output to a pipe): every long stage logs a label and line-wise progress."""
+    ckpt = tiny_checkpoint()
+    inputs = write_inputs(tmp_path / "in", 5)
+    cmd = [sys.executable, "-m", "steadydancer", "generate", "--size", "832*480", "--ckpt_dir", str(ckpt),
+           "--input_dir", str(inputs), "--frame_num", "5", "--sample_steps", "2", "--base_seed", "7",
+           "--save_file", str(tmp_path / "o.mp4"), "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert "\r" not in log
+    for needle in ("T5: encoding", "CLIP: encoding", "VAE: encoding", "VAE encode positive poses:",
+                   "VAE encode negative poses:", "sampling:", "VAE: decoding 5 frames", "VAE decode:",
+                   "seed 7\n"):
+        assert needle in log, needle
+    assert "to reproduce" not in log  # the seed was given

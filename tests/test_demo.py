@@ -86,3 +86,10 @@ def test_demo_bad_flag_stops_before_preparation(fakes, tmp_path, capsys, flags, 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {named}") and "\n" not in err
     assert "prepare" not in fakes and "tiny" not in fakes
+
+
+def test_demo_names_its_own_backend_flag_before_preparing(fakes, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--pose_backend", "foo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --pose_backend: unknown backend 'foo'") and "--backend:" not in err
+    assert "prepare" not in fakes

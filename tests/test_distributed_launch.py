@@ -16,9 +16,9 @@ from test_pipeline_support import random_pose_images
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(dit_fsdp=True, world_size=1), "--dit_fsdp need several processes"),
+    (dict(dit_fsdp=True, world_size=1), "--dit_fsdp needs several processes"),
     (dict(t5_fsdp=True, world_size=1), "torchrun --nproc_per_node"),
-    (dict(ulysses_size=2, world_size=1), "--ulysses_size 2 need several processes"),
+    (dict(ulysses_size=2, world_size=1), "--ulysses_size 2 needs several processes"),
     (dict(ulysses_size=2, ring_size=2, world_size=2), "must equal the number of processes (2)"),
     (dict(ulysses_size=4, world_size=2), "= 4 must equal"),
     (dict(ulysses_size=4, world_size=4, num_heads=6), "must divide the DiT's 6 attention heads"),
@@ -103,7 +103,7 @@ def _generate_cli(argv: list[str], capsys) -> tuple[int, str]:
 def test_generate_command_refuses_bad_multi_gpu_flags(tiny_checkpoint, monkeypatch, capsys, tmp_path):
     base = ["--ckpt_dir", str(tiny_checkpoint), "--image", str(tmp_path / "ref.png"), "--prompt", "x"]
     code, err = _generate_cli(base + ["--dit_fsdp"], capsys)  # no torchrun
-    assert code == 2 and err.startswith("error: --dit_fsdp need several processes") and "\n" not in err
+    assert code == 2 and err.startswith("error: --dit_fsdp needs several processes") and "\n" not in err
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node=2
     code, err = _generate_cli(base + ["--ulysses_size", "2", "--ring_size", "2"], capsys)
     assert code == 2 and "= 4 must equal the number of processes (2)" in err and "\n" not in err

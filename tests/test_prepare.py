@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -33,7 +34,9 @@ class FakeDetector:
 
 @pytest.fixture
 def inputs(tmp_path) -> tuple[Path, Path]:
-    image = tmp_path / "ref.png"
+    """A reference image and a driving video of one pair by name (images/drive.png, drive/video.mp4)."""
+    image = tmp_path / "images" / "drive.png"
+    image.parent.mkdir()
     cv2.imwrite(str(image), np.full((96, 64, 3), 120, np.uint8))
     video = tmp_path / "drive" / "video.mp4"
     frames = [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(6)]
@@ -65,7 +68,7 @@ def test_prepare_writes_the_whole_folder_then_reuses_keypoints(inputs, tmp_path,
     assert len(keypoints.frames) == 5 and keypoints.driving_size == (64, 48)
     assert keypoints.reference_size == (64, 96) and not keypoints.frames[2].has_person()
 
-    # second run: keypoints.json is reused and no detector is even constructed
+    # second run, same files and detector: keypoints.json is reused and nothing is detected
     def no_detector(*args, **kwargs):
         raise AssertionError("a detector was constructed")
 
@@ -73,12 +76,18 @@ def test_prepare_writes_the_whole_folder_then_reuses_keypoints(inputs, tmp_path,
 
     monkeypatch.setattr(detect, "make_detector", no_detector)
     before = (out / "negative" / "0000.jpg").read_bytes()
+    again = FakeDetector()
     prepare_inputs(image, video, out, prompt="new prompt", align_frame=1, max_frame=5, seed=0,
-                   progress=False)
+                   detector=again, progress=False)
+    assert again.calls == 0
     assert (out / "prompt.txt").read_text().strip() == "new prompt"
     assert (out / "negative" / "0000.jpg").read_bytes() == before  # same seed, same negative stream
-    prepare_inputs(image, video, out, align_frame=1, max_frame=5, seed=1, progress=False)
-    assert (out / "negative" / "0000.jpg").read_bytes() != before
+    prepare_inputs(image, video, out, align_frame=1, max_frame=5, seed=1, detector=again, progress=False)
+    assert again.calls == 0 and (out / "negative" / "0000.jpg").read_bytes() != before
+    # an edited prompt.txt survives a re-run for the same reference image
+    (out / "prompt.txt").write_text("edited by hand\n")
+    prepare_inputs(image, video, out, align_frame=3, max_frame=5, detector=again, progress=False)
+    assert (out / "prompt.txt").read_text().strip() == "edited by hand"
 
 
 def test_errors_are_one_line_and_leave_no_folder(inputs, tmp_path):
@@ -102,15 +111,155 @@ def test_errors_are_one_line_and_leave_no_folder(inputs, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_reused_keypoints_must_match_the_inputs(inputs, tmp_path):
+def _frames_of(video: Path) -> int:
+    return len(read_video(video)[0])
+
+
+def test_keypoints_are_reused_only_for_the_same_image_video_and_detector(inputs, tmp_path, caplog):
+    """The stale-pose bug: another video or image of the same size must be detected again."""
+    image, video = inputs
+    out = tmp_path / "out"
+    prepare_inputs(image, video, out, max_frame=3, detector=FakeDetector(), progress=False)
+    recorded = load_keypoints(out / "keypoints.json").source
+    assert recorded["video"]["sha256"] and recorded["image"]["bytes"] == image.stat().st_size
+    assert recorded["detector"]["backend"] == "FakeDetector" and recorded["frames"] == {"count": 3, "to_end": False}
+
+    # another video with the same size and frame count, but other pixels and another fps
+    other_video = tmp_path / "other" / "video.mp4"
+    write_video(other_video, [np.full((48, 64, 3), 200 - 10 * i, np.uint8) for i in range(6)], fps=30)
+    detector = FakeDetector()
+    with caplog.at_level("INFO"):
+        prepare_inputs(image, other_video, out, max_frame=3, detector=detector, progress=False)
+    assert detector.calls == 1 + 3 and "the driving video changed" in caplog.text
+    assert load_keypoints(out / "keypoints.json").fps == pytest.approx(30)
+
+    # another reference image of the same size
+    other_image = tmp_path / "images" / "other.png"
+    cv2.imwrite(str(other_image), np.full((96, 64, 3), 30, np.uint8))
+    detector = FakeDetector()
+    prepare_inputs(other_image, other_video, out, max_frame=3, detector=detector, progress=False)
+    assert detector.calls == 1 + 3
+
+    # another detector (or detector setting)
+    detector = FakeDetector()
+    prepare_inputs(other_image, other_video, out, max_frame=3, detector=detector, detect_resolution=512,
+                   progress=False)
+    assert detector.calls == 1 + 3
+    assert load_keypoints(out / "keypoints.json").source["detector"]["detect_resolution"] == 512
+
+
+def test_a_larger_max_frame_detects_only_the_missing_frames(inputs, tmp_path):
     image, video = inputs
     out = tmp_path / "out"
     prepare_inputs(image, video, out, max_frame=2, detector=FakeDetector(), progress=False)
-    other = tmp_path / "other.png"
-    cv2.imwrite(str(other), np.zeros((50, 50, 3), np.uint8))
-    with pytest.raises(InputError, match="keypoints.json was made for a 64x96 reference"):
-        prepare_inputs(other, video, out, progress=False)
-    assert (out / "positive" / "0000.jpg").is_file()  # the earlier result is untouched
+    first = load_keypoints(out / "keypoints.json")
+    detector = FakeDetector()
+    prepare_inputs(image, video, out, max_frame=None, detector=detector, progress=False)
+    assert detector.calls == 4  # frames 2..5 only
+    keypoints = load_keypoints(out / "keypoints.json")
+    assert len(keypoints.frames) == 6 and keypoints.source["frames"] == {"count": 6, "to_end": True}
+    assert keypoints.frames[1].to_dict() == first.frames[1].to_dict()  # the earlier frames are kept
+    assert len(list((out / "positive").glob("*.jpg"))) == 6
+    detector = FakeDetector()  # the whole video is covered now: nothing more to detect
+    prepare_inputs(image, video, out, max_frame=100, detector=detector, progress=False)
+    assert detector.calls == 0
+
+    # a file that stopped exactly at the video's end without knowing it (no frame count in the
+    # header): asking for more finds nothing new and is not an error
+    data = json.loads((out / "keypoints.json").read_text())
+    data["source"]["frames"]["to_end"] = False
+    (out / "keypoints.json").write_text(json.dumps(data))
+    detector = FakeDetector()
+    prepare_inputs(image, video, out, max_frame=None, detector=detector, progress=False)
+    assert detector.calls == 0 and load_keypoints(out / "keypoints.json").source["frames"]["to_end"]
+
+
+def test_target_fps_resamples_the_driving_video(inputs, tmp_path):
+    """12.5 fps -> 25 fps repeats each frame; -> 6.25 fps keeps every other frame (real speed kept)."""
+    from steadydancer.pose.video import iter_video, resampled_source_index
+
+    image, video = inputs  # 6 frames at 12.5 fps, frame i filled with 10*i
+    assert [resampled_source_index(j, 30, 16) for j in range(6)] == [0, 1, 3, 5, 7, 9]
+    assert [round(f.mean() / 10) for f in iter_video(video, target_fps=6.25)] == [0, 2, 4]
+    assert len(list(iter_video(video, target_fps=25))) == 12
+    out = tmp_path / "out"
+    detector = FakeDetector()
+    prepare_inputs(image, video, out, max_frame=None, target_fps=25, detector=detector, progress=False)
+    keypoints = load_keypoints(out / "keypoints.json")
+    assert detector.calls == 1 + 12 and len(keypoints.frames) == 12 and keypoints.fps == 25
+    assert keypoints.source["target_fps"] == 25
+    frames, fps = read_video(out / "positive" / "single.mp4")
+    assert len(frames) == 12 and fps == pytest.approx(25)
+    assert _frames_of(out / "all.mp4") == 12
+    detector = FakeDetector()  # another rate: detected again
+    prepare_inputs(image, video, out, max_frame=None, target_fps=6.25, detector=detector, progress=False)
+    assert detector.calls == 1 + 3
+    with pytest.raises(InputError, match="--target_fps must be a positive"):
+        prepare_inputs(image, video, out, target_fps=0, detector=FakeDetector(), progress=False)
+
+
+def test_a_keypoints_file_without_source_record_is_used_as_given(inputs, tmp_path, caplog):
+    """Poses from another tool (no source record) are used as they are, with a warning."""
+    image, video = inputs
+    out = tmp_path / "out"
+    prepare_inputs(image, video, out, max_frame=3, detector=FakeDetector(), progress=False)
+    data = json.loads((out / "keypoints.json").read_text())
+    del data["source"]
+    (out / "keypoints.json").write_text(json.dumps(data))
+    detector = FakeDetector()
+    with caplog.at_level("WARNING"):
+        prepare_inputs(image, video, out, max_frame=3, detector=detector, progress=False)
+    assert detector.calls == 0 and "no record of what it was made from" in caplog.text
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((50, 50, 3), np.uint8))
+    with pytest.raises(InputError, match="does not fit"):
+        prepare_inputs(small, video, out, progress=False, detector=FakeDetector())
+
+
+def test_prompt_comes_from_the_pair_never_from_another_video(inputs, tmp_path, caplog):
+    image, video = inputs
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        prepare_inputs(image, video, out, max_frame=2, detector=FakeDetector(), progress=False)
+    assert (out / "prompt.txt").read_text().strip() == "a person dancing"
+    assert "same pair id" in caplog.text
+    caplog.clear()
+    stranger = tmp_path / "images" / "stranger.png"  # a cross pairing: the video's prompt is not its
+    cv2.imwrite(str(stranger), np.full((96, 64, 3), 90, np.uint8))
+    with caplog.at_level("INFO"):
+        prepare_inputs(stranger, video, tmp_path / "cross", max_frame=2, detector=FakeDetector(), progress=False)
+    assert (tmp_path / "cross" / "prompt.txt").read_text() == ""
+    assert "describes the driving video's dancer" in caplog.text
+    (tmp_path / "images" / "stranger.txt").write_text("a woman in a red dress\n")
+    prepare_inputs(stranger, video, tmp_path / "cross2", max_frame=2, detector=FakeDetector(), progress=False)
+    assert (tmp_path / "cross2" / "prompt.txt").read_text().strip() == "a woman in a red dress"
+
+
+def test_out_must_not_be_a_folder_with_other_files(inputs, tmp_path):
+    """A user's folder is never replaced: only a new, empty or earlier prepared folder is written."""
+    image, video = inputs
+    mine = tmp_path / "my_stuff"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="holds files that prepare did not write \\(thesis.tex\\)"):
+        prepare_inputs(image, video, mine, max_frame=2, detector=FakeDetector(), progress=False)
+    assert (mine / "thesis.tex").read_text() == "precious"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        prepare_inputs(image, video, tmp_path / "afile", max_frame=2, detector=FakeDetector(), progress=False)
+
+
+def test_out_dot_writes_into_the_current_folder(inputs, tmp_path, monkeypatch):
+    image, video = inputs
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert prepare_inputs(image, video, ".", max_frame=2, detector=FakeDetector(), progress=False) == here
+    assert (here / "positive" / "0001.jpg").is_file() and (here / "keypoints.json").is_file()
+    assert Path.cwd() == here and not list(here.glob(".*"))  # still there, no temporary left
+    detector = FakeDetector()  # again, in place: the poses are reused
+    prepare_inputs(image, video, ".", max_frame=2, seed=3, detector=detector, progress=False)
+    assert detector.calls == 0 and not list(here.glob(".*"))
 
 
 def test_cli_prepare_reports_input_errors(tmp_path, capsys):
@@ -165,3 +314,16 @@ def test_official_scripts_reuse_keypoints(inputs, tmp_path):
     assert {p.name for p in out.iterdir()} == {"all.mp4", "single.mp4", "single_aug.mp4"}
     assert dump_video_images(out / "single_aug.mp4", out) == 3
     assert (out / "0002.jpg").is_file() and not (out / "0003.jpg").exists()
+
+
+def test_out_in_a_read_only_folder_is_one_line(inputs, tmp_path, monkeypatch):
+    """Checked before any work (the tests run as root, who may write anywhere: access is faked)."""
+    image, video = inputs
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    detector = FakeDetector()
+    with pytest.raises(InputError, match=f"--out {locked / 'out'}: cannot write in {locked}"):
+        prepare_inputs(image, video, locked / "out", max_frame=2, detector=detector, progress=False)
+    assert detector.calls == 0

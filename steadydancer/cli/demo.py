@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.size is None:
         args.size = C.DEFAULT_SIZE
     generate.check_flags(args)  # a bad flag stops here, not after the preparation
+    from ..pose.detect import resolve_backend
+
+    resolve_backend(args.pose_backend, flag="--pose_backend")
 
     log.info("preparing the bundled sample into %s", out / "inputs")
     inputs = prepare_inputs(assets / "ref_image.png", assets / "driving_video.mp4", out / "inputs",

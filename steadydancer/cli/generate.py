@@ -7,8 +7,9 @@ Official flags (SteadyDancer's generate_dancer.py) plus ``--input_dir`` (a folde
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import sys
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -123,6 +124,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.cond_neg_folder = args.cond_neg_folder or str(folder / "negative")
         if args.prompt is None and (folder / "prompt.txt").is_file():
             args.prompt = (folder / "prompt.txt").read_text(encoding="utf-8").strip()
+            if args.prompt:
+                log.info("prompt from %s: %s", folder / "prompt.txt", args.prompt)
+            else:
+                log.warning("%s is empty: generating with an empty prompt (describe the reference image "
+                            "there, or pass --prompt)", folder / "prompt.txt")
+        _log_pose_speed(folder)
     if args.image is None:
         raise InputError("--image is required (or --input_dir)")
     if args.prompt is None:
@@ -133,11 +140,30 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.sample_shift is None:
         args.sample_shift = C.default_shift(args.size)
     if args.save_file is None:
-        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        name = args.prompt.replace(" ", "_").replace("/", "_")[:50]
-        size = args.size.replace("*", "x") if sys.platform == "win32" else args.size
-        args.save_file = f"{args.task}_{size}_{args.ulysses_size}_{args.ring_size}_{name}_{stamp}.mp4"
+        args.save_file = default_save_file(args)
     return args
+
+
+def _log_pose_speed(folder: Path) -> None:
+    """Say when the prepared poses were sampled at another rate than the 16 fps written."""
+    try:
+        fps = float(json.loads((folder / "keypoints.json").read_text())["driving"]["fps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a prepared folder with poses: nothing to say
+    if abs(fps - C.SAMPLE_FPS) > 1e-3:
+        log.info("the poses in %s are %.4g fps and the video is written at %d fps, so the motion plays at "
+                 "%.2gx its real speed (as the official recipe); prepare with --target_fps %d for real speed",
+                 folder, fps, C.SAMPLE_FPS, C.SAMPLE_FPS / fps, C.SAMPLE_FPS)
+
+
+def default_save_file(args: argparse.Namespace) -> str:
+    """The official output name (task, size, parallel degrees, prompt, time), with only letters,
+    digits, ``-`` and ``_`` so that it needs no quoting in a shell (the official one keeps
+    ``*`` and punctuation)."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    words = re.sub(r"[^0-9A-Za-z-]+", "_", args.prompt).strip("_")[:50].rstrip("_") or "video"
+    size = args.size.replace("*", "x")
+    return f"{args.task}_{size}_{args.ulysses_size}_{args.ring_size}_{words}_{stamp}.mp4"
 
 
 def run(args: argparse.Namespace) -> int:

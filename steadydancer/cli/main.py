@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from typing import Any, Callable
 
-from ..errors import InputError
+from ..errors import InputError, Terminated
 
 # subcommand -> module with add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -22,14 +24,33 @@ def run_command(module_name: str, argv: list[str] | None, prog: str, description
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     module.add_arguments(parser)
+    add_hyphen_aliases(parser)
     args = parser.parse_args(argv)
     return guarded(module.run, args)
 
 
-def guarded(fn, *args) -> int:
-    """Call ``fn``; an :class:`InputError` prints ``error: ...`` and returns 2."""
+def add_hyphen_aliases(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--frame-num`` wherever ``--frame_num`` exists (and the reverse), as hidden
+    aliases: the help keeps the official underscore spelling."""
+    for option, action in list(parser._option_string_actions.items()):
+        if option.startswith("--"):
+            for alias in (option.replace("_", "-"), option[:2] + option[2:].replace("-", "_")):
+                parser._option_string_actions.setdefault(alias, action)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def guarded(fn: Callable[..., Any], *args: Any) -> int:
+    """Call ``fn``; an :class:`InputError` prints ``error: ...`` and returns 2.
+
+    Ctrl-C (SIGINT) and SIGTERM both unwind through the callers, so partial outputs are removed
+    (see ``steadydancer.fileio``); the exit codes are 130 and 143, as a shell reports them.
+    """
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(fn(*args) or 0)
     except InputError as exc:
@@ -38,6 +59,18 @@ def guarded(fn, *args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 143
+    except ImportError as exc:
+        if "libGL" not in str(exc):
+            raise
+        # mediapipe's OpenCV GUI build won the shared cv2/ folder on a machine without OpenGL
+        print(f"error: OpenCV's GUI build is installed and needs {exc.name or 'libGL.so.1'}, which this machine "
+              "lacks: run `bash scripts/headless_opencv.sh` (keeps the headless build)", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

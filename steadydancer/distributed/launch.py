@@ -68,7 +68,9 @@ def check_parallel_flags(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bo
                                  (f"--ulysses_size {ulysses_size}", ulysses_size > 1),
                                  (f"--ring_size {ring_size}", ring_size > 1)) if on]
         if flags:
-            raise InputError(f"{' '.join(flags)} need several processes but this is a single process: {LAUNCH_HINT}")
+            verb = "needs" if len(flags) == 1 else "need"
+            raise InputError(f"{' and '.join(flags)} {verb} several processes, but this is a single process: "
+                             f"{LAUNCH_HINT}")
         return
     if sequence_parallel and ulysses_size * ring_size != world_size:
         raise InputError(f"--ulysses_size {ulysses_size} x --ring_size {ring_size} = {ulysses_size * ring_size} "

@@ -96,7 +96,7 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
     """
     sampling = sampling or SamplingOptions()
     max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num,
-                                       save_file=save_file if setup.is_main else None)
+                                       save_file=save_file if setup.is_main else None, memory=memory)
     seed = setup.broadcast_seed(seed)
 
     started = time.perf_counter()

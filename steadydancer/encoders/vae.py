@@ -15,13 +15,16 @@ residual blocks per level and which downsamples are temporal (those with a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re as _re
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from ..errors import InputError
+from ..progress import progress
 from ._common import assign_state_dict, load_official_state_dict, require_keys
 
 # The official latent statistics of the 16-channel Wan 2.1 VAE.
@@ -188,9 +191,34 @@ class WanVAE:
         device_type = self.device.type if self.device.type in ("cuda", "cpu") else "cuda"
         return torch.autocast(device_type, dtype=self.dtype, enabled=enabled)
 
+    @contextlib.contextmanager
+    def _frame_progress(self, module: torch.nn.Module, frames: int, desc: str | None) -> Iterator[None]:
+        """A bar over the ``frames`` pixel frames that ``module`` (encoder or decoder) works through.
+
+        Both run the causal schedule chunk by chunk (1 frame, then 4 per call), so each call
+        of ``module`` advances the bar by its chunk's frames.
+        """
+        if desc is None or frames <= 1:
+            yield
+            return
+        bar = progress(total=frames, desc=desc, unit="frame")
+
+        def advance(*_: object) -> None:
+            bar.update(min(1 if bar.n == 0 else 4, bar.total - bar.n))
+
+        handle = module.register_forward_hook(advance)
+        try:
+            yield
+        finally:
+            handle.remove()
+            bar.close()
+
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """[3, F, H, W] in [-1, 1], F = 4n+1, H and W multiples of 8 -> latent [16, n+1, H/8, W/8]."""
+    def encode(self, video: torch.Tensor, desc: str | None = None) -> torch.Tensor:
+        """[3, F, H, W] in [-1, 1], F = 4n+1, H and W multiples of 8 -> latent [16, n+1, H/8, W/8].
+
+        ``desc``: label of a progress bar over the frames (None: no bar).
+        """
         if video.ndim != 4 or video.shape[0] != 3:
             raise ValueError(f"expected a video [3, F, H, W], got {tuple(video.shape)}")
         frames, height, width = video.shape[1:]
@@ -198,17 +226,20 @@ class WanVAE:
             raise ValueError(f"the Wan VAE encodes 4n+1 frames, got {frames}")
         if height % 8 or width % 8:
             raise ValueError(f"video height and width must be multiples of 8, got {height}x{width}")
-        with self._autocast():
+        with self._autocast(), self._frame_progress(self.model.encoder, frames, desc):
             posterior = self.model.encode(video[None].to(self.device, torch.float32)).latent_dist
             mu = posterior.mean.float()[0]
         return (mu - self.mean) * self.inv_std
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Normalised latent [16, f, h, w] -> video [3, 4(f-1)+1, 8h, 8w], float32 clamped to [-1, 1]."""
+    def decode(self, latent: torch.Tensor, desc: str | None = None) -> torch.Tensor:
+        """Normalised latent [16, f, h, w] -> video [3, 4(f-1)+1, 8h, 8w], float32 clamped to [-1, 1].
+
+        ``desc``: label of a progress bar over the frames (None: no bar).
+        """
         if latent.ndim != 4 or latent.shape[0] != self.mean.shape[0]:
             raise ValueError(f"expected a latent [{self.mean.shape[0]}, f, h, w], got {tuple(latent.shape)}")
         z = latent.to(self.device, torch.float32) / self.inv_std + self.mean
-        with self._autocast():
+        with self._autocast(), self._frame_progress(self.model.decoder, 4 * (latent.shape[1] - 1) + 1, desc):
             video = self.model.decode(z[None]).sample
         return video.float().clamp_(-1, 1)[0]

@@ -26,10 +26,13 @@ from safetensors.torch import save_file
 
 from ..errors import InputError
 from ..fileio import atomic_path
+from ..progress import progress
 from .dit import SteadyDancerDiT
 
 CONFIG_NAME = "config.json"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+# checkpoints smaller than this load in well under a second: no progress bar
+LOAD_BAR_MIN_BYTES = 256 << 20
 SINGLE_NAME = "diffusion_pytorch_model.safetensors"
 # What the official WanModel writes into config.json (its other constructor fields are ignored).
 OFFICIAL_CONFIG_FIELDS = ("dim", "eps", "ffn_dim", "freq_dim", "in_dim", "in_dim_c", "model_type",
@@ -53,8 +56,11 @@ class SafetensorsEntry:
 def read_safetensors_header(path: Path) -> dict[str, SafetensorsEntry]:
     """Tensor entries of a .safetensors file, from its JSON header only."""
     try:
+        file_size = os.path.getsize(path)
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
+            if length > file_size:
+                raise ValueError(f"header of {length} bytes in a file of {file_size}")
             header = json.loads(f.read(length))
     except (OSError, struct.error, ValueError) as exc:
         raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
@@ -70,6 +76,9 @@ def read_safetensors_header(path: Path) -> dict[str, SafetensorsEntry]:
         if end - begin != itemsize * math.prod(info["shape"]):
             raise InputError(f"{path}: tensor {name} has {end - begin} bytes, expected {info['shape']} "
                              f"{info['dtype']}")
+        if data_start + end > file_size:
+            raise InputError(f"{path}: file is truncated ({file_size} bytes; tensor {name} ends at byte "
+                             f"{data_start + end}); download it again")
         entries[name] = SafetensorsEntry(path, info["dtype"], info["shape"], data_start + begin, data_start + end)
     return entries
 
@@ -278,12 +287,16 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
         if index is not None:
             pending[index] = pending.get(index, 0) + 1
     scratch = torch.empty(max(e.end - e.start for e in entries.values()), dtype=torch.uint8)
+    total_bytes = sum(entries[name].end - entries[name].start for name in expected)
+    bar = progress(total=total_bytes, desc="load DiT", unit="B", unit_scale=True, unit_divisor=1024,
+                   disable=total_bytes < LOAD_BAR_MIN_BYTES)
     for path, names in by_file.items():
         names.sort(key=lambda n: entries[n].start)  # sequential reads
         with open(path, "rb", buffering=0) as handle:
             for name in names:
                 # copy=True: the read is a view of the scratch buffer, even when no cast is needed
                 value = read_safetensors_tensor(handle, entries[name], scratch).to(device=device, dtype=dtype, copy=True)
+                bar.update(entries[name].end - entries[name].start)
                 owner, _, leaf = name.rpartition(".")
                 # looked up each time (not from a dict built up front): a hook may have replaced
                 # the modules of a finished block, and a stale reference would keep their tensors
@@ -293,6 +306,7 @@ def load_dit(ckpt_dir: str | os.PathLike, device: torch.device | str = "cpu",
                     pending[index] -= 1
                     if pending[index] == 0 and on_block_loaded is not None:
                         on_block_loaded(model.blocks[index])
+    bar.close()
     return model.eval().requires_grad_(False)
 
 

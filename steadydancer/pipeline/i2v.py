@@ -1,7 +1,7 @@
 """The SteadyDancer image-to-video pipeline: encoders -> conditions -> DC-CFG sampling -> VAE decode.
 
 Follows the official ``WanI2VDancer.generate`` step by step (sizes, mask, noise, conditions,
-offloading); see DESIGN.md "Sizes" and "Conditions". Models load lazily on first use, straight
+offloading); see docs/generation.md. Models load lazily on first use, straight
 onto the device they run on, so a missing file is reported before any large load.
 """
 
@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import sys
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,51 @@ def checkpoint_files(ckpt_dir: str | os.PathLike, dit_file_given: bool = False) 
         exists = path.is_dir() if key == "t5_tokenizer" else path.is_file()
         if not exists:
             raise InputError(f"checkpoint file missing: {path}")
+    return files
+
+
+def check_pth_file(path: Path, what: str) -> None:
+    """InputError unless ``path`` looks like a whole ``torch.save`` file (cheap: no tensor is read).
+
+    A zip-format file must have its central directory and every member's data inside the file
+    (a truncated download loses the directory at the end); a legacy file must start as a pickle.
+    """
+    size = path.stat().st_size
+    hint = "download it again"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.header_offset + info.compress_size > size:
+                        raise zipfile.BadZipFile(f"member {info.filename} ends past the end of the file")
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise InputError(f"{what} {path}: damaged ({exc}); {hint}") from None
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if len(head) < 2 or head[0] != 0x80:  # pickle protocol marker of the legacy format
+        raise InputError(f"{what} {path}: not a complete PyTorch checkpoint ({size} bytes; truncated?); {hint}")
+
+
+def verify_checkpoint(ckpt_dir: str | os.PathLike, dit_from_other_file: bool = False) -> dict[str, Path]:
+    """Check the whole checkpoint folder before any model loads; returns :func:`checkpoint_files`.
+
+    Every file present; each DiT shard named by the index present, its header readable and
+    every tensor's bytes inside the file; the T5, CLIP and VAE ``.pth`` files whole (see
+    :func:`check_pth_file`). A damaged file is one InputError naming it, found in seconds rather
+    than after the encoders have run. ``dit_from_other_file``: the DiT weights come from
+    ``--gguf`` / ``--dit_fp8_file``, so the shards are not needed and config.json is optional
+    (read when present).
+    """
+    from ..models.loading import index_checkpoint, read_dit_config
+
+    files = checkpoint_files(ckpt_dir, dit_file_given=dit_from_other_file)
+    if not dit_from_other_file or (Path(ckpt_dir) / C.DIT_CONFIG).is_file():
+        read_dit_config(ckpt_dir)
+    if not dit_from_other_file:
+        index_checkpoint(Path(ckpt_dir))
+    for key, what in (("t5", "T5 checkpoint"), ("clip", "CLIP checkpoint"), ("vae", "VAE checkpoint")):
+        check_pth_file(files[key], what)
     return files
 
 
@@ -152,6 +198,7 @@ class DancerPipeline:
     def encode_text(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """T5 states [L, C] of the prompt and the negative prompt, on the execution device."""
         t5 = self.text_encoder()
+        log.info("T5: encoding the prompt and the negative prompt")
         if not self.t5_cpu:
             t5.to(self.device)
         context, context_null = t5.encode([prompt])[0], t5.encode([negative_prompt])[0]
@@ -162,15 +209,19 @@ class DancerPipeline:
     def encode_clip(self, image: torch.Tensor, pose_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP features [257, 1280] of the reference image and of the first pose frame ([3,H,W] in [-1,1])."""
         clip = self.clip().to(self.device)
+        log.info("CLIP: encoding the reference image and the first pose frame")
         clip_x = clip.encode(image[None].to(self.device))[0]
         clip_c = clip.encode(pose_first[None].to(self.device))[0]
         if self.offload_model:
             clip.to("cpu")
         return clip_x, clip_c
 
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """[3, N, h, w] in [-1, 1] -> normalised latent [16, (N-1)//4+1, h/8, w/8] on the device."""
-        return self.vae().encode(frames.to(self.device))
+    def encode_video(self, frames: torch.Tensor, desc: str | None = None) -> torch.Tensor:
+        """[3, N, h, w] in [-1, 1] -> normalised latent [16, (N-1)//4+1, h/8, w/8] on the device.
+
+        ``desc``: label of a progress bar over the frames (None: none).
+        """
+        return self.vae().encode(frames.to(self.device), desc=desc)
 
     @torch.no_grad()
     def generate(self, image: Image.Image, pose_first: Image.Image, positive: list[Image.Image],
@@ -194,8 +245,11 @@ class DancerPipeline:
         log.info("reference %dx%d -> video %dx%d, %d frames (%d latent frames of %dx%d)",
                  width, height, w, h, frame_num, lat_f, lat_w, lat_h)
 
-        seed = seed if seed >= 0 else random.randint(0, sys.maxsize)
-        log.info("seed %d (pass --base_seed %d to reproduce)", seed, seed)
+        if seed >= 0:
+            log.info("seed %d", seed)
+        else:
+            seed = random.randint(0, sys.maxsize)
+            log.info("seed %d, drawn at random (pass --base_seed %d to reproduce)", seed, seed)
         generator = torch.Generator(device=device).manual_seed(seed)
         noise = torch.randn(16, lat_f, lat_h, lat_w, dtype=torch.float32, generator=generator, device=device)
         mask = first_frame_mask(frame_num, lat_h, lat_w, device=device)
@@ -203,15 +257,20 @@ class DancerPipeline:
         context, context_null = self.encode_text(prompt, negative_prompt or C.NEGATIVE_PROMPT)
         clip_x, clip_c = self.encode_clip(img, img_c)
 
+        log.info("VAE: encoding the image condition, the reference, the first pose frame and both "
+                 "pose streams (%d frames each)", frame_num)
         first = resize_bicubic(img[None], h, w)  # [3, 1, h, w]
-        y = self.encode_video(torch.cat([first, torch.zeros(3, frame_num - 1, h, w)], dim=1))
+        y = self.encode_video(torch.cat([first, torch.zeros(3, frame_num - 1, h, w)], dim=1),
+                              desc="VAE encode image condition")
         y = torch.cat([mask, y])
         ref_x = self.encode_video(first)
         ref_x = torch.cat([ref_x, torch.ones(4, 1, lat_h, lat_w, device=device), ref_x])
         ref_c = self.encode_video(resize_bicubic(img_c[None], h, w))
         ref_c = torch.cat([ref_c, torch.zeros(4, 1, lat_h, lat_w, device=device), ref_c])
-        pose_pos = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in positive]), h, w))
-        pose_neg = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in negative]), h, w))
+        pose_pos = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in positive]), h, w),
+                                     desc="VAE encode positive poses")
+        pose_neg = self.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in negative]), h, w),
+                                     desc="VAE encode negative poses")
 
         def conditions(text: torch.Tensor, pose: torch.Tensor) -> DiTConditions:
             return DiTConditions(text_context=text[None], clip_image=clip_x[None], clip_pose=clip_c[None],
@@ -251,7 +310,9 @@ class DancerPipeline:
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
         """The video [3, N, H, W] in [-1, 1] (float32, on the CPU) from the final latent [16, f, h, w]."""
-        return self.vae().decode(latent.to(self.device)).cpu()
+        vae = self.vae()
+        log.info("VAE: decoding %d frames", 4 * (latent.shape[1] - 1) + 1)
+        return vae.decode(latent.to(self.device), desc="VAE decode").cpu()
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:

@@ -63,17 +63,25 @@ def load_image(path: str | os.PathLike, what: str = "reference image") -> Image.
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.__class__.__name__}") from None
+        raise InputError(f"cannot read {what} {path}: not an image file") from None
 
 
 def count_pose_frames(folder: str | os.PathLike, flag: str) -> int:
-    """Number of consecutive frames 0000.jpg, 0001.jpg, ... in a pose folder."""
+    """Number of consecutive frames 0000.jpg, 0001.jpg, ... in a pose folder.
+
+    A gap (a frame missing before later ones) is an InputError naming the missing frame: the
+    frames after it would otherwise be dropped without a word.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{flag} {folder}: folder not found")
     count = 0
     while (folder / f"{count:04d}.jpg").is_file():
         count += 1
+    later = sorted(int(p.stem) for p in folder.glob("[0-9][0-9][0-9][0-9].jpg") if int(p.stem) > count)
+    if later:
+        raise InputError(f"{flag} {folder}: frame {count:04d}.jpg is missing (frames up to {later[-1]:04d}.jpg "
+                         f"follow); the pose frames must be numbered without gaps")
     return count
 
 

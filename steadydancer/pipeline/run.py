@@ -12,7 +12,7 @@ import torch
 
 from ..pose.video import write_video
 from . import config as C
-from .i2v import DancerPipeline, SamplingOptions, checkpoint_files, video_to_frames
+from .i2v import DancerPipeline, SamplingOptions, verify_checkpoint, video_to_frames
 from .inputs import (check_frame_num, check_output_file, check_pose_folders, load_image, max_area_for,
                      read_inputs, resolve_frame_num)
 
@@ -59,8 +59,9 @@ def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos
     """Check every input before any model loads (InputError, one line); returns (max_area, frame_num).
 
     ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold. ``save_file``:
-    the output, checked to be writable (None: not checked). ``memory``: with a GGUF / FP8 DiT file
-    the folder needs only the encoders.
+    the output, checked to be writable (None: not checked). The checkpoint folder is verified
+    whole (:func:`~steadydancer.pipeline.i2v.verify_checkpoint`); ``memory``: whether the DiT
+    comes from a GGUF/FP8 file instead of the shards.
     """
     max_area = max_area_for(size)
     if frame_num is not None:
@@ -68,7 +69,7 @@ def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos
     available = check_pose_folders(cond_pos_folder, cond_neg_folder)
     frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
     load_image(image)  # readable?
-    checkpoint_files(ckpt_dir, dit_file_given=bool(memory and (memory.gguf or memory.dit_fp8_file)))
+    verify_checkpoint(ckpt_dir, dit_from_other_file=bool(memory and (memory.gguf or memory.dit_fp8_file)))
     if save_file is not None:
         check_output_file(save_file)
     return max_area, frame_num

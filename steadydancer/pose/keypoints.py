@@ -1,4 +1,4 @@
-"""Poses in memory and the ``keypoints.json`` file (format ``steadydancer-pose-v1``, DESIGN.md).
+"""Poses in memory and the ``keypoints.json`` file (format ``steadydancer-pose-v1``, docs/pose.md).
 
 A pose uses the DWPose/ControlNet layout: for ``P`` people, ``candidate`` [18*P, 2] holds the
 OpenPose-18 body points of person ``p`` in rows ``18p..18p+17``, ``subset`` [P, 18] holds, per
@@ -119,7 +119,10 @@ class KeypointsFile:
     """Contents of ``keypoints.json``: the reference pose and every driving frame's pose.
 
     ``reference_size`` and ``driving_size`` are (width, height) in pixels of the original
-    reference image and driving video; ``frames[i]`` is the pose of video frame ``i``.
+    reference image and driving video; ``frames[i]`` is the pose of video frame ``i`` (of the
+    video resampled to ``fps`` when the source record says so). ``source``: what the file was
+    made from (files' fingerprints, detector and settings, frames covered; see
+    ``steadydancer.pose.prepare``), None for a file written by another tool.
     """
 
     reference_size: tuple[int, int]
@@ -127,15 +130,19 @@ class KeypointsFile:
     driving_size: tuple[int, int]
     fps: float
     frames: list[Pose] = field(default_factory=list)
+    source: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
+        out: dict[str, Any] = {"format": FORMAT}
+        if self.source is not None:
+            out["source"] = self.source
+        out.update({
             "reference": {"width": int(self.reference_size[0]), "height": int(self.reference_size[1]),
                           "pose": self.reference.to_dict()},
             "driving": {"width": int(self.driving_size[0]), "height": int(self.driving_size[1]),
                         "fps": float(self.fps), "frames": [pose.to_dict() for pose in self.frames]},
-        }
+        })
+        return out
 
 
 def save_keypoints(path: str | os.PathLike, keypoints: KeypointsFile) -> None:
@@ -161,9 +168,10 @@ def load_keypoints(path: str | os.PathLike) -> KeypointsFile:
         frames_data = drv["frames"]
         ref_pose = ref["pose"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: missing or bad field {exc} (see DESIGN.md, keypoints file)") from None
+        raise InputError(f"{path}: missing or bad field {exc} (see docs/pose.md, keypoints file)") from None
     if min(reference_size + driving_size) <= 0 or not math.isfinite(fps) or fps <= 0:
         raise InputError(f"{path}: sizes and fps must be positive")
     frames = [Pose.from_dict(f, f"{path}: driving frame {i}") for i, f in enumerate(frames_data)]
+    source = data.get("source")
     return KeypointsFile(reference_size, Pose.from_dict(ref_pose, f"{path}: reference"),
-                         driving_size, fps, frames)
+                         driving_size, fps, frames, source if isinstance(source, dict) else None)

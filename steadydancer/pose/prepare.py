@@ -9,6 +9,7 @@ the same keypoints straight to JPEG (no video round trip).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -19,10 +20,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import InputError
 from ..fileio import atomic_dir
+from ..progress import progress as progress_bar
 from .align import align_pose, compute_alignment, reference_size
 from .augment import augment_sequence
 from .draw import draw_pose
@@ -37,6 +38,8 @@ DEFAULT_DETECT_RESOLUTION = 1024
 DEFAULT_IMAGE_RESOLUTION = 720
 # x264 preset of the pose and preview videos: flat drawings compress well even when fast
 VIDEO_PRESET = "veryfast"
+# frame rate of the generated video (the official writer's), for the speed note
+GENERATION_FPS = 16
 # the official all.mp4 leaves out its last panel past this width (H.264 limit)
 MAX_PREVIEW_WIDTH = 16384
 
@@ -54,20 +57,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             with Image.open(path) as pil:
                 return np.asarray(pil.convert("RGB"))
         except Exception:
-            raise InputError(f"cannot read reference image {path} (not an image file?)") from None
+            raise InputError(f"cannot read reference image {path}: not an image file") from None
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
 def check_max_frame(max_frame: int | None) -> None:
-    """``--max_frame`` must be positive when given (None = every frame)."""
+    """``--max_frame`` must be positive when given (None = every frame; the CLI's -1)."""
     if max_frame is not None and max_frame <= 0:
-        raise InputError(f"--max_frame must be positive, got {max_frame}")
+        raise InputError(f"--max_frame must be positive, or -1 for every frame; got {max_frame}")
+
+
+def check_target_fps(target_fps: float | None) -> None:
+    """``--target_fps`` must be a positive, finite frame rate when given."""
+    if target_fps is not None and not (np.isfinite(target_fps) and target_fps > 0):
+        raise InputError(f"--target_fps must be a positive frame rate (e.g. 16), got {target_fps}")
 
 
 def pose_frames(poses: Iterable[Pose], height: int, width: int, all_people: bool = False,
                 desc: str = "draw poses", progress: bool = True) -> Iterator[np.ndarray]:
     """The poses drawn one by one (RGB uint8 [height, width, 3]), with a progress bar."""
-    for pose in tqdm(poses, desc=desc, unit="frame", disable=not progress):
+    for pose in progress_bar(poses, desc=desc, unit="frame", disable=not progress):
         yield draw_pose(pose, height, width, all_people=all_people)
 
 
@@ -133,75 +142,86 @@ def _detect_fn(detector: Any, detect_resolution: int, all_people: bool) -> Calla
 
 def detect_frames(detector: Any, video: str | os.PathLike, max_frame: int | None = None,
                   detect_resolution: int = DEFAULT_DETECT_RESOLUTION, all_people: bool = False,
-                  progress: bool = True, start: int = 0) -> tuple[list[Pose], tuple[int, int], float]:
-    """Poses of video frames ``start .. max_frame-1``, the frame (width, height) and the fps.
+                  progress: bool = True, start: int = 0, target_fps: float | None = None,
+                  allow_empty: bool = False) -> tuple[list[Pose], tuple[int, int] | None, float, bool]:
+    """Poses of video frames ``start .. max_frame-1``, the frame (width, height), the fps, and
+    whether the video ended before ``max_frame``.
 
-    Frames before ``start`` are decoded but not detected.
+    Frames before ``start`` are decoded but not detected. ``target_fps``: the video resampled to
+    that rate (frames dropped or repeated, :func:`~steadydancer.pose.video.iter_video`); the
+    frame indices and the fps returned are the resampled video's. ``allow_empty``: a video with
+    no frames from ``start`` on is not an error (appending to a file that already reached the end).
     """
     if start < 0:
         raise InputError(f"--align_frame must be >= 0, got {start}")
     detect = _detect_fn(detector, detect_resolution, all_people)
-    fps = video_fps(video)
+    fps = float(target_fps) if target_fps else video_fps(video)
     frames: list[Pose] = []
     size = None
-    total = _frame_count(video, max_frame)
+    total = _frame_count(video, max_frame, target_fps)
     total = None if total is None else max(total - start, 0)
-    for frame in tqdm(itertools.islice(iter_video(video, max_frame), start, None), total=total,
-                      desc="detect poses", unit="frame", disable=not progress):
+    for frame in progress_bar(itertools.islice(iter_video(video, max_frame, target_fps), start, None),
+                              total=total, desc="detect poses", unit="frame", disable=not progress):
         size = size or (frame.shape[1], frame.shape[0])
         frames.append(detect(frame))
-    if not frames:
+    if not frames and not allow_empty:
         raise InputError(f"video {video} has no decodable frames"
-                         + (f" from frame {start} (--align_frame) on" if start else ""))
+                         + (f" from frame {start} on" if start else ""))
     missing = sum(not p.has_person() for p in frames)
     if missing:
         log.warning("nobody found in %d of %d driving frames (kept as missing points)", missing, len(frames))
-    return frames, size, fps
+    end = start + len(frames)
+    reached_end = max_frame is None or end < max_frame or _frame_count(video, None, target_fps) == end
+    return frames, size, fps, reached_end
 
 
-def detect_keypoints(detector: Any, reference_rgb: np.ndarray, video: str | os.PathLike,
-                     max_frame: int | None = None, detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
-                     all_people: bool = False, progress: bool = True) -> KeypointsFile:
-    """Run the detector on the resized reference and on frames ``0 .. max_frame-1``.
-
-    ``detector``: a :class:`steadydancer.pose.detect.Detector`, or a callable fake (see
-    :func:`_detect_fn`). The reference is resized first (bicubic, ~1024*576 area, multiples of
-    16), as the official script does, and detected at that size.
-    """
+def detect_reference(detector: Any, reference_rgb: np.ndarray, detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
+                     all_people: bool = False) -> Pose:
+    """The reference image's pose, detected on the image resized as the official script does
+    (bicubic, ~1024*576 area, multiples of 16); InputError when nobody is found."""
     ref_h0, ref_w0 = reference_rgb.shape[:2]
     ref_h, ref_w = reference_size(ref_h0, ref_w0)
     resized = cv2.resize(reference_rgb, (ref_w, ref_h), interpolation=cv2.INTER_CUBIC)
     reference = _detect_fn(detector, detect_resolution, all_people)(resized)
     if not reference.has_person():
         raise InputError("no person found in the reference image")
-    frames, size, fps = detect_frames(detector, video, max_frame, detect_resolution, all_people, progress)
-    return KeypointsFile((ref_w0, ref_h0), reference, size, fps, frames)
+    return reference
 
 
-def _frame_count(video: str | os.PathLike, max_frame: int | None) -> int | None:
+def detect_keypoints(detector: Any, reference_rgb: np.ndarray, video: str | os.PathLike,
+                     max_frame: int | None = None, detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
+                     all_people: bool = False, progress: bool = True,
+                     target_fps: float | None = None) -> KeypointsFile:
+    """Run the detector on the resized reference and on frames ``0 .. max_frame-1``.
+
+    ``detector``: a :class:`steadydancer.pose.detect.Detector`, or a callable fake (see
+    :func:`_detect_fn`). ``target_fps``: see :func:`detect_frames`. The returned file's
+    ``source`` records the frames covered (``{"frames": {"count", "to_end"}}``).
+    """
+    reference = detect_reference(detector, reference_rgb, detect_resolution, all_people)
+    frames, size, fps, to_end = detect_frames(detector, video, max_frame, detect_resolution, all_people,
+                                              progress, target_fps=target_fps)
+    return KeypointsFile((reference_rgb.shape[1], reference_rgb.shape[0]), reference, size, fps, frames,
+                         source={"frames": {"count": len(frames), "to_end": to_end}})
+
+
+def _frame_count(video: str | os.PathLike, max_frame: int | None, target_fps: float | None = None) -> int | None:
+    """Frames the video holds by its header (resampled to ``target_fps``), capped at ``max_frame``."""
     import av
 
     try:
         with av.open(str(video)) as container:
-            count = container.streams.video[0].frames or None
+            stream = container.streams.video[0]
+            count = stream.frames or None
+            rate = float(stream.average_rate or 0)
     except Exception:
         return max_frame
     if count is None:
         return max_frame
+    if target_fps and rate > 0:
+        # output frame j shows source frame floor(j * rate / target_fps): valid while that is < count
+        count = int(np.ceil((count - 1e-6) * target_fps / rate))
     return count if max_frame is None else min(count, max_frame)
-
-
-def _check_reused(keypoints: KeypointsFile, path: Path, image: Path, image_size: tuple[int, int],
-                  video: Path, frame_size: tuple[int, int]) -> None:
-    hint = f"; delete {path} to detect again"
-    if keypoints.reference_size != image_size:
-        raise InputError(f"{path} was made for a {keypoints.reference_size[0]}x{keypoints.reference_size[1]} "
-                         f"reference image, {image} is {image_size[0]}x{image_size[1]}{hint}")
-    if keypoints.driving_size != frame_size:
-        raise InputError(f"{path} was made for a {keypoints.driving_size[0]}x{keypoints.driving_size[1]} "
-                         f"video, {video} is {frame_size[0]}x{frame_size[1]}{hint}")
-    if not keypoints.frames:
-        raise InputError(f"{path} has no driving frames{hint}")
 
 
 def _first_frame(video: str | os.PathLike) -> np.ndarray:
@@ -235,7 +255,7 @@ def _preview_frames(plan: PosePlan, keypoints: KeypointsFile, reference_rgb: np.
     ref_pose = draw_pose(plan.reference, height, width, all_people=all_people)
     keep_raw = (3 + with_negative) * width + 2 * video_width <= MAX_PREVIEW_WIDTH
     end = plan.first_frame + len(plan.positive)
-    frames = iter_video(video, end)
+    frames = iter_video(video, end, _target_fps(keypoints))
     for _ in range(plan.first_frame):
         next(frames, None)
     for i, (pos, neg) in enumerate(zip(plan.positive, plan.negative)):
@@ -250,6 +270,11 @@ def _preview_frames(plan: PosePlan, keypoints: KeypointsFile, reference_rgb: np.
             raw = keypoints.frames[plan.first_frame + i]
             panels.append(draw_pose(raw, height, video_width, all_people=all_people))
         yield np.concatenate(panels, axis=1)
+
+
+def _target_fps(keypoints: KeypointsFile) -> float | None:
+    """The rate the keypoints' frames were resampled to (None: the video's own frames)."""
+    return (keypoints.source or {}).get("target_fps")
 
 
 def render_folder(out: Path, plan: PosePlan, keypoints: KeypointsFile, reference_rgb: np.ndarray,
@@ -272,7 +297,7 @@ def render_folder(out: Path, plan: PosePlan, keypoints: KeypointsFile, reference
     write_video(out / "negative" / "single_aug.mp4", frames_of(plan.negative, "encode single_aug.mp4"), fps,
                 preset=VIDEO_PRESET)
     previews = _preview_frames(plan, keypoints, reference_rgb, video, all_people)
-    write_video(out / "all.mp4", tqdm(previews, total=len(plan.positive), desc="encode all.mp4",
+    write_video(out / "all.mp4", progress_bar(previews, total=len(plan.positive), desc="encode all.mp4",
                                       unit="frame", disable=not progress), fps, preset=VIDEO_PRESET)
 
 
@@ -285,44 +310,188 @@ def _copy_reference(image: Path, dest: Path, reference_rgb: np.ndarray) -> None:
         Image.fromarray(reference_rgb).save(dest)
 
 
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Name, size in bytes and SHA-256 of a file: what a keypoints file records of its inputs."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def detector_record(detector: Any, detector_args: dict[str, Any], detect_resolution: int,
+                    all_people: bool) -> dict[str, Any]:
+    """What the poses depend on besides the files: the detector (backend and weight files) and
+    its settings. ``detector``: an already built detector or fake (recorded by its name), else
+    None and ``detector_args`` are :func:`~steadydancer.pose.detect.make_detector`'s."""
+    if detector is not None:
+        name = getattr(detector, "name", None) or getattr(detector, "__name__", None) or type(detector).__name__
+        record: dict[str, Any] = {"backend": str(name)}
+    else:
+        from .detect import resolve_backend
+
+        backend, weights = resolve_backend(*(detector_args.get(key) for key in
+                                             ("backend", "dwpose_onnx", "yolox_onnx", "dwpose_pth", "yolox_pth")))
+        used = {"onnx": ("dwpose_onnx", "yolox_onnx"), "mmpose": ("dwpose_pth", "yolox_pth")}.get(backend, ())
+        record = {"backend": backend}
+        if used:
+            record["weights"] = [{"name": weights[key].name, "bytes": weights[key].stat().st_size}
+                                 for key in used if weights[key] is not None]
+    record.update(detect_resolution=int(detect_resolution), all_people=bool(all_people))
+    return record
+
+
+# the parts of a keypoints file's source record that must match for its poses to be reused
+_SOURCE_KEYS = {"image": "the reference image", "video": "the driving video",
+                "detector": "the detector or its settings", "target_fps": "--target_fps"}
+
+
+def _source_mismatch(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Why a recorded source differs from the wanted one (None when it matches)."""
+    for key, what in _SOURCE_KEYS.items():
+        if recorded.get(key) != wanted.get(key):
+            return f"{what} changed"
+    return None
+
+
 def load_or_detect(keypoints_path: Path, image: Path, reference_rgb: np.ndarray, video: Path,
                    max_frame: int | None, detect_resolution: int, all_people: bool, detector: Any,
-                   detector_args: dict[str, Any], progress: bool = True) -> tuple[KeypointsFile, bool]:
-    """The keypoints in ``keypoints_path`` when that file exists (no detector is built), else a
-    fresh detection (``detector``, or ``make_detector(**detector_args)``); and whether reused."""
-    first = _first_frame(video)
-    if keypoints_path.is_file():
-        log.info("reusing %s (no detection)", keypoints_path)
-        keypoints = load_keypoints(keypoints_path)
-        _check_reused(keypoints, keypoints_path, image, (reference_rgb.shape[1], reference_rgb.shape[0]),
-                      video, (first.shape[1], first.shape[0]))
-        available = _frame_count(video, max_frame)
-        if available and len(keypoints.frames) < available:
-            log.warning("%s covers %d frames, the video has %d: using %d", keypoints_path,
-                        len(keypoints.frames), available, len(keypoints.frames))
-        return keypoints, True
+                   detector_args: dict[str, Any], progress: bool = True,
+                   target_fps: float | None = None, check_detector: bool = True) -> tuple[KeypointsFile, bool]:
+    """The poses of ``image`` and of ``video``'s frames ``0 .. max_frame-1``, and whether
+    ``keypoints_path`` already held exactly them (so that it need not be written again).
+
+    The file is reused only when its source record matches: the same image and video
+    contents (SHA-256), detector and settings, and ``target_fps``; otherwise everything is
+    detected again (the log says why). When it matches but covers fewer frames than asked,
+    only the missing frames are detected and appended. A file without a source record (made by
+    another tool) is reused as it is, with a warning. ``detector``: a built detector or fake,
+    else one is made from ``detector_args`` only if something needs detecting.
+    ``check_detector`` False: a file the user named explicitly is reused whatever detector made
+    it (the image, the video and ``target_fps`` must still match).
+    """
+    first = _first_frame(video)  # a still image or an unreadable video stops here
+    wanted = {"image": file_fingerprint(image), "video": file_fingerprint(video),
+              "detector": detector_record(detector, detector_args, detect_resolution, all_people),
+              "target_fps": None if target_fps is None else float(target_fps)}
+    existing = load_keypoints(keypoints_path) if keypoints_path.is_file() else None
+    if existing is not None and existing.source is None:
+        log.warning("%s has no record of what it was made from (another tool's file?): its poses are "
+                    "used as they are; delete it to detect again", keypoints_path)
+        if (existing.reference_size != (reference_rgb.shape[1], reference_rgb.shape[0])
+                or existing.driving_size != (first.shape[1], first.shape[0]) or not existing.frames):
+            raise InputError(f"{keypoints_path} does not fit {image} and {video} (made for a "
+                             f"{existing.reference_size[0]}x{existing.reference_size[1]} reference and "
+                             f"{len(existing.frames)} frames of "
+                             f"{existing.driving_size[0]}x{existing.driving_size[1]}); delete it to detect again")
+        return existing, True
+    covered, extend_from = None, 0
+    if existing is not None:
+        why = _source_mismatch(existing.source, wanted if check_detector else
+                               {**wanted, "detector": existing.source.get("detector")})
+        covered = existing.source.get("frames", {})
+        count = int(covered.get("count", len(existing.frames)))
+        if why:
+            log.info("detecting poses again: %s since %s was made", why, keypoints_path)
+            existing = None
+        elif covered.get("to_end") or (max_frame is not None and count >= max_frame):
+            log.info("reusing the poses in %s (%d frames; same image, video%s)",
+                     keypoints_path, count, " and detector" if check_detector else "")
+            return existing, True
+        else:
+            extend_from = count
+            log.info("%s covers frames 0-%d; detecting frames %d-%s", keypoints_path, count - 1, count,
+                     "end" if max_frame is None else max_frame - 1)
     own = detector is None
     if own:
         from .detect import make_detector
 
         detector = make_detector(**detector_args)
     try:
-        return detect_keypoints(detector, reference_rgb, video, max_frame, detect_resolution,
-                                all_people, progress), False
+        if existing is not None:
+            frames, _, _, to_end = detect_frames(detector, video, max_frame, detect_resolution, all_people,
+                                                 progress, start=extend_from, target_fps=target_fps,
+                                                 allow_empty=True)
+            keypoints = existing
+            keypoints.frames = keypoints.frames[:extend_from] + frames
+        else:
+            keypoints = detect_keypoints(detector, reference_rgb, video, max_frame, detect_resolution,
+                                         all_people, progress, target_fps=target_fps)
+            to_end = keypoints.source["frames"]["to_end"]
     finally:
         if own and hasattr(detector, "close"):
             detector.close()
+    if not check_detector and existing is not None:
+        wanted["detector"] = existing.source.get("detector")  # the frames added are few; keep its record
+    keypoints.source = {**wanted, "frames": {"count": len(keypoints.frames), "to_end": bool(to_end)}}
+    return keypoints, False
 
 
-def _prompt_text(prompt: str | None, video: Path) -> str:
+PROMPT_NAME = "prompt.txt"
+
+
+def _pair_ids_match(image: Path, video: Path) -> bool:
+    """Whether image and video belong to one pair by their names (``images/00001.png`` with
+    ``videos/00001/video.mp4`` or ``00001.mp4``), as in the official example layout."""
+    return image.stem in (video.stem, video.parent.name)
+
+
+def resolve_prompt(prompt: str | None, image: Path, video: Path, out_dir: Path,
+                   same_reference: bool) -> tuple[str, str]:
+    """The prompt for ``prompt.txt`` and where it came from (logged).
+
+    In order: ``--prompt``; the ``prompt.txt`` already in ``out_dir`` when the reference image
+    is unchanged (it may have been edited by hand); a ``prompt.txt`` or ``<image stem>.txt``
+    beside the image; the ``prompt.txt`` beside the video, only when the image and video are
+    one pair by name (the video's prompt describes its own dancer, not another reference).
+    """
     if prompt is not None:
-        return prompt
-    beside = video.parent / "prompt.txt"
-    if beside.is_file():
-        return beside.read_text().strip()
-    log.warning("no --prompt and no prompt.txt beside %s: prompt.txt left empty "
-                "(write the description of the reference image there before generating)", video)
-    return ""
+        return prompt, "--prompt"
+    kept = out_dir / PROMPT_NAME
+    if same_reference and kept.is_file() and kept.read_text(encoding="utf-8").strip():
+        return kept.read_text(encoding="utf-8").strip(), f"{kept} (kept: same reference image)"
+    for beside in (image.parent / PROMPT_NAME, image.with_suffix(".txt")):
+        if beside.is_file():
+            return beside.read_text(encoding="utf-8").strip(), str(beside)
+    beside_video = video.parent / PROMPT_NAME
+    if beside_video.is_file():
+        if _pair_ids_match(image, video):
+            return beside_video.read_text(encoding="utf-8").strip(), f"{beside_video} (same pair id as the image)"
+        log.warning("%s describes the driving video's dancer, and %s is not from the same pair: not used. "
+                    "prompt.txt is left empty; pass --prompt \"...\" describing the reference image",
+                    beside_video, image.name)
+        return "", "nowhere (cross pairing)"
+    log.warning("no --prompt and no prompt.txt beside %s or %s: prompt.txt left empty "
+                "(write the description of the reference image there before generating)", image, video)
+    return "", "nowhere"
+
+
+# what prepare writes into its folder: an existing --out may hold these and nothing else
+PREPARED_ENTRIES = frozenset({"ref_image.png", "driving_video.mp4", PROMPT_NAME, KEYPOINTS_NAME,
+                              "positive", "negative", "all.mp4"})
+
+
+def check_out_folder(out_dir: Path, flag: str = "--out") -> None:
+    """InputError unless ``out_dir`` is new, empty, or an earlier prepared folder (which is replaced).
+
+    Anything else in it would be lost when the folder is replaced, so it is refused.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{flag} {out_dir}: is a file; name a folder to write the inputs to")
+    # the folder is written beside its final place (or inside it, see fileio.atomic_dir)
+    where = out_dir.parent
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out_dir}: cannot write in {where} (permission denied)")
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in PREPARED_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"{flag} {out_dir}: the folder holds files that prepare did not write ({shown}) and "
+                         "would be replaced; give a new or empty folder, or an earlier prepare output")
 
 
 def prepare_inputs(
@@ -344,43 +513,63 @@ def prepare_inputs(
     all_people: bool = False,
     detector: Any = None,
     progress: bool = True,
+    target_fps: float | None = None,
 ) -> Path:
     """Write the generation input folder ``out_dir`` and return its path.
 
     Contents: ref_image.png, driving_video.mp4, prompt.txt, positive/NNNN.jpg and
     positive/single.mp4 (aligned poses at twice the resized reference size), negative/NNNN.jpg
     and negative/single_aug.mp4 (the randomly re-shaped stream, from ``seed``), keypoints.json
-    and all.mp4 (side-by-side preview), with the video's frame rate.
-    The folder appears complete or not at all. A ``keypoints.json`` already in ``out_dir`` is
-    reused and no detector is built; otherwise ``detector`` (or one from ``make_detector`` with
-    ``backend`` and the weight paths) runs once on the reference and on each frame.
+    and all.mp4 (side-by-side preview), at the video's frame rate (or ``target_fps``).
+    The folder appears complete or not at all; an existing ``out_dir`` must be empty or an
+    earlier prepared folder (anything else is refused, never replaced). Poses come from the
+    ``keypoints.json`` already in ``out_dir`` when it was made from the same files, detector and
+    settings (see :func:`load_or_detect`); otherwise ``detector`` (or one from ``make_detector``
+    with ``backend`` and the weight paths) runs once on the reference and on each frame.
     ``image_resolution`` is accepted for the official command line; it has no effect here.
     ``max_frame`` counts video frames from the start (None = all); frames before
-    ``align_frame`` are dropped after alignment, as in the official code.
+    ``align_frame`` are dropped after alignment, as in the official code. ``target_fps``:
+    resample the video to this rate first (None: keep every frame, the official recipe).
     """
     del image_resolution  # sizes only the official detector's preview image
-    image, video, out_dir = Path(image), Path(video), Path(out_dir)
+    image, video = Path(image), Path(video)
+    out_dir = Path(os.path.abspath(out_dir))  # "." has no name to put a temporary folder beside
     check_max_frame(max_frame)
+    check_target_fps(target_fps)
     if detect_resolution <= 0:
         raise InputError(f"--detect_resolution must be positive, got {detect_resolution}")
+    check_out_folder(out_dir)
     reference_rgb = read_image(image)
-    prompt_text = _prompt_text(prompt, video)
 
     kp_path = out_dir / KEYPOINTS_NAME
-    keypoints, reused = load_or_detect(
+    previous = kp_path.is_file() and load_keypoints(kp_path).source or {}
+    keypoints, unchanged = load_or_detect(
         kp_path, image, reference_rgb, video, max_frame, detect_resolution, all_people, detector,
         dict(backend=backend, dwpose_onnx=dwpose_onnx, yolox_onnx=yolox_onnx, dwpose_pth=dwpose_pth,
-             yolox_pth=yolox_pth, device=device), progress)
+             yolox_pth=yolox_pth, device=device), progress, target_fps=target_fps)
+    same_reference = previous.get("image") is not None and previous.get("image") == (keypoints.source or {}).get("image")
+    prompt_text, prompt_from = resolve_prompt(prompt, image, video, out_dir, same_reference)
+    log.info("prompt from %s: %s", prompt_from, _abbreviate(prompt_text) or "(empty)")
     plan = plan_poses(keypoints, align_frame, max_frame, seed, all_people)
-    log.info("%d frames from frame %d at %.3g fps; reference resized to %dx%d, frames drawn at %dx%d",
+    log.info("%d frames from frame %d at %.4g fps; reference resized to %dx%d, frames drawn at %dx%d",
              len(plan.positive), align_frame, keypoints.fps, plan.ref_width, plan.ref_height,
              2 * plan.ref_width, 2 * plan.ref_height)
+    if abs(keypoints.fps - GENERATION_FPS) > 1e-3:
+        log.info("the generated video plays at %d fps, so these %.4g fps poses move at %.2gx their real "
+                 "speed (the official recipe); --target_fps %d resamples them to real speed",
+                 GENERATION_FPS, keypoints.fps, GENERATION_FPS / keypoints.fps, GENERATION_FPS)
 
-    with atomic_dir(out_dir, keep=[KEYPOINTS_NAME] if reused else None) as tmp:
-        if not reused:
+    with atomic_dir(out_dir) as tmp:
+        if unchanged:
+            shutil.copy2(kp_path, tmp / KEYPOINTS_NAME)
+        else:
             save_keypoints(tmp / KEYPOINTS_NAME, keypoints)
         _copy_reference(image, tmp / "ref_image.png", reference_rgb)
         shutil.copyfile(video, tmp / "driving_video.mp4")
-        (tmp / "prompt.txt").write_text(prompt_text + ("\n" if prompt_text else ""))
+        (tmp / PROMPT_NAME).write_text(prompt_text + ("\n" if prompt_text else ""), encoding="utf-8")
         render_folder(tmp, plan, keypoints, reference_rgb, video, all_people, progress)
     return out_dir
+
+
+def _abbreviate(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -19,9 +19,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..progress import progress as progress_bar
 from .draw import draw_pose
 from .keypoints import save_keypoints
 from .prepare import (DEFAULT_DETECT_RESOLUTION, DEFAULT_IMAGE_RESOLUTION, KEYPOINTS_NAME,
@@ -77,31 +77,31 @@ def _default_device() -> str:
 def add_detector_arguments(parser: argparse.ArgumentParser, official_defaults: bool) -> None:
     """The official detection flags (weights, resolutions) plus --backend/--device/--all_people."""
     root = OFFICIAL_WEIGHTS if official_defaults else None
-    parser.add_argument("--detect_resolution", "--detect-resolution", type=int,
+    parser.add_argument("--detect_resolution", type=int,
                         default=DEFAULT_DETECT_RESOLUTION, help="short side the detector sees (rounded to 64)")
-    parser.add_argument("--image_resolution", "--image-resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,
+    parser.add_argument("--image_resolution", type=int, default=DEFAULT_IMAGE_RESOLUTION,
                         help="accepted for the official command line (no effect here)")
-    parser.add_argument("--yolox_config", "--yolox-config", default=None,
+    parser.add_argument("--yolox_config", default=None,
                         help="accepted for the official command line (the configs are built in)")
-    parser.add_argument("--dwpose_config", "--dwpose-config", default=None,
+    parser.add_argument("--dwpose_config", default=None,
                         help="accepted for the official command line (the configs are built in)")
-    parser.add_argument("--yolox_ckpt", "--yolox-ckpt",
+    parser.add_argument("--yolox_ckpt",
                         default=str(OFFICIAL_WEIGHTS / "yolox_l_8x8_300e_coco.pth") if root else None,
                         help="YOLOX-L weights: yolox_l.onnx or the mmdet .pth")
-    parser.add_argument("--dwpose_ckpt", "--dwpose-ckpt",
+    parser.add_argument("--dwpose_ckpt",
                         default=str(OFFICIAL_WEIGHTS / "dw-ll_ucoco_384.pth") if root else None,
                         help="DWPose weights: dw-ll_ucoco_384.onnx or the mmpose .pth")
     parser.add_argument("--backend", default="auto", choices=["auto", "mediapipe", "onnx", "mmpose"],
                         help="pose detector (auto: the weights given, else the bundled mediapipe)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--all_people", "--all-people", action="store_true",
+    parser.add_argument("--all_people", action="store_true",
                         help="keep, align and draw every person (default: the most prominent only)")
 
 
 def _frame_args(parser: argparse.ArgumentParser, max_frame_default: int | None) -> None:
-    parser.add_argument("--align_frame", "--align-frame", type=int, default=0,
+    parser.add_argument("--align_frame", type=int, default=0,
                         help="driving frame the limb scales are measured on; earlier frames are dropped")
-    parser.add_argument("--max_frame", "--max-frame", type=int, default=max_frame_default,
+    parser.add_argument("--max_frame", type=int, default=max_frame_default,
                         help="frames read from the start of the video"
                              + (f" (default {max_frame_default})" if max_frame_default else " (default: all)"))
 
@@ -135,9 +135,10 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
     check_max_frame(args.max_frame)
     reference_rgb = read_image(image)
     detector_args = weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.backend, args.device)
-    keypoints, reused = load_or_detect(keypoints_path, image, reference_rgb, video, args.max_frame,
-                                       args.detect_resolution, args.all_people, None, detector_args)
-    if not reused:
+    keypoints, unchanged = load_or_detect(keypoints_path, image, reference_rgb, video, args.max_frame,
+                                          args.detect_resolution, args.all_people, None, detector_args,
+                                          check_detector=not args.keypoints)
+    if not unchanged:
         save_keypoints(keypoints_path, keypoints)
         log.info("poses saved to %s (reused by the next run)", keypoints_path)
     plan = plan_poses(keypoints, args.align_frame, args.max_frame, getattr(args, "seed", None), args.all_people)
@@ -151,7 +152,7 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
         aug = single.with_name(single.name[:-4] + "_aug" + ".mp4")
         write_video(aug, drawn(plan.negative, f"write {aug.name}"), keypoints.fps, preset=VIDEO_PRESET)
     previews = _preview_frames(plan, keypoints, reference_rgb, video, args.all_people, with_negative=with_aug)
-    write_video(demo, tqdm(previews, total=len(plan.positive), desc=f"write {demo.name}", unit="frame"),
+    write_video(demo, progress_bar(previews, total=len(plan.positive), desc=f"write {demo.name}", unit="frame"),
                 keypoints.fps, preset=VIDEO_PRESET)
     print(f"pose_list len: {len(plan.positive)}")
     print("pose align done")
@@ -159,9 +160,11 @@ def run_pose_align(args: argparse.Namespace, with_aug: bool) -> int:
 
 
 def pose_align_main(argv: list[str] | None = None, with_aug: bool = False) -> int:
-    from ..cli.main import guarded
+    from ..cli.main import add_hyphen_aliases, guarded
 
-    args = _pose_align_parser(with_aug).parse_args(argv)
+    parser = _pose_align_parser(with_aug)
+    add_hyphen_aliases(parser)
+    args = parser.parse_args(argv)
     return guarded(run_pose_align, args, with_aug)
 
 
@@ -170,7 +173,7 @@ def dump_video_images(video: str | os.PathLike, folder: str | os.PathLike) -> in
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
-    for count, frame in enumerate(tqdm(iter_video(video), desc="dump frames", unit="frame"), start=1):
+    for count, frame in enumerate(progress_bar(iter_video(video), desc="dump frames", unit="frame"), start=1):
         _write_jpeg(folder / f"{count - 1:04d}.jpg", frame)
     if count == 0:
         raise InputError(f"video {video} has no decodable frames")
@@ -198,16 +201,16 @@ def run_pose_extra(args: argparse.Namespace) -> int:
     detector_args = weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.backend, args.device)
     with make_detector(**detector_args) as detector:
         # as the official script, frames before --align_frame are skipped, not detected
-        poses, (width, height), fps = detect_frames(detector, args.vidfn, args.max_frame,
-                                                    args.detect_resolution, args.all_people,
-                                                    start=args.align_frame)
+        poses, (width, height), fps, _ = detect_frames(detector, args.vidfn, args.max_frame,
+                                                       args.detect_resolution, args.all_people,
+                                                       start=args.align_frame)
     panel_w = int((RAW_PREVIEW_HEIGHT / height * width) // 2 * 2)
 
     def all_frames():
         video = iter_video(args.vidfn, args.max_frame)
         for _ in range(args.align_frame):
             next(video, None)
-        for pose, frame in zip(tqdm(poses, desc="write all", unit="frame"), video):
+        for pose, frame in zip(progress_bar(poses, desc="write all", unit="frame"), video):
             frame = cv2.resize(frame, (panel_w, RAW_PREVIEW_HEIGHT), interpolation=cv2.INTER_CUBIC)
             yield np.concatenate([frame, draw_pose(pose, RAW_PREVIEW_HEIGHT, panel_w,
                                                    all_people=args.all_people)], axis=1)
@@ -220,7 +223,7 @@ def run_pose_extra(args: argparse.Namespace) -> int:
 
 
 def pose_extra_main(argv: list[str] | None = None) -> int:
-    from ..cli.main import guarded
+    from ..cli.main import add_hyphen_aliases, guarded
 
     parser = argparse.ArgumentParser(description="draw the raw (unaligned) poses of a video")
     add_detector_arguments(parser, official_defaults=True)
@@ -228,6 +231,7 @@ def pose_extra_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vidfn", default="./assets/videos/0.mp4", help="video")
     parser.add_argument("--outfn_all", default=None, help="video frame | pose, side by side")
     parser.add_argument("--outfn_single", default=None, help="pose only")
+    add_hyphen_aliases(parser)
     args = parser.parse_args(argv)
     return guarded(run_pose_extra, args)
 

@@ -35,20 +35,46 @@ def video_fps(path: str | os.PathLike) -> float:
         return float(rate)
 
 
-def iter_video(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Yield decoded frames as RGB uint8 arrays [H, W, 3], in display order."""
+def resampled_source_index(index: int, source_fps: float, target_fps: float) -> int:
+    """Source frame shown at output frame ``index`` when a video is resampled to ``target_fps``.
+
+    The frame on screen at the output frame's time ``index / target_fps``: frames are dropped
+    when slowing the rate down and repeated when raising it, so motion keeps its real speed.
+    """
+    # the small epsilon keeps exact ratios (30 -> 15 fps) from flooring one frame short
+    return int(np.floor(index * source_fps / target_fps + 1e-6))
+
+
+def iter_video(path: str | os.PathLike, max_frames: int | None = None,
+               target_fps: float | None = None) -> Iterator[np.ndarray]:
+    """Yield decoded frames as RGB uint8 arrays [H, W, 3], in display order.
+
+    ``target_fps``: resample to this frame rate (see :func:`resampled_source_index`); None
+    keeps every frame. ``max_frames`` counts the frames yielded.
+    """
+    source_fps = video_fps(path) if target_fps else None
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        count = 0
+        count = 0  # frames yielded
+        decoded = 0
         try:
             for frame in container.decode(stream):
                 if max_frames is not None and count >= max_frames:
                     return
-                yield frame.to_ndarray(format="rgb24")
-                count += 1
+                if source_fps is None:
+                    yield frame.to_ndarray(format="rgb24")
+                    count += 1
+                else:
+                    array = None
+                    while (max_frames is None or count < max_frames) and \
+                            resampled_source_index(count, source_fps, target_fps) == decoded:
+                        array = frame.to_ndarray(format="rgb24") if array is None else array
+                        yield array
+                        count += 1
+                decoded += 1
         except av.FFmpegError as exc:
-            raise InputError(f"video {path} is damaged after frame {count}: {exc}") from None
+            raise InputError(f"video {path} is damaged after frame {decoded}: {exc}") from None
 
 
 def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:

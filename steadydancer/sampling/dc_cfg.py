@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Callable, Protocol, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress as progress_bar
 from .conditions import DiTConditions
 from .schedulers import make_scheduler
 
@@ -53,6 +53,24 @@ def run_passes(model: DenoiseModel, latent: torch.Tensor, timestep: torch.Tensor
     return outputs
 
 
+def _reporting_forwards(model: DenoiseModel, bar) -> DenoiseModel:
+    """``model`` that shows on ``bar`` which forward pass of the step has just finished: a step
+    of the 14B model is 2-3 long passes, and the bar should not look stalled between steps."""
+    if bar.disable:
+        return model
+    step_and_count = [-1, 0]
+
+    def forward(*args, **kwargs):
+        out = model(*args, **kwargs)
+        if step_and_count[0] != bar.n:
+            step_and_count[:] = [bar.n, 0]
+        step_and_count[1] += 1
+        bar.set_postfix_str(f"pass {step_and_count[1]} of step {bar.n + 1} done")
+        return out
+
+    return forward
+
+
 def combine_guidance(cond: torch.Tensor, uncond_text: torch.Tensor, uncond_pose: torch.Tensor | None,
                      guide_scale: float, condition_guide_scale: float) -> torch.Tensor:
     """DC-CFG combination (same order of operations as the official code)."""
@@ -82,7 +100,9 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
     scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device)
     latent = noise.to(torch.float32)
-    for idx, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", unit="step")):
+    bar = progress_bar(timesteps, disable=not progress, desc="sampling", unit="step")
+    model = _reporting_forwards(model, bar)
+    for idx, t in enumerate(bar):
         with_pose = pose_cfg_active(idx, len(timesteps), st_cond_cfg, end_cond_cfg)
         condition_sets = [cond, neg_text] + ([neg_pose] if with_pose else [])
         timestep = t.reshape(1).to(device)

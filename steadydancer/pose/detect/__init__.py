@@ -13,6 +13,7 @@ from .api import (
     make_detector,
     prominence,
     resize_for_detection,
+    resolve_backend,
 )
 from .base import Detector
 
@@ -26,4 +27,5 @@ __all__ = [
     "make_detector",
     "prominence",
     "resize_for_detection",
+    "resolve_backend",
 ]

@@ -27,6 +27,29 @@ def _existing_file(path: str | os.PathLike | None, flag: str, suffix: str) -> Pa
     return path
 
 
+def resolve_backend(backend: str = "auto", dwpose_onnx: str | os.PathLike | None = None,
+                    yolox_onnx: str | os.PathLike | None = None, dwpose_pth: str | os.PathLike | None = None,
+                    yolox_pth: str | os.PathLike | None = None,
+                    flag: str = "--backend") -> tuple[str, dict[str, Path | None]]:
+    """The backend that :func:`make_detector` would build ("auto" resolved) and the weight files
+    it would read (checked to exist), without building anything. ``flag``: the command-line
+    name of ``backend``, for the error message."""
+    if backend not in BACKENDS:
+        raise InputError(f"{flag}: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    weights = {"dwpose_onnx": _existing_file(dwpose_onnx, "--dwpose_ckpt", ".onnx"),
+               "yolox_onnx": _existing_file(yolox_onnx, "--yolox_ckpt", ".onnx"),
+               "dwpose_pth": _existing_file(dwpose_pth, "--dwpose_ckpt", ".pth"),
+               "yolox_pth": _existing_file(yolox_pth, "--yolox_ckpt", ".pth")}
+    if backend == "auto":
+        if weights["dwpose_onnx"] or weights["yolox_onnx"]:
+            backend = "onnx"
+        elif weights["dwpose_pth"] or weights["yolox_pth"]:
+            backend = "mmpose"
+        else:
+            backend = "mediapipe"
+    return backend, weights
+
+
 def make_detector(
     backend: str = "auto",
     dwpose_onnx: str | os.PathLike | None = None,
@@ -42,19 +65,9 @@ def make_detector(
     "mmpose" needs dwpose_pth + yolox_pth and the optional mmpose/mmdet/mmcv packages.
     device: "cpu" or "cuda[:N]" (ONNX: CUDA execution provider when onnxruntime has it).
     """
-    if backend not in BACKENDS:
-        raise InputError(f"--backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
-    dwpose_onnx = _existing_file(dwpose_onnx, "--dwpose_ckpt", ".onnx")
-    yolox_onnx = _existing_file(yolox_onnx, "--yolox_ckpt", ".onnx")
-    dwpose_pth = _existing_file(dwpose_pth, "--dwpose_ckpt", ".pth")
-    yolox_pth = _existing_file(yolox_pth, "--yolox_ckpt", ".pth")
-    if backend == "auto":
-        if dwpose_onnx or yolox_onnx:
-            backend = "onnx"
-        elif dwpose_pth or yolox_pth:
-            backend = "mmpose"
-        else:
-            backend = "mediapipe"
+    backend, weights = resolve_backend(backend, dwpose_onnx, yolox_onnx, dwpose_pth, yolox_pth)
+    dwpose_onnx, yolox_onnx = weights["dwpose_onnx"], weights["yolox_onnx"]
+    dwpose_pth, yolox_pth = weights["dwpose_pth"], weights["yolox_pth"]
     if backend == "onnx":
         if dwpose_onnx is None or yolox_onnx is None:
             raise InputError(
@@ -150,7 +163,7 @@ def build_pose(
     Layout for N people: candidate [18 N, 2]; subset [N, 18] holding 18 i + j or -1; hands
     [2 N, 21, 2] as DWPose orders them (the left hands of persons 0..N-1, then their right
     hands); faces [N, 68, 2];
-    scores: body [18 N] (flat, like candidate; [18] for one person as DESIGN.md shows),
+    scores: body [18 N] (flat, like candidate; [18] for one person, see docs/pose.md),
     hands [2 N, 21], faces [N, 68].
     """
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 134, 2)
