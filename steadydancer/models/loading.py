@@ -19,7 +19,7 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -140,18 +140,64 @@ def read_dit_config(ckpt_dir: str | os.PathLike) -> dict:
     return {k: v for k, v in raw.items() if k in known}
 
 
-def _shapes_from_tensors(entries: dict[str, SafetensorsEntry]) -> dict:
-    """Widths the config does not carry, read from tensor shapes (so tiny encoders load too)."""
+def _shape(value) -> tuple[int, ...]:
+    return tuple(getattr(value, "shape", value))
+
+
+def _shapes_from_tensors(tensors: Mapping[str, object]) -> dict:
+    """Widths the config does not carry, read from tensor shapes (so tiny encoders load too).
+
+    ``tensors``: name -> SafetensorsEntry or shape tuple (torch order)."""
     found = {}
-    if "text_embedding.0.weight" in entries:
-        found["text_dim"] = entries["text_embedding.0.weight"].shape[1]
-    if "img_emb.proj.0.weight" in entries:
-        found["clip_dim"] = entries["img_emb.proj.0.weight"].shape[0]
-    if "condition_embedding_align.proj_p.weight" in entries:
-        found["align_dim"] = entries["condition_embedding_align.proj_p.weight"].shape[0]
-    if "patch_embedding.weight" in entries:
-        found["patch_size"] = tuple(entries["patch_embedding.weight"].shape[2:])
+    if "text_embedding.0.weight" in tensors:
+        found["text_dim"] = _shape(tensors["text_embedding.0.weight"])[1]
+    if "img_emb.proj.0.weight" in tensors:
+        found["clip_dim"] = _shape(tensors["img_emb.proj.0.weight"])[0]
+    if "condition_embedding_align.proj_p.weight" in tensors:
+        found["align_dim"] = _shape(tensors["condition_embedding_align.proj_p.weight"])[0]
+    if "patch_embedding.weight" in tensors:
+        patch = _shape(tensors["patch_embedding.weight"])[2:]
+        if len(patch) == 3:  # a GGUF file may hold it flattened; then the config's value stands
+            found["patch_size"] = patch
     return found
+
+
+# Wan 2.1 uses 128 channels per attention head in every size (1.3B: 1536 / 12, 14B: 5120 / 40);
+# the tensors do not record the head count, so without config.json it is dim / 128, as Kijai's
+# WanVideoWrapper and ComfyUI assume for the sizes they know.
+WAN_HEAD_DIM = 128
+
+
+def infer_dit_config(tensors: Mapping[str, object], source: str) -> dict:
+    """The DiT's constructor arguments from its tensor shapes alone (no config.json).
+
+    ``tensors``: official tensor name -> SafetensorsEntry or torch-order shape. ``source`` names
+    the file in errors. Fields no tensor carries take Wan 2.1's values: text_len 512, eps 1e-6,
+    ``num_heads = dim / 128``. InputError when a tensor the inference needs is missing.
+    """
+    needed = ("patch_embedding.weight", "patch_embedding_ref_c.weight", "time_embedding.0.weight",
+              "head.head.weight", "blocks.0.ffn.0.weight")
+    absent = [name for name in needed if name not in tensors]
+    if absent:
+        raise InputError(f"{source}: cannot infer the DiT's architecture without config.json "
+                         f"(no {', '.join(absent)}); is it a SteadyDancer DiT?")
+    patch_weight = _shape(tensors["patch_embedding.weight"])
+    dim, in_dim = patch_weight[0], patch_weight[1]
+    if dim % WAN_HEAD_DIM:
+        raise InputError(f"{source}: width {dim} is not a multiple of Wan's {WAN_HEAD_DIM}-channel heads, "
+                         f"so the head count cannot be inferred; put the model's config.json in --ckpt_dir")
+    config = {
+        "model_type": "i2v", "dim": dim, "in_dim": in_dim, "num_heads": dim // WAN_HEAD_DIM,
+        "in_dim_c": _shape(tensors["patch_embedding_ref_c.weight"])[1],
+        "freq_dim": _shape(tensors["time_embedding.0.weight"])[1],
+        "ffn_dim": _shape(tensors["blocks.0.ffn.0.weight"])[0],
+        "num_layers": len({name.split(".")[1] for name in tensors if name.startswith("blocks.")}),
+        "text_len": 512, "eps": 1e-6,
+    }
+    config.update(_shapes_from_tensors(tensors))
+    patch = config.get("patch_size", (1, 2, 2))
+    config["out_dim"] = _shape(tensors["head.head.weight"])[0] // math.prod(patch)
+    return config
 
 
 def assign_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> None:
@@ -164,20 +210,29 @@ def assign_tensor(module: torch.nn.Module, leaf: str, value: torch.Tensor) -> No
         raise KeyError(f"{type(module).__name__} has no parameter or buffer {leaf!r}")
 
 
-def build_meta_dit(ckpt_dir: str | os.PathLike, entries: dict[str, SafetensorsEntry] | None = None) -> SteadyDancerDiT:
-    """The checkpoint's DiT on the meta device, from config.json plus the widths that the tensor
-    ``entries`` of its shards carry (see :func:`index_checkpoint`; None: the release's widths, for
-    a GGUF or FP8 file standing in for the shards). InputError for a config the DiT refuses."""
+def build_meta_dit(ckpt_dir: str | os.PathLike, tensors: Mapping[str, object] | None = None,
+                   source: str | os.PathLike | None = None) -> SteadyDancerDiT:
+    """The DiT on the meta device.
+
+    With ``config.json`` in ``ckpt_dir``: its fields plus the widths that ``tensors`` (name ->
+    SafetensorsEntry or shape, e.g. :func:`index_checkpoint`) carry; None: the config alone.
+    Without it: the architecture inferred from ``tensors`` (a GGUF or FP8 file standing in for
+    the shards; ``source`` names that file in errors). InputError for a config the DiT refuses.
+    """
     ckpt_dir = Path(ckpt_dir)
-    config = read_dit_config(ckpt_dir)
-    if entries is not None:
-        config.update(_shapes_from_tensors(entries))
+    if (ckpt_dir / CONFIG_NAME).is_file() or tensors is None:
+        config = read_dit_config(ckpt_dir)
+        if tensors is not None:
+            config.update(_shapes_from_tensors(tensors))
+        origin = ckpt_dir / CONFIG_NAME
+    else:
+        origin = source or ckpt_dir
+        config = infer_dit_config(tensors, str(origin))
     try:
         with torch.device("meta"):
             return SteadyDancerDiT(**config)
     except (ValueError, TypeError) as exc:
-        raise InputError(f"{ckpt_dir / CONFIG_NAME}: {exc}") from None
-
+        raise InputError(f"{origin}: {exc}") from None
 
 
 def _short_list(names: list[str], limit: int = 5) -> str:

@@ -118,16 +118,42 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
                          compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size)
 
 
-def _meta_model(ckpt_dir: Path):
-    """The DiT on the meta device; widths from the shards when there are any (tiny test models),
-    else the release's (a GGUF or FP8 file stands in for the shards)."""
+def dit_weights_shapes(options: MemoryOptions) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of the GGUF / FP8 DiT file ``options`` name (None: no such file)."""
+    if options.gguf is not None:
+        from steadydancer.models.quant.gguf import gguf_file_shapes
+        return gguf_file_shapes(options.gguf)
+    if options.dit_fp8_file is not None:
+        from steadydancer.models.quant.fp8 import fp8_file_shapes
+        return fp8_file_shapes(options.dit_fp8_file)
+    return None
+
+
+def _meta_model(ckpt_dir: Path, options: MemoryOptions | None = None):
+    """The DiT on the meta device. With a GGUF / FP8 file: config.json when ``ckpt_dir`` has one,
+    else the architecture inferred from the file's tensors, with the widths that the file
+    carries; otherwise config.json with the widths of the shards (tiny test models)."""
     from steadydancer.models.loading import build_meta_dit, index_checkpoint
 
+    shapes = dit_weights_shapes(options) if options is not None else None
+    if shapes is not None:
+        return build_meta_dit(ckpt_dir, shapes, source=options.gguf or options.dit_fp8_file)
     try:
         entries = index_checkpoint(ckpt_dir)
     except InputError:
         entries = None
     return build_meta_dit(ckpt_dir, entries)
+
+
+def dit_config_for(ckpt_dir: str | os.PathLike, options: MemoryOptions | None = None) -> dict:
+    """The DiT's constructor arguments: config.json, or (no config.json, a GGUF / FP8 file given)
+    the architecture inferred from the file's tensors."""
+    from steadydancer.models.loading import CONFIG_NAME, infer_dit_config, read_dit_config
+
+    shapes = dit_weights_shapes(options) if options is not None else None
+    if shapes is not None and not (Path(ckpt_dir) / CONFIG_NAME).is_file():
+        return infer_dit_config(shapes, str(options.gguf or options.dit_fp8_file))
+    return read_dit_config(ckpt_dir)
 
 
 def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str, options: MemoryOptions) -> None:
@@ -139,7 +165,7 @@ def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str
 
     if options.blocks_on_gpu is None and not options.fp8_matmul and not options.loras:
         return  # nothing to check: no meta model to build
-    model = _meta_model(Path(ckpt_dir))
+    model = _meta_model(Path(ckpt_dir), options)
     if options.blocks_on_gpu is not None:
         check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
     if options.fp8_matmul:
@@ -168,10 +194,10 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
     load_device = torch.device("cpu") if options.block_swap else device
     if options.gguf is not None:
         from steadydancer.models.quant.gguf import load_gguf
-        model = load_gguf(_meta_model(ckpt_dir), options.gguf, device=load_device, dtype=compute)
+        model = load_gguf(_meta_model(ckpt_dir, options), options.gguf, device=load_device, dtype=compute)
     elif options.dit_fp8_file is not None:
         from steadydancer.models.quant.fp8 import load_fp8_scaled
-        model = load_fp8_scaled(_meta_model(ckpt_dir), options.dit_fp8_file, device=load_device,
+        model = load_fp8_scaled(_meta_model(ckpt_dir, options), options.dit_fp8_file, device=load_device,
                                 dtype=compute, fp8_matmul=options.fp8_matmul)
     elif options.dit_dtype == "fp8":
         # Each block is quantised on the device as soon as its tensors are read, so neither host

@@ -36,19 +36,25 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def checkpoint_files(ckpt_dir: str | os.PathLike) -> dict[str, Path]:
-    """Paths of the official files in a checkpoint folder; InputError naming the first missing one."""
+def checkpoint_files(ckpt_dir: str | os.PathLike, dit_file_given: bool = False) -> dict[str, Path]:
+    """Paths of the official files in a checkpoint folder; InputError naming the first missing one.
+
+    ``dit_file_given``: the DiT comes from a GGUF / FP8 file (--gguf, --dit_fp8_file), so the
+    folder needs only the encoders (config.json is optional).
+    """
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
         raise InputError(f"--ckpt_dir {ckpt}: checkpoint folder not found")
-    files = {
+    files = {} if dit_file_given else {
         "dit_config": ckpt / C.DIT_CONFIG,
         "dit_index": ckpt / C.DIT_INDEX,
+    }
+    files.update({
         "t5": ckpt / C.T5_CHECKPOINT,
         "t5_tokenizer": ckpt / C.T5_TOKENIZER,
         "clip": ckpt / C.CLIP_CHECKPOINT,
         "vae": ckpt / C.VAE_CHECKPOINT,
-    }
+    })
     for key, path in files.items():
         exists = path.is_dir() if key == "t5_tokenizer" else path.is_file()
         if not exists:
@@ -86,12 +92,14 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike, dit_from_other_file: bool = F
     every tensor's bytes inside the file; the T5, CLIP and VAE ``.pth`` files whole (see
     :func:`check_pth_file`). A damaged file is one InputError naming it, found in seconds rather
     than after the encoders have run. ``dit_from_other_file``: the DiT weights come from
-    ``--gguf`` / ``--dit_fp8_file``, so the shards are not needed.
+    ``--gguf`` / ``--dit_fp8_file``, so the shards are not needed and config.json is optional
+    (read when present).
     """
     from ..models.loading import index_checkpoint, read_dit_config
 
-    files = checkpoint_files(ckpt_dir)
-    read_dit_config(ckpt_dir)
+    files = checkpoint_files(ckpt_dir, dit_file_given=dit_from_other_file)
+    if not dit_from_other_file or (Path(ckpt_dir) / C.DIT_CONFIG).is_file():
+        read_dit_config(ckpt_dir)
     if not dit_from_other_file:
         index_checkpoint(Path(ckpt_dir))
     for key, what in (("t5", "T5 checkpoint"), ("clip", "CLIP checkpoint"), ("vae", "VAE checkpoint")):
@@ -126,7 +134,7 @@ class DancerPipeline:
                  offload_model: bool | None = None, t5_cpu: bool = False,
                  dit_dtype: torch.dtype | None = None, keep_models: bool = True,
                  memory: "MemoryOptions | None" = None) -> None:
-        self.files = checkpoint_files(ckpt_dir)
+        self.files = checkpoint_files(ckpt_dir, dit_file_given=bool(memory and (memory.gguf or memory.dit_fp8_file)))
         self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device) if device is not None else default_device()
         self.on_gpu = self.device.type != "cpu"
@@ -141,9 +149,9 @@ class DancerPipeline:
         self.t5_dtype = torch.bfloat16 if self.on_gpu else torch.float32
         self.clip_dtype = torch.float16 if self.on_gpu else torch.float32
         self._t5 = self._clip = self._vae = self._dit = None
-        from ..models.loading import read_dit_config
+        from ..models.memory import dit_config_for
 
-        dit_config = read_dit_config(self.ckpt_dir)
+        dit_config = dit_config_for(self.ckpt_dir, self.memory)
         self.text_len = int(dit_config.get("text_len", 512))
         check_memory_options(self.ckpt_dir, self.device, self.memory)  # before any model loads
         self.patch_size = tuple(dit_config.get("patch_size", (1, 2, 2)))

@@ -1,12 +1,22 @@
 """FP8 (e4m3) weight storage with per-tensor scales, computed in bf16 (or FP8 matmuls on Hopper).
 
-File layout (the ComfyUI / Kijai "fp8_e4m3fn_scaled" files, e.g.
-``Wan21_SteadyDancer_fp8_e4m3fn_scaled.safetensors``): the official tensor names, optionally under
-a ``model.diffusion_model.`` or ``diffusion_model.`` prefix; every quantised linear has
-``<name>.weight`` in float8_e4m3fn and ``<name>.scale_weight`` (float32, one number, or one per
-output row) with ``W = weight * scale_weight``; an empty ``scaled_fp8`` marker tensor; other tensors
-(norms, modulation, embeddings, biases) in a 16- or 32-bit dtype. ``scale_input`` tensors, when
-present, are ignored (inputs are scaled dynamically).
+File layouts read by :func:`load_fp8_scaled` (what Kijai's WanVideoWrapper and ComfyUI accept):
+
+- ComfyUI / Kijai ``*_fp8_e4m3fn_scaled`` (e.g. ``Wan21_SteadyDancer_fp8_e4m3fn_scaled_KJ``): the
+  official tensor names, optionally under ``model.diffusion_model.``, ``diffusion_model.`` or
+  ``model.``; a quantised layer has ``<name>.weight`` in float8_e4m3fn and ``<name>.scale_weight``
+  (float32, one number or one per output row) with ``W = weight * scale_weight``; an empty
+  ``scaled_fp8`` marker; everything else in a 16- or 32-bit dtype.
+- the other scale spelling ``<name>.weight_scale`` (Kijai's loader renames it to ``scale_weight``),
+  and ComfyUI's newer layout, which adds a ``<name>.comfy_quant`` uint8 tensor holding JSON
+  (``{"format": "float8_e4m3fn"}``) per layer; only the float8 formats are read.
+- unscaled fp8 files (float8 weights, no scales: scale 1) and float8 tensors that cannot carry a
+  ``<module>.scale_weight`` (the FAAU's ``in_proj_weight``).
+``scale_input`` / ``input_scale`` tensors are ignored (inputs are scaled dynamically).
+
+Only the ``nn.Linear`` layers inside the transformer blocks stay FP8 (``FP8Linear``): every
+other float8 tensor (pose modules, embeddings, head, convolutions) is dequantised once on load
+into the compute dtype, so that no float8 tensor reaches a plain module.
 """
 
 from __future__ import annotations
@@ -21,8 +31,14 @@ from steadydancer.errors import InputError
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+# Longest first. "model." alone: Kijai's loader strips it too (nodes_model_loading.py).
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 MARKER_KEYS = ("scaled_fp8",)
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# Spellings of a per-layer scale -> ours (Kijai: .weight_scale -> .scale_weight; ComfyUI: input_scale).
+SCALE_SPELLINGS = {".weight_scale": ".scale_weight", ".input_scale": ".scale_input"}
+COMFY_QUANT_SUFFIX = ".comfy_quant"
+COMFY_FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
 
 def check_fp8_matmul_supported(device: torch.device | str) -> None:
@@ -156,11 +172,20 @@ def save_fp8_scaled(model: nn.Module, path: str | Path) -> None:
 
 
 def strip_prefix(key: str) -> str:
-    """A tensor name without the ComfyUI ``model.diffusion_model.``/``diffusion_model.`` prefix
-    (shared by the FP8 and GGUF loaders)."""
+    """A tensor name without the ComfyUI ``model.diffusion_model.``/``diffusion_model.``/``model.``
+    prefix (shared by the FP8 and GGUF loaders)."""
     for prefix in PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix):]
+    return key
+
+
+def canonical_name(key: str) -> str:
+    """A file's tensor name in our spelling: prefix stripped, scale suffixes renamed."""
+    key = strip_prefix(key)
+    for spelling, ours in SCALE_SPELLINGS.items():
+        if key.endswith(spelling):
+            return key[:-len(spelling)] + ours
     return key
 
 
@@ -180,73 +205,154 @@ def _checked_scale(scale: torch.Tensor, rows: int, path: Path, file_key: str) ->
     return scale
 
 
-def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.bfloat16, fp8_matmul: bool = False) -> nn.Module:
-    """Load an fp8_e4m3fn_scaled file into ``model`` (built on the meta device or anywhere).
+def _comfy_quant_format(raw: torch.Tensor, path: Path, file_key: str) -> str:
+    """The ``format`` of a ``.comfy_quant`` tensor (uint8 bytes of a JSON object)."""
+    import json
 
-    Linears with a ``.scale_weight`` in the file become FP8Linear (weights stay FP8 on ``device``);
-    every other floating tensor is streamed to ``device`` in ``dtype``. One tensor at a time is read,
-    so host memory stays near one tensor. Raises InputError naming the file for missing or
-    unexpected names and shape mismatches.
+    try:
+        text = bytes(raw.to(torch.uint8).reshape(-1).tolist()).rstrip(b"\x00").decode("utf-8")
+        return str(json.loads(text)["format"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: {file_key} is not a ComfyUI quantisation descriptor (JSON with a "
+                         f"'format')") from None
+
+
+class Fp8FileLayout:
+    """What an fp8 .safetensors file holds, by our tensor names (see the module docstring).
+
+    ``keys``: our name -> the file's name, for every tensor a model parameter takes (weights,
+    biases, ``<layer>.scale_weight``); ``ignored``: file names read by nobody (markers, input
+    scales, ComfyUI descriptors); ``entries``: the file's header.
     """
-    from steadydancer.models.loading import read_safetensors_header, read_safetensors_tensor
+
+    def __init__(self, path: Path) -> None:
+        from steadydancer.models.loading import _SAFETENSORS_DTYPES, read_safetensors_header
+
+        self.path = path
+        self.entries = read_safetensors_header(path)
+        self.keys: dict[str, str] = {}
+        self.ignored: list[str] = []
+        self.float8: set[str] = set()       # our names of the float8 tensors
+        descriptors = []
+        for file_key, entry in self.entries.items():
+            name = canonical_name(file_key)
+            if name in MARKER_KEYS or name.endswith(".scale_input"):
+                self.ignored.append(file_key)
+            elif name.endswith(COMFY_QUANT_SUFFIX):
+                self.ignored.append(file_key)
+                descriptors.append(file_key)
+            else:
+                if name in self.keys:
+                    raise InputError(f"{path}: {self.keys[name]} and {file_key} are the same tensor")
+                self.keys[name] = file_key
+                if _SAFETENSORS_DTYPES[entry.dtype] in FLOAT8_DTYPES:
+                    self.float8.add(name)
+        if descriptors:
+            from steadydancer.models.loading import read_safetensors_tensor
+
+            with open(path, "rb", buffering=0) as handle:
+                for file_key in descriptors:
+                    fmt = _comfy_quant_format(read_safetensors_tensor(handle, self.entries[file_key]), path, file_key)
+                    if fmt not in COMFY_FLOAT8_FORMATS:
+                        raise InputError(f"{path}: {file_key} says format {fmt!r}; only the float8 formats "
+                                         f"{', '.join(COMFY_FLOAT8_FORMATS)} are supported")
+
+    @property
+    def scaled(self) -> set[str]:
+        """Module names that have a ``scale_weight``."""
+        return {k[:-len(".scale_weight")] for k in self.keys if k.endswith(".scale_weight")}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Our name -> torch-order shape of every model tensor (scales left out)."""
+        return {name: self.entries[key].shape for name, key in self.keys.items()
+                if not name.endswith(".scale_weight")}
+
+
+def fp8_file_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Official tensor name -> shape of an fp8 .safetensors DiT (to infer its architecture)."""
+    return Fp8FileLayout(Path(path)).shapes()
+
+
+def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.bfloat16, fp8_matmul: bool = False,
+                    keep_fp8_under: str = "blocks.") -> nn.Module:
+    """Load an fp8 .safetensors DiT (any layout of the module docstring) into ``model``
+    (built on the meta device or anywhere).
+
+    ``nn.Linear`` layers under ``keep_fp8_under`` whose weight is float8_e4m3fn become FP8Linear
+    (weights stay FP8 on ``device``; no scale in the file = scale 1); every other tensor,
+    float8 ones included, is streamed to ``device`` in ``dtype`` (float8 ones multiplied by their
+    scale first). One tensor at a time is read, so host memory stays near one tensor. Raises
+    InputError naming the file for missing or unexpected names, shapes and scale sizes.
+    """
+    from steadydancer.models.loading import read_safetensors_tensor
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--dit_fp8: file not found: {path}")
+        raise InputError(f"--dit_fp8_file: file not found: {path}")
     device = torch.device(device)
     if fp8_matmul:
         check_fp8_matmul_supported(device)
-    # plain reads, one tensor at a time (as load_dit): a memory map would keep every page touched
-    # resident until the file closes
-    entries = read_safetensors_header(path)
-    with open(path, "rb", buffering=0) as handle:
-        keys = {strip_prefix(k): k for k in entries if strip_prefix(k) not in MARKER_KEYS}
-        scaled = {k[:-len(".scale_weight")] for k in keys if k.endswith(".scale_weight")}
-        dequantize_on_load: set[str] = set()
-        for name in sorted(scaled):
-            try:
-                linear = model.get_submodule(name)
-            except AttributeError:
-                raise InputError(f"{path}: {name}.scale_weight names no layer of the model") from None
-            if not isinstance(linear, (nn.Linear, FP8Linear)):
-                if not isinstance(getattr(linear, "weight", None), torch.Tensor):
-                    raise InputError(f"{path}: {name}.scale_weight names a layer without a weight")
-                dequantize_on_load.add(name)    # e.g. a scaled conv: dequantised once, kept in dtype
-                continue
+    layout = Fp8FileLayout(path)
+    keys, scaled = layout.keys, layout.scaled
+    fp8_modules: set[str] = set()
+    for name in sorted(scaled | {k.rpartition(".")[0] for k in layout.float8 if k.endswith(".weight")}):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise InputError(f"{path}: {keys.get(name + '.scale_weight', keys.get(name + '.weight'))} "
+                             f"names no layer of the model") from None
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise InputError(f"{path}: {name} is scaled or float8 but the model's {name} has no weight")
+        weight_key = keys.get(name + ".weight")
+        stays_fp8 = (isinstance(module, (nn.Linear, FP8Linear)) and name.startswith(keep_fp8_under)
+                     and weight_key is not None and layout.entries[weight_key].dtype == "F8_E4M3")
+        if stays_fp8:
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child_name, FP8Linear(linear.in_features, linear.out_features,
-                                                  linear.bias is not None, device="meta",
+            setattr(parent, child_name, FP8Linear(module.in_features, module.out_features,
+                                                  module.bias is not None, device="meta",
                                                   compute_dtype=dtype, fp8_matmul=fp8_matmul))
-        expected = dict(model.state_dict(keep_vars=True))
-        ignored = {k for k in keys if k.endswith(".scale_input")}
-        ignored |= {f"{name}.scale_weight" for name in dequantize_on_load}
-        unexpected = sorted(set(keys) - set(expected) - ignored)
-        missing = sorted(set(expected) - set(keys))
-        if unexpected or missing:
-            detail = (f"unexpected {unexpected[:3]}" if unexpected else "") + \
-                     (f"{'; ' if unexpected else ''}missing {missing[:3]}" if missing else "")
-            raise InputError(f"{path}: not a SteadyDancer DiT fp8 file for this model ({detail})")
+            fp8_modules.add(name)
+    expected = dict(model.state_dict(keep_vars=True))
+    # scales of layers dequantised on load are read with their weight, not assigned
+    folded = {f"{name}.scale_weight" for name in scaled - fp8_modules}
+    unexpected = sorted(set(keys) - set(expected) - folded)
+    missing = sorted(set(expected) - set(keys) - {f"{name}.scale_weight" for name in fp8_modules})
+    if unexpected or missing:
+        detail = "; ".join(part for part in (f"unexpected {unexpected[:3]}" if unexpected else "",
+                                             f"missing {missing[:3]}" if missing else "") if part)
+        raise InputError(f"{path}: not a SteadyDancer DiT fp8 file for this model ({detail})")
+    # plain reads, one tensor at a time (as load_dit): a memory map would keep every page touched
+    # resident until the file closes
+    with open(path, "rb", buffering=0) as handle:
         for key, file_key in keys.items():
-            if key in ignored:
+            if key in folded:
                 continue
-            tensor = read_safetensors_tensor(handle, entries[file_key])
-            target = expected[key]
-            module_name = key.rpartition(".")[0]
-            if module_name in dequantize_on_load and key.endswith(".weight"):
-                scale = read_safetensors_tensor(handle, entries[keys[f"{module_name}.scale_weight"]])
-                scale = _checked_scale(scale, tensor.shape[0], path, keys[f"{module_name}.scale_weight"])
-                if scale.numel() > 1:  # one scale per output channel
-                    scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
-                tensor = tensor.float() * scale
-            if key.endswith(".scale_weight"):
+            tensor = read_safetensors_tensor(handle, layout.entries[file_key])
+            module_name, _, leaf = key.rpartition(".")
+            if key.endswith(".scale_weight"):      # an FP8Linear's own scale
                 tensor = _checked_scale(tensor, model.get_submodule(module_name).out_features, path, file_key)
-                tensor = tensor.reshape(()) if tensor.numel() == 1 else tensor
-            elif tensor.shape != target.shape:
+                _set_tensor(model, key, (tensor.reshape(()) if tensor.numel() == 1 else tensor).to(device))
+                continue
+            target = expected[key]
+            if tensor.shape != target.shape:
                 raise InputError(f"{path}: {file_key} has shape {tuple(tensor.shape)}, the model "
                                  f"expects {tuple(target.shape)}")
-            elif tensor.dtype != FP8_DTYPE and tensor.is_floating_point():
+            if module_name in fp8_modules and leaf == "weight":
+                _set_tensor(model, key, tensor.to(device))
+                continue
+            if leaf == "weight" and module_name in scaled:      # W = weight x scale, whatever its dtype
+                scale_key = keys[f"{module_name}.scale_weight"]
+                scale = _checked_scale(read_safetensors_tensor(handle, layout.entries[scale_key]),
+                                       tensor.shape[0], path, scale_key)
+                if scale.numel() > 1:  # one scale per output row / channel
+                    scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
+                tensor = tensor.float() * scale
+            if tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             _set_tensor(model, key, tensor.to(device))
+    # FP8Linear layers whose file had no scale (unscaled fp8) keep scale 1
+    for name in fp8_modules - scaled:
+        _set_tensor(model, f"{name}.scale_weight", torch.ones((), dtype=torch.float32, device=device))
     return model.eval().requires_grad_(False)

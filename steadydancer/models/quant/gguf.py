@@ -1,11 +1,23 @@
 """GGUF DiT weights (MCG-NJU/SteadyDancer-GGUF, ComfyUI-GGUF layout), dequantised per layer on the fly.
 
-File layout: tensor names are the official ones (optionally under ``model.diffusion_model.`` or
-``diffusion_model.``); shapes are stored innermost-first (reversed); tensors of more than 4
-dimensions (the Conv3d patch embeddings) are stored flattened with their real shape in the
-metadata field ``comfy.gguf.orig_shape.<name>``. Quantised linear weights inside the transformer
-blocks stay in their GGML blocks on the device (``GGUFLinear``) and are dequantised by torch code
-when the layer runs; every other tensor is dequantised once at load time into the compute dtype.
+File layout (city96/ComfyUI-GGUF ``tools/convert.py``, then ``llama-quantize`` with ``lcpp.patch``,
+then ``tools/fix_5d_tensors.py``): tensor names are the official ones (a ``model.diffusion_model.``
+/ ``model.`` prefix is stripped by the converter; we strip it too); shapes are stored innermost
+first (reversed). Three shape forms occur and all are read:
+
+- true 5-D F32 tensors with no metadata: the Conv3d weights (patch embeddings, TMCM), which the
+  converter sets aside and ``fix_5d_tensors.py`` adds back after quantisation (Wan's files);
+- leading size-1 dimensions dropped: llama-quantize stores a tensor with ggml's ``n_dims``, which
+  ignores trailing (in ggml order) size-1 dims, and the patch restores them for ``.modulation``
+  only, so SteadyDancer's ``condition_embedding_align.norm1/norm2`` [1, 128, 1, 1] arrive as
+  (128, 1, 1); a stored shape that equals the model's with its leading 1s dropped is reshaped;
+- flattened with the real shape in ``comfy.gguf.orig_shape.<name>`` (the converter's reshape for
+  other architectures, and our own writer's layout for >4-D tensors).
+
+Quantised linear weights inside the transformer blocks stay in their GGML blocks on the device
+(``GGUFLinear``) and are dequantised by torch code when the layer runs; every other tensor
+(quantised pose-module and embedding weights included) is dequantised once at load time into
+the compute dtype.
 
 Torch dequantisers: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and F32/F16/BF16).
 Other GGML types fall back to the ``gguf`` package's numpy dequantiser (on the CPU, slower).
@@ -191,6 +203,43 @@ class GGUFLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype_name}"
 
 
+def _field_ints(field) -> tuple[int, ...]:
+    """The integers of an array metadata field (``ReaderField.contents`` is missing in gguf 0.10)."""
+    return tuple(int(field.parts[index][0]) for index in field.data)
+
+
+def _open_reader(path: Path):
+    gguf = _gguf()
+    if not path.is_file():
+        raise InputError(f"--gguf: file not found: {path}")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises ValueError/struct errors on foreign files
+        raise InputError(f"--gguf {path}: not a readable GGUF file ({exc})") from None
+
+
+def _stored_shapes(reader) -> dict[str, tuple[int, ...]]:
+    """The file's tensor name -> torch-order shape (``orig_shape`` metadata applied)."""
+    shapes = {}
+    for tensor in reader.tensors:
+        field = reader.get_field(ORIG_SHAPE_FIELD + tensor.name)
+        shapes[tensor.name] = (_field_ints(field) if field is not None
+                               else tuple(int(v) for v in reversed(tensor.shape.tolist())))
+    return shapes
+
+
+def gguf_file_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Official tensor name -> stored torch-order shape of a GGUF DiT (to infer its architecture)."""
+    return {strip_prefix(name): shape for name, shape in _stored_shapes(_open_reader(Path(path))).items()}
+
+
+def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    start = 0
+    while start < len(shape) - 1 and shape[start] == 1:
+        start += 1
+    return tuple(shape[start:])
+
+
 def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.bfloat16, keep_quantized_under: str = "blocks.") -> nn.Module:
     """Load a ComfyUI-GGUF DiT file into ``model`` (built on the meta device or anywhere).
@@ -202,16 +251,11 @@ def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "
     """
     from steadydancer.models.loading import assign_tensor
 
-    gguf = _gguf()
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--gguf: file not found: {path}")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # the reader raises ValueError/struct errors on foreign files
-        raise InputError(f"--gguf {path}: not a readable GGUF file ({exc})") from None
+    reader = _open_reader(path)
     device = torch.device(device)
     expected = dict(model.state_dict(keep_vars=True))
+    stored_shapes = _stored_shapes(reader)
     tensors = {strip_prefix(t.name): t for t in reader.tensors}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -220,15 +264,12 @@ def load_gguf(model: nn.Module, path: str | Path, device: torch.device | str = "
                                              f"unexpected {unexpected[:3]}" if unexpected else "") if part)
         raise InputError(f"--gguf {path}: not a SteadyDancer DiT for this model ({detail})")
     for name, tensor in tensors.items():
-        field = reader.get_field(ORIG_SHAPE_FIELD + tensor.name)
-        if field is not None:
-            shape = tuple(int(v) for v in field.contents())
-        else:
-            shape = tuple(int(v) for v in reversed(tensor.shape.tolist()))
-        target = expected[name]
-        if tuple(target.shape) != shape:
-            raise InputError(f"--gguf {path}: {tensor.name} has shape {shape}, the model expects "
-                             f"{tuple(target.shape)}")
+        shape = stored_shapes[tensor.name]
+        target = tuple(expected[name].shape)
+        if shape != target:
+            if _without_leading_ones(shape) != _without_leading_ones(target):
+                raise InputError(f"--gguf {path}: {tensor.name} has shape {shape}, the model expects {target}")
+            shape = target   # size-1 dimensions dropped by llama-quantize
         qtype_name = tensor.tensor_type.name
         raw = torch.from_numpy(np.array(tensor.data, copy=True)).view(torch.uint8).reshape(-1)
         module_name, _, leaf = name.rpartition(".")

@@ -4,9 +4,12 @@ This is the official SteadyDancer path (mmdet YOLOX-L, boxes of class person sco
 NMS 0.7, then mmpose top-down DWPose with its flip test). mmpose, mmdet and mmcv are imported
 only when this backend is built. The model configurations are written here as dicts (the
 architecture numbers of yolox_l_8xb8-300e_coco and dwpose-l_384x288) so no config file is
-needed; checkpoints are read with ``torch.load(weights_only=True)``.
-Not exercised by the test suite (mmcv has no wheel for torch 2.13 on CPU); the error path
-when mmpose is missing is.
+needed. Checkpoints are read with torch's weights-only unpickler allowing only the mmengine
+classes a checkpoint's meta data pickles (read_mm_checkpoint), and loaded strictly: a name or
+shape that does not match stops with one line (load_strict) instead of leaving layers random.
+The mmdet/mmpose run is not exercised by the test suite (mmcv has no wheel for torch 2.13 on
+CPU); the checkpoint reading and strict loading are (tests/test_mmpose_checkpoint.py), and so is
+the error path when mmpose is missing.
 """
 
 from __future__ import annotations
@@ -108,20 +111,101 @@ def _dwpose_l_config() -> dict:
     )
 
 
-def _load_weights(model, path: Path, flag: str) -> None:
-    import torch
-    from mmengine.runner.checkpoint import load_state_dict
+# Classes an mmengine / mmcv checkpoint pickles besides tensors, by module -> names. mmengine puts its
+# MessageHub's ``HistoryBuffer`` objects into ``meta`` (open-mmlab/mmengine#1655: they make
+# ``torch.load(weights_only=True)`` fail), and dataset metadata carries numpy arrays and dtypes.
+# Only these are let through torch's weights-only unpickler; anything else is refused.
+MM_CHECKPOINT_CLASSES = {
+    "mmengine.logging.history_buffer": ("HistoryBuffer",),
+    "mmengine.logging.message_hub": ("MessageHub",),
+    "mmengine.config.config": ("ConfigDict",),
+}
 
+
+def _placeholder(module: str, name: str) -> type:
+    """A stand-in class spelled like ``module.name`` whose instances just keep their pickled state:
+    the meta data is read past, never used, and mmengine need not be installed."""
+
+    def setstate(self, state) -> None:
+        self.__dict__["pickled_state"] = state
+
+    return type(name, (), {"__module__": module, "__qualname__": name, "__setstate__": setstate})
+
+
+def _numpy_globals() -> list:
+    """numpy's array and dtype reconstruction functions and classes (1.x and 2.x spellings)."""
+    import numpy as np
+
+    allowed = [np.ndarray, np.dtype]
+    for module_name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            module = __import__(module_name, fromlist=["_reconstruct"])
+        except ImportError:
+            continue
+        for name in ("_reconstruct", "scalar"):
+            function = getattr(module, name, None)
+            if function is not None:
+                allowed.append((function, f"{module_name}.{name}"))
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [cls for cls in vars(dtypes).values() if isinstance(cls, type) and issubclass(cls, np.dtype)]
+    return allowed
+
+
+def read_mm_checkpoint(path: Path, flag: str) -> dict:
+    """The state dict of an mmengine / mmcv ``.pth`` checkpoint (``module.`` prefix dropped).
+
+    Read with torch's weights-only unpickler, which is given only the classes of
+    MM_CHECKPOINT_CLASSES (as inert stand-ins) and numpy's array types: no code from the file
+    runs. InputError (one line) for an unreadable file or one that pickles anything else.
+    """
+    import pickle
+
+    import torch
+
+    allowed = _numpy_globals() + [_placeholder(module, name) for module, names in MM_CHECKPOINT_CLASSES.items()
+                                  for name in names]
     try:
-        checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        if hasattr(torch.serialization, "safe_globals"):
+            with torch.serialization.safe_globals(allowed):
+                checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        else:  # torch 2.4: only the process-wide list exists
+            torch.serialization.add_safe_globals(allowed)
+            checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it pickles {refused.group(1)}, which is not allowed" if refused else str(exc).splitlines()[0]
+        raise InputError(f"{flag}: {path} is not a plain mmengine/mmcv checkpoint ({what})") from None
     except Exception as exc:
-        raise InputError(f"{flag}: cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{flag}: cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise InputError(f"{flag}: {path} holds no state_dict")
-    state = {re.sub(r"^module\.", "", key): value for key, value in state.items()}
-    # Non-strict, as mmengine's load_checkpoint is; mismatches are logged by mmengine.
-    load_state_dict(model, state, strict=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{flag}: {path} holds no state_dict of tensors")
+    return {re.sub(r"^module\.", "", key): value for key, value in state.items()}
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_strict(model, state: dict, path: Path, flag: str) -> None:
+    """Put ``state`` into ``model`` only if every name and shape matches; else one InputError line
+    naming what is missing, unexpected and of another shape (no parameter is left random)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                      for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        parts = [f"{label} {_names(names)}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)) if names]
+        raise InputError(f"{flag}: {path} does not fit the model ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)
+
+
+def _load_weights(model, path: Path, flag: str) -> None:
+    load_strict(model, read_mm_checkpoint(path, flag), path, flag)
 
 
 class MMPoseWholebody(Detector):

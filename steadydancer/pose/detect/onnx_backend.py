@@ -33,6 +33,11 @@ what mmdet + mmpose give:
   back-projection (``TopdownPoseEstimator.add_pred_to_datasample``):
   p / (288, 384) x scale + center - scale / 2.
 - No box found: the whole image [0, 0, w, h] is the box (mmpose ``inference_topdown``).
+- Other exports: fp16 models get float16 input (outputs read as float32); YOLOX exports with
+  NMS inside (dets [1, N, 5] + labels, as rtmlib and mmdeploy make them) skip the decode and
+  mmdet's NMS, keeping only the person rule. The networks are whatever the files hold: the
+  ``yolox_l.onnx`` of DWPose's release (yzd-v) appears to be Megvii's YOLOX-L export, not mmdet's
+  ``yolox_l_8x8_300e_coco`` weights, so its boxes are not claimed to equal the official ones.
 Channel order: the official DWposeDetector applies COLOR_RGB2BGR to an OpenCV (already BGR)
 frame, so YOLOX and the pose model see the channels swapped relative to their training; both
 get the same arrays here.
@@ -200,6 +205,27 @@ def person_boxes(
     return boxes[nms(boxes, scores, PERSON_NMS_IOU, pixel_offset=1.0)]
 
 
+def person_boxes_from_dets(dets: np.ndarray, labels: np.ndarray | None,
+                           scale_factor: float | tuple[float, float]) -> np.ndarray:
+    """Person boxes of a YOLOX export with NMS inside (mmdeploy ``end2end``, what rtmlib accepts):
+    dets [N, 5] (x1, y1, x2, y2, score in input pixels), labels [N] (None: one class, person)
+    -> boxes [M, 4] xyxy float32 in original-image pixels, best first, after the same person
+    rule as :func:`person_boxes` (label 0, score > 0.5, NMS 0.7 with +1 areas). The export's own
+    score threshold and NMS replace mmdet's test_cfg, so the boxes may differ from the raw path's.
+    """
+    w_scale, h_scale = (scale_factor, scale_factor) if np.isscalar(scale_factor) else scale_factor
+    dets = dets.astype(np.float32).reshape(-1, 5)
+    boxes = dets[:, :4] / np.array([w_scale, h_scale, w_scale, h_scale], dtype=np.float32)
+    scores = dets[:, 4]
+    chosen = scores > PERSON_MIN_SCORE
+    if labels is not None:
+        chosen &= labels.reshape(-1) == PERSON_LABEL
+    boxes, scores = boxes[chosen], scores[chosen]
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    return boxes[nms(boxes, scores, PERSON_NMS_IOU, pixel_offset=1.0)]
+
+
 # ----------------------------------------------------------------------------- RTMPose / SimCC
 
 def box_to_center_scale(box: np.ndarray, padding: float = BOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
@@ -323,10 +349,33 @@ def _open_session(path: Path, providers: list[str], device: str, what: str):
             options.append({"device_id": int(device.split(":", 1)[1])})
         else:
             options.append({})
+    session_options = onnxruntime.SessionOptions()
+    session_options.log_severity_level = 4  # fatal only: a failing run is reported as one InputError line
     try:
-        return onnxruntime.InferenceSession(os.fspath(path), providers=providers, provider_options=options)
+        return onnxruntime.InferenceSession(os.fspath(path), sess_options=session_options, providers=providers,
+                                            provider_options=options)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise InputError(f"{what}: {path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _run(session, output_names, image: np.ndarray, flag: str, path) -> list[np.ndarray]:
+    """Run ``session`` on one image blob, given in the dtype the model's input declares (fp16
+    exports take float16); outputs come back as float32 arrays. InputError (one line) when
+    onnxruntime refuses to run the model."""
+    model_input = session.get_inputs()[0]
+    dtype = _ONNX_FLOAT_TYPES.get(model_input.type)
+    if dtype is None:
+        raise InputError(f"{flag}: {path} takes {model_input.type} input, expected a float image tensor")
+    try:
+        outputs = session.run(output_names, {model_input.name: image.astype(dtype)})
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument / RuntimeException
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{flag}: onnxruntime could not run {path} ({type(exc).__name__}: {message})") from None
+    return [np.asarray(out, dtype=np.float32) if np.issubdtype(np.asarray(out).dtype, np.floating) else np.asarray(out)
+            for out in outputs]
 
 
 class OnnxWholebody(Detector):
@@ -335,6 +384,7 @@ class OnnxWholebody(Detector):
     name = "onnx"
 
     def __init__(self, pose_path: str | os.PathLike, det_path: str | os.PathLike, device: str = "cpu") -> None:
+        self.det_path, self.pose_path = det_path, pose_path
         providers = _providers(device)
         self.det_session = _open_session(Path(det_path), providers, device, "--yolox_ckpt")
         self.pose_session = _open_session(Path(pose_path), providers, device, "--dwpose_ckpt")
@@ -362,20 +412,26 @@ class OnnxWholebody(Detector):
     def boxes(self, image_bgr: np.ndarray) -> np.ndarray:
         """Person boxes [N, 4] xyxy pixels of image_bgr, best first."""
         blob, scale_factor = letterbox(image_bgr, self.det_input_size)
-        name = self.det_session.get_inputs()[0].name
-        raw = self.det_session.run(None, {name: blob[None]})[0]
-        return person_boxes(raw[0], scale_factor, self.det_input_size)
+        outputs = _run(self.det_session, None, blob[None], "--yolox_ckpt", self.det_path)
+        first = outputs[0].reshape(-1, outputs[0].shape[-1])
+        if first.shape[-1] == 5:   # NMS inside the graph: dets [1, N, 5] (+ labels [1, N])
+            labels = outputs[1] if len(outputs) > 1 and outputs[1].size == len(first) else None
+            return person_boxes_from_dets(first, labels, scale_factor)
+        if first.shape[-1] < 6:
+            raise InputError(f"--yolox_ckpt: {self.det_path} gives output of shape {list(outputs[0].shape)}, "
+                             f"expected raw YOLOX predictions [1, A, 5 + classes] or detections [1, N, 5]")
+        return person_boxes(first, scale_factor, self.det_input_size)
 
     def keypoints(self, image_rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """COCO-WholeBody points of each box: ([N, K, 2] pixels, [N, K] scores)."""
-        name = self.pose_session.get_inputs()[0].name
         all_points, all_scores = [], []
         for box in boxes:
             blob, center, scale = crop_person(image_rgb, box, self.pose_input_size)
-            simcc_x, simcc_y = self.pose_session.run(self.pose_outputs, {name: blob[None]})
+            simcc_x, simcc_y = _run(self.pose_session, self.pose_outputs, blob[None], "--dwpose_ckpt", self.pose_path)
             # Flip test (the DWPose config's test_cfg): the same crop mirrored left-right.
             mirrored = np.ascontiguousarray(blob[:, :, ::-1])
-            flipped_x, flipped_y = self.pose_session.run(self.pose_outputs, {name: mirrored[None]})
+            flipped_x, flipped_y = _run(self.pose_session, self.pose_outputs, mirrored[None], "--dwpose_ckpt",
+                                        self.pose_path)
             if simcc_x.shape[1] != len(FLIP_INDICES):
                 raise InputError(
                     f"--dwpose_ckpt: the model gives {simcc_x.shape[1]} keypoints, expected 133 (COCO-WholeBody)"
