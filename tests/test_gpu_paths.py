@@ -167,3 +167,142 @@ def test_block_swap_cuda_arena_is_pinned_exactly_and_exact():
         assert torch.equal(got, reference(latents, t, **cond.as_kwargs()))
     swap.remove()
     assert swap.arena.pinned_bytes == 0
+
+
+# ---- 4. flash-attn 3 gets only the head sizes its builds compile --------------------------------
+
+class FakeFlash:
+    """A flash-attn module stand-in: SDPA numbers, refusing head sizes outside ``head_sizes``."""
+
+    def __init__(self, head_sizes=None, error: type[BaseException] = RuntimeError) -> None:
+        self.head_sizes, self.error, self.calls = head_sizes, error, []
+
+    def flash_attn_func(self, q, k, v):
+        self.calls.append(q.shape[-1])
+        if self.head_sizes is not None and q.shape[-1] not in self.head_sizes:
+            raise self.error("FlashAttention forward only supports head dimension 64, 128 or 256")
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+@pytest.fixture
+def fake_flash(monkeypatch):
+    """Installs fake flash3/flash2 modules and lets bf16 CPU tensors count as flash-capable."""
+    from steadydancer.models import attention as attn
+
+    def install(fa3=None, fa2=None):
+        monkeypatch.setattr(attn, "_fa3", fa3)
+        monkeypatch.setattr(attn, "_fa2", fa2)
+        monkeypatch.setattr(attn, "_flash_applicable", lambda q: q.dtype == torch.bfloat16)
+        monkeypatch.setattr(attn, "_refused", set())
+        monkeypatch.setattr(attn, "_forced", None)
+        monkeypatch.delenv(attn.ENV_VAR, raising=False)
+        return attn
+    return install
+
+
+def _qkv(head_dim: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 6, 2, head_dim, generator=g).to(torch.bfloat16) for _ in range(3)]
+
+
+def test_auto_attention_never_hands_flash3_a_head_size_its_builds_lack(fake_flash):
+    fa3 = FakeFlash(head_sizes={64, 128, 256})
+    attn = fake_flash(fa3=fa3)
+    q, k, v = _qkv(32)                                    # the parity models' head size
+    assert attn.select_backend(q) == "sdpa"
+    want = attn._run_backend("sdpa", q, k, v)
+    assert torch.equal(attn.attention(q, k, v), want) and fa3.calls == []
+    fa2 = FakeFlash()
+    attn = fake_flash(fa3=fa3, fa2=fa2)
+    assert attn.select_backend(q) == "flash2"
+    attn.attention(q, k, v)
+    assert fa2.calls == [32] and fa3.calls == []
+    q, k, v = _qkv(64)
+    attn.attention(q, k, v)
+    assert fa3.calls == [64]
+
+
+def test_a_head_size_refused_at_run_time_goes_to_the_next_backend_once(fake_flash):
+    fa3 = FakeFlash(head_sizes={64, 256})                 # a build without 128
+    attn = fake_flash(fa3=fa3)
+    q, k, v = _qkv(128)
+    want = attn._run_backend("sdpa", q, k, v)
+    assert torch.equal(attn.attention(q, k, v), want)
+    assert torch.equal(attn.attention(q, k, v), want)
+    assert fa3.calls == [128]                             # tried once, remembered
+    assert attn.select_backend(q) == "sdpa"
+
+
+def test_out_of_memory_in_a_flash_kernel_is_raised_not_remembered(fake_flash):
+    fa3 = FakeFlash(head_sizes=set(), error=torch.OutOfMemoryError)
+    attn = fake_flash(fa3=fa3)
+    q, k, v = _qkv(64)
+    for _ in range(2):
+        with pytest.raises(torch.OutOfMemoryError):
+            attn.attention(q, k, v)
+    assert fa3.calls == [64, 64] and attn.select_backend(q) == "flash3"
+
+
+# ---- 5. ring attention: an OOM in the fused kernel does not switch it off for good --------------
+
+def test_ring_fused_kernel_out_of_memory_does_not_latch_the_math_path(monkeypatch):
+    from steadydancer.distributed import attention as ring
+
+    monkeypatch.setattr(ring, "_fused_lse_broken", False)
+    real = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    failures = iter([torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+
+    class Ops:  # torch.ops.aten with the CPU kernel failing once
+        @staticmethod
+        def _scaled_dot_product_flash_attention_for_cpu(*args):
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return real(*args)
+
+    monkeypatch.setattr(ring.torch.ops, "aten", Ops)
+    q, k, v = (torch.randn(1, 5, 2, 16) for _ in range(3))
+    with pytest.raises(torch.OutOfMemoryError):
+        ring.attention_with_lse(q, k, v)
+    assert ring._fused_lse_broken is False
+    fused = ring._fused_attention_with_lse(q, k, v)        # the next block uses the kernel again
+    assert fused is not None
+    out, lse = ring._math_attention_with_lse(q, k, v)
+    assert torch.allclose(fused[0], out, atol=1e-5) and torch.allclose(fused[1], lse, atol=1e-5)
+
+
+def test_ring_fused_kernel_other_failures_still_fall_back(monkeypatch):
+    from steadydancer.distributed import attention as ring
+
+    monkeypatch.setattr(ring, "_fused_lse_broken", False)
+
+    class Ops:
+        @staticmethod
+        def _scaled_dot_product_flash_attention_for_cpu(*args):
+            raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(ring.torch.ops, "aten", Ops)
+    q, k, v = (torch.randn(1, 5, 2, 16) for _ in range(3))
+    out, lse = ring.attention_with_lse(q, k, v)
+    assert ring._fused_lse_broken is True and out.shape == q.shape
+
+
+# ---- 6. xfuser built inside the guard -------------------------------------------------------------
+
+def test_xfuser_that_cannot_be_built_means_torch_attention(monkeypatch):
+    import sys
+    import types
+
+    from steadydancer.distributed import attention as ring
+
+    class Unbuildable:
+        def __init__(self):
+            raise RuntimeError("yunchang: sequence parallel process groups are not initialised")
+
+    module = types.ModuleType("xfuser.core.long_ctx_attention")
+    module.xFuserLongContextAttention = Unbuildable
+    for name in ("xfuser", "xfuser.core"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "xfuser.core.long_ctx_attention", module)
+    assert ring._xfuser_attention_or_none() is None
