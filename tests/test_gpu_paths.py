@@ -306,3 +306,124 @@ def test_xfuser_that_cannot_be_built_means_torch_attention(monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "xfuser.core.long_ctx_attention", module)
     assert ring._xfuser_attention_or_none() is None
+
+
+# ---- 3. FP8 matmuls: tuple results, no row padding, fast accumulation, per-row scales ------------
+
+def _fp8_layer(in_features: int = 64, out_features: int = 48, per_row: bool = False, seed: int = 0):
+    from steadydancer.models.quant.fp8 import FP8Linear
+
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features).to(torch.bfloat16)
+    layer = FP8Linear.from_linear(linear, fp8_matmul=True)
+    if per_row:  # as a per-row-scale file loads: one float32 scale per output row
+        weight = linear.weight.float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 448.0
+        layer.weight.data = (weight / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+        layer.scale_weight.data = scale
+    return layer, linear
+
+
+def _recording_scaled_mm(monkeypatch, as_tuple: bool = False) -> list[dict]:
+    """torch._scaled_mm replaced by the real op (CPU has one) that records its arguments and, like
+    torch < 2.5, optionally returns (out, amax)."""
+    real, calls = torch._scaled_mm, []
+
+    def scaled_mm(a, b, **kwargs):
+        calls.append({"a_shape": tuple(a.shape), **{k: v for k, v in kwargs.items()
+                                                    if k in ("use_fast_accum", "out_dtype")},
+                      "scale_a": tuple(kwargs["scale_a"].shape), "scale_b": tuple(kwargs["scale_b"].shape)})
+        out = real(a, b, **kwargs)
+        return (out, out.float().abs().amax()) if as_tuple else out
+
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    return calls
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_fp8_forward_takes_any_row_count_and_either_result_form(monkeypatch, as_tuple: bool):
+    layer, linear = _fp8_layer()
+    calls = _recording_scaled_mm(monkeypatch, as_tuple=as_tuple)
+    x = torch.randn(37, 64).to(torch.bfloat16)             # 37 rows: not a multiple of 16
+    out = layer._fp8_forward(x, layer.bias.to(x.dtype))
+    assert out.shape == (37, 48) and out.dtype == torch.bfloat16
+    assert calls == [{"a_shape": (37, 64), "use_fast_accum": True, "out_dtype": torch.bfloat16,
+                      "scale_a": (), "scale_b": ()}]          # no padding rows, fast accumulation
+    want = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32), layer.bias.float())
+    assert ((out.float() - want).norm() / want.norm()).item() < 0.06
+
+
+def test_fp8_forward_with_per_row_weight_scales_scales_rows(monkeypatch):
+    layer, _ = _fp8_layer(per_row=True)
+    calls = _recording_scaled_mm(monkeypatch)
+    x = torch.randn(2, 9, 64).to(torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert layer.fp8_matmul_scaling(torch.device("cuda")) == "row"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert layer.fp8_matmul_scaling(torch.device("cuda")) is None      # row-wise needs sm90
+    monkeypatch.setattr(layer, "fp8_matmul_scaling", lambda device: "row")
+    out = layer._fp8_forward(x, None)
+    assert calls[0]["scale_a"] == (18, 1) and calls[0]["scale_b"] == (1, 48) and out.shape == (2, 9, 48)
+    want = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    assert ((out.float() - want).norm() / want.norm()).item() < 0.06
+
+
+def test_fp8_input_quantisation_in_chunks_equals_one_pass():
+    layer, _ = _fp8_layer()
+    rows = (torch.randn(50, 64) * torch.logspace(-2, 2, 50)[:, None]).to(torch.bfloat16)
+    for per_row in (False, True):
+        whole_q, whole_s = layer.quantize_input(rows, per_row)
+        layer.quant_chunk_elements = 64 * 7                   # 7 rows per float32 temporary
+        chunked_q, chunked_s = layer.quantize_input(rows, per_row)
+        del layer.quant_chunk_elements
+        assert torch.equal(whole_q.view(torch.uint8), chunked_q.view(torch.uint8))
+        assert torch.equal(whole_s, chunked_s)
+        # the reference: divide in float32 by the scale, round once
+        expect = (rows.float() / whole_s).clamp(-448, 448).to(torch.float8_e4m3fn)
+        assert torch.equal(whole_q.view(torch.uint8), expect.view(torch.uint8))
+        assert whole_s.shape == ((50, 1) if per_row else ())
+
+
+@needs_cuda
+@pytest.mark.skipif(CUDA and torch.cuda.get_device_capability() < (8, 9), reason="needs FP8 tensor cores")
+@pytest.mark.parametrize("per_row", [False, True])
+def test_fp8_matmul_on_cuda_is_close_to_the_dequantised_layer(per_row: bool):
+    layer, _ = _fp8_layer(256, 512, per_row=per_row)
+    layer = layer.cuda()
+    if per_row and layer.fp8_matmul_scaling(torch.device("cuda")) is None:
+        pytest.skip("row-wise FP8 matmuls need compute capability 9.0")
+    x = torch.randn(3, 37, 256, device="cuda", dtype=torch.bfloat16)
+    assert layer.fp8_matmul_scaling(x.device) == ("row" if per_row else "tensor")
+    got = layer(x)
+    want = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32), layer.bias.float())
+    assert got.shape == (3, 37, 512) and torch.isfinite(got).all()
+    assert ((got.float() - want).norm() / want.norm()).item() < 0.06
+
+
+# ---- CUDA twins of the attention paths ---------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_cuda_auto_attention_matches_float32_for_every_head_size(head_dim: int):
+    from steadydancer.models.attention import attention, attention_backend
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 300, 4, head_dim, device="cuda", generator=g) for _ in range(3))
+    with attention_backend("auto"):
+        got = attention(*(t.to(torch.bfloat16) for t in (q, k, v)))
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2).double(), k.transpose(1, 2).double(), v.transpose(1, 2).double()).transpose(1, 2)
+    assert ((got.double() - want).norm() / want.norm()).item() < 1e-2
+
+
+@needs_cuda
+def test_cuda_ring_fused_kernel_returns_the_math_result():
+    from steadydancer.distributed import attention as ring
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 257, 4, 64, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    fused = ring._fused_attention_with_lse(q, k, v)
+    assert fused is not None and not ring._fused_lse_broken
+    out, lse = ring._math_attention_with_lse(q, k, v)
+    assert ((fused[0] - out).norm() / out.norm()).item() < 1e-2
+    assert (fused[1] - lse).abs().max().item() < 1e-2
