@@ -93,3 +93,23 @@ def test_kit_with_wheels_builds_under_the_limit(tmp_path):
     wheels = sorted(p.name for p in (kit / "wheels").iterdir())
     assert len(wheels) == 1 and wheels[0].startswith("diffusers-") and wheels[0].endswith("-py3-none-any.whl")
     assert _manifest_total_mib(kit) < LIMIT_MIB
+
+
+def _fake_launchers(tmp_path):
+    """`python` and `torchrun` that print their arguments, first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "torchrun"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CKPT_DIR": "ckpt", "INPUT_DIR": "in"}
+
+
+def test_torchrun_recipe_on_one_gpu_runs_the_single_gpu_command(tmp_path):
+    env = _fake_launchers(tmp_path)
+    proc = _run("generate_torchrun.sh", "--frame_num", "49", NGPU="1", **env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("python generate_dancer.py") and "--frame_num 49" in proc.stdout
+    assert "--dit_fsdp" not in proc.stdout and "--ulysses_size" not in proc.stdout
+    proc = _run("generate_torchrun.sh", NGPU="2", **env)
+    assert proc.stdout.startswith("torchrun --standalone --nproc_per_node=2") and "--ulysses_size 2" in proc.stdout
