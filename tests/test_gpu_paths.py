@@ -427,3 +427,24 @@ def test_cuda_ring_fused_kernel_returns_the_math_result():
     out, lse = ring._math_attention_with_lse(q, k, v)
     assert ((fused[0] - out).norm() / out.norm()).item() < 1e-2
     assert (fused[1] - lse).abs().max().item() < 1e-2
+
+
+# ---- the torch range --------------------------------------------------------------------------
+
+def test_torch_floor_is_stated_the_same_everywhere_and_enforced():
+    import re
+
+    from conftest import REPO
+    from steadydancer.distributed.fsdp import TORCH_FLOOR, check_torch_for_fsdp, torch_version
+    from steadydancer.errors import InputError
+
+    floor = ".".join(map(str, TORCH_FLOOR))
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(rf'"torch>={re.escape(floor)}"', pyproject)
+    assert re.search(rf"^torch>={re.escape(floor)}\b", (REPO / "requirements.txt").read_text(), re.M)
+    assert f"torch >= {floor}" in (REPO / "README.md").read_text()
+    assert torch_version() >= TORCH_FLOOR                     # the torch these tests run on
+    assert torch_version("2.11.0+cu130") == (2, 11)
+    check_torch_for_fsdp("2.6.0")
+    with pytest.raises(InputError, match=rf"need torch >= {re.escape(floor)} .*this is torch 2\.5\.1"):
+        check_torch_for_fsdp("2.5.1+cu124")

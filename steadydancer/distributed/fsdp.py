@@ -20,10 +20,31 @@ The root's hooks run around ``model(...)`` only; code that runs the staged metho
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from steadydancer.errors import InputError
+
+# The oldest torch whose APIs the package uses: ``torch.distributed.fsdp.fully_shard`` is public
+# from 2.6 (pyproject.toml, requirements.txt and the README state the same floor).
+TORCH_FLOOR = (2, 6)
+
+
+def torch_version(version: str | None = None) -> tuple[int, int]:
+    """(major, minor) of ``version`` (default: the running torch), e.g. "2.11.0+cu130" -> (2, 11)."""
+    numbers = re.findall(r"\d+", str(version or torch.__version__))
+    return int(numbers[0]), int(numbers[1])
+
+
+def check_torch_for_fsdp(version: str | None = None) -> None:
+    """InputError (one line) when the running torch predates the FSDP API used here."""
+    if torch_version(version) < TORCH_FLOOR:
+        floor = ".".join(map(str, TORCH_FLOOR))
+        raise InputError(f"--dit_fsdp/--t5_fsdp need torch >= {floor} (torch.distributed.fsdp.fully_shard); "
+                         f"this is torch {version or torch.__version__}: upgrade torch or drop the FSDP flags")
 
 
 def _mesh(device: torch.device):
@@ -41,6 +62,7 @@ def shard_modules(modules: list[nn.Module], device: torch.device | str,
     Modules are moved to ``device`` first (each rank then keeps its 1/N of every parameter).
     ``param_dtype``: dtype the gathered parameters compute in (None: as stored).
     """
+    check_torch_for_fsdp()
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     device = torch.device(device)
