@@ -32,7 +32,10 @@ __all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu", "SyncStreams
            "CudaHostPinner"]
 
 _PAGE = 4096
-_ALIGN = 64          # bytes between two dtype segments of the arena (any dtype's view is aligned)
+# Every tensor of a streamed block starts at a multiple of 256 bytes in the arena and in the slots,
+# as the GPU allocator's own tensors do: the kernels (and their choice by alignment) are those of
+# the resident model, so the output stays bit-identical.
+_ALIGN = 256
 
 
 def check_blocks_on_gpu(blocks_on_gpu: int, num_blocks: int, flag: str = "--blocks_on_gpu") -> None:
@@ -275,15 +278,16 @@ class BlockSwap:
     # ---- packing -------------------------------------------------------------------------
     @staticmethod
     def _layout(block: nn.Module) -> tuple[list[_Entry], dict[torch.dtype, tuple[int, int]], int]:
-        """A block's tensors laid out in flat per-dtype segments: (entries, {dtype: (byte offset
-        in the block's span, elements)}, span bytes, a multiple of 64)."""
+        """A block's tensors laid out in flat per-dtype segments, each tensor 256-byte aligned:
+        (entries, {dtype: (byte offset in the block's span, elements)}, span bytes, a multiple of 256)."""
         entries: list[_Entry] = []
         totals: dict[torch.dtype, int] = {}
         for module in block.modules():
             named = [(n, p, True) for n, p in module._parameters.items() if p is not None]
             named += [(n, b, False) for n, b in module._buffers.items() if b is not None]
             for name, tensor, is_param in named:
-                offset = totals.get(tensor.dtype, 0)
+                step = max(1, _ALIGN // tensor.element_size())       # elements per alignment unit
+                offset = -(-totals.get(tensor.dtype, 0) // step) * step
                 entries.append(_Entry(module, name, is_param, tensor.dtype, offset, tensor.shape))
                 totals[tensor.dtype] = offset + tensor.numel()
         segments: dict[torch.dtype, tuple[int, int]] = {}
