@@ -6,6 +6,7 @@
 #   scripts/gpu_check.sh bench_long        # optional call 3: 161 frames, plain vs token_chunk:8192
 #   scripts/gpu_check.sh nccl              # 2+ GPUs only: torchrun Ulysses 2 + FSDP (needs av)
 #   scripts/gpu_check.sh --dry-run [STAGE ...]   # print the commands, run nothing (no GPU needed)
+#   DEVICE=cpu BENCH_ARGS="--dim 32 ..." scripts/gpu_check.sh parity bench   # a rehearsal on a CPU
 #
 # Reads the kit that scripts/device_kit.sh built (KIT, default .gpu_kit: wheels the machine lacks
 # and a copy of the parity cases) and installs its wheels into /tmp when they are not importable.
@@ -24,6 +25,8 @@ SITE=${SITE:-/tmp/steadydancer_site}
 CASES=(dit dit_dpm t5 clip vae)
 BENCH_MODES=${BENCH_MODES:-plain,fp8,fp8_matmul,token_chunk:8192,block_swap:20,block_swap:0,batched}
 BENCH_REPEATS=${BENCH_REPEATS:-1}
+BENCH_ARGS=${BENCH_ARGS:-}               # extra bench.py arguments (a rehearsal's reduced shape)
+DEVICE=${DEVICE:-cuda}                    # cpu: rehearse the stages on a machine without a GPU
 LONG_MODES=${LONG_MODES:-plain,token_chunk:8192}
 ALL_STAGES="parity tests nccl bench bench_long"
 GPU_TESTS="tests/test_gpu_paths.py tests/test_block_swap.py tests/test_fp8.py tests/test_block_swap_dit.py
@@ -34,7 +37,7 @@ stages=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     parity|tests|nccl|bench|bench_long) stages+=("$arg") ;;
     *) echo "error: gpu_check.sh: unknown stage or option '$arg' (stages: $ALL_STAGES; --dry-run)" >&2; exit 2 ;;
   esac
@@ -67,8 +70,10 @@ else
       [ -d "$KIT/parity/$case" ] || fail_setup "parity case $case missing from $KIT/parity (rebuild the kit: scripts/device_kit.sh)"
     done
   fi
-  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
-      || fail_setup "no CUDA device visible (this script checks the GPU paths)"
+  if [ "$DEVICE" = cuda ]; then
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || fail_setup "no CUDA device visible (this script checks the GPU paths; DEVICE=cpu rehearses them)"
+  fi
   mkdir -p "$RESULTS"
   for wheel in "$KIT"/wheels/*.whl; do
     [ -e "$wheel" ] || continue
@@ -83,8 +88,8 @@ else
   {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     "$PY" -c "import torch, diffusers, transformers, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, \
-'| cuda', torch.version.cuda, '| capability', torch.cuda.get_device_capability(), '| diffusers', diffusers.__version__, \
-'| transformers', transformers.__version__)"
+'| cuda', torch.version.cuda, '| capability', torch.cuda.get_device_capability() if torch.cuda.is_available() else None, \
+'| diffusers', diffusers.__version__, '| transformers', transformers.__version__)"
     cat "$KIT/MANIFEST.txt" 2>/dev/null
   } | tee -a "$RESULTS/device.txt"
 fi
@@ -96,8 +101,8 @@ for stage in "${stages[@]}"; do
     parity)
       cases=()
       for case in "${CASES[@]}"; do cases+=("$KIT/parity/$case"); done
-      run parity_fp32.txt "$PY" -m steadydancer.parity "${cases[@]}" --device cuda || status=1
-      run parity_bf16.txt "$PY" -m steadydancer.parity "${cases[@]}" --device cuda --dtype bf16 --tolerance 0.05 || status=1
+      run parity_fp32.txt "$PY" -m steadydancer.parity "${cases[@]}" --device "$DEVICE" || status=1
+      run parity_bf16.txt "$PY" -m steadydancer.parity "${cases[@]}" --device "$DEVICE" --dtype bf16 --tolerance 0.05 || status=1
       ;;
     tests)
       # shellcheck disable=SC2086
@@ -118,12 +123,14 @@ for stage in "${stages[@]}"; do
       fi
       ;;
     bench)
-      run bench.md "$PY" scripts/bench.py --modes "$BENCH_MODES" --repeats "$BENCH_REPEATS" \
-          --jsonl "$RESULTS/bench.jsonl" || status=1
+      # shellcheck disable=SC2086
+      run bench.md "$PY" scripts/bench.py --device "$DEVICE" --modes "$BENCH_MODES" --repeats "$BENCH_REPEATS" \
+          --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
     bench_long)
-      run bench.md "$PY" scripts/bench.py --frames 161 --modes "$LONG_MODES" --repeats "$BENCH_REPEATS" \
-          --jsonl "$RESULTS/bench.jsonl" || status=1
+      # shellcheck disable=SC2086
+      run bench.md "$PY" scripts/bench.py --device "$DEVICE" --frames 161 --modes "$LONG_MODES" \
+          --repeats "$BENCH_REPEATS" --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
   esac
   [ $dry = 1 ] || echo "stage $stage: $((SECONDS - started)) s" | tee -a "$RESULTS/device.txt"

@@ -37,7 +37,7 @@ def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
     assert "-m steadydancer.parity" in text and "--device cuda --dtype bf16" in text
     assert all(f".gpu_kit/parity/{case}" in text for case in KIT_CASES)
     assert "-m pytest" in text and "tests/test_gpu_paths.py" in text
-    assert "scripts/bench.py --modes plain," in text and "--frames 161" in text and "--jsonl" in text
+    assert "scripts/bench.py --device cuda --modes plain," in text and "--frames 161" in text and "--jsonl" in text
     files = {m.group(1) for m in re.finditer(r">> \S+/(\S+)$", text, re.M)} | {"device.txt"}
     assert len(files) <= 8, files                  # a device run brings back at most 8 files
 
@@ -113,3 +113,18 @@ def test_torchrun_recipe_on_one_gpu_runs_the_single_gpu_command(tmp_path):
     assert "--dit_fsdp" not in proc.stdout and "--ulysses_size" not in proc.stdout
     proc = _run("generate_torchrun.sh", NGPU="2", **env)
     assert proc.stdout.startswith("torchrun --standalone --nproc_per_node=2") and "--ulysses_size 2" in proc.stdout
+
+
+def test_cpu_rehearsal_of_the_bench_stage_saves_rows_as_they_finish(tmp_path):
+    """DEVICE=cpu runs the real stage (not the dry run) at a tiny shape: files, rows, status."""
+    (tmp_path / "kit").mkdir()
+    out = tmp_path / "out"
+    proc = _run("gpu_check.sh", "bench", DEVICE="cpu", KIT=str(tmp_path / "kit"), RESULTS=str(out),
+                BENCH_MODES="plain,block_swap:1", OMP_NUM_THREADS="1",
+                BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.jsonl", "bench.md", "device.txt"]
+    table = (out / "bench.md").read_text()
+    assert "| plain |" in table and "| block_swap:1 |" in table
+    assert len((out / "bench.jsonl").read_text().splitlines()) == 3          # header + 2 rows
+    assert "stage bench:" in (out / "device.txt").read_text()
