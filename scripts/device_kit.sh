@@ -55,7 +55,7 @@ done
 if [ $with_wheels = 1 ]; then
   # The recipe of the device notes: wheels for CPython 3.12 on x86-64 Linux, no dependencies
   # (each one the machine lacks is named in WHEELS).
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+  python3 -m pip download --quiet --retries 1 --timeout 20 --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform any -d "$KIT/wheels" "${WHEELS[@]}" \
     || { echo "error: could not download ${WHEELS[*]} (no access to PyPI?); --no-wheels builds the rest" >&2; exit 3; }
