@@ -72,8 +72,9 @@ def shard_modules(modules: list[nn.Module], device: torch.device | str,
         module.to(device)
         fully_shard(module, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
     if root is not None:
-        root.to(device)  # the parameters no unit above holds (sharded ones are already there)
-        # the root's inputs keep their dtypes (latents, timesteps); only its weights follow param_dtype
+        # fully_shard moves the root's own parameters and buffers to the mesh's device (a
+        # module-wide .to() would also walk the units' sharded parameters); the root's inputs keep
+        # their dtypes (latents, timesteps): only its weights follow param_dtype
         fully_shard(root, mesh=mesh, reshard_after_forward=True,
                     mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, cast_forward_inputs=False))
 
