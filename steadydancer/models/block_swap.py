@@ -145,6 +145,7 @@ class HostArena:
             # unpin when the arena goes away without release(); holding the buffer keeps the
             # memory alive until the pages are unregistered
             self._finalizer = weakref.finalize(self, _unpin, self._pinner, address, self.buffer)
+            self._finalizer.atexit = False   # at exit the pages go with the process; no CUDA calls then
         return bool(self.pinned_bytes)
 
     def release(self) -> None:
