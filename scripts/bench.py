@@ -42,12 +42,14 @@ from steadydancer.errors import InputError  # noqa: E402
 
 FULL_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 CPU_REDUCED = dict(dim=512, ffn_dim=1536, num_heads=8, num_layers=4)
-# Dense bf16 tensor-core peaks (TFLOP/s) of common cards, by a substring of the device name.
-PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H800": 989.0, "A100": 312.0,
-               "A800": 312.0, "L40S": 362.0, "L40": 181.0, "RTX 6000 Ada": 364.0, "4090": 165.0,
-               "A6000": 155.0, "3090": 71.0}
+# Dense bf16 tensor-core peaks (TFLOP/s, datasheets) of common cards, by a substring of the device
+# name; the longest matching substring wins ("H100 NVL" before "H100").
+PEAK_TFLOPS = {"H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H800": 989.0,
+               "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0, "RTX 6000 Ada": 364.0,
+               "4090": 165.0, "A6000": 155.0, "3090": 71.0}
 STEPS, POSE_WINDOW = 40, (0.1, 0.4)
 LOAD_MODES = ("load", "load_fp8")
+SIMPLE_MODES = ("plain", "fp8", "fp8_matmul", "batched", "compile")
 TEXT_TOKENS, TEXT_LEN, CLIP_TOKENS = 512, 512, 257
 
 
@@ -85,13 +87,18 @@ def forward_flops(cfg: dict, f_lat: int, lat_h: int, lat_w: int, batch: int = 1)
     return float(batch * layers * per_block)
 
 
+def peak_for_name(name: str) -> float | None:
+    """Dense bf16 peak of a device called ``name`` (the longest key of PEAK_TFLOPS it contains)."""
+    keys = sorted((k for k in PEAK_TFLOPS if k in name), key=len, reverse=True)
+    return PEAK_TFLOPS[keys[0]] if keys else None
+
+
 def device_peak_tflops(device: torch.device, override: float | None) -> float | None:
     if override:
         return override
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peak_for_name(torch.cuda.get_device_name(device))
 
 
 def host_peak_gib() -> float:
@@ -107,18 +114,41 @@ def device_name(device: torch.device) -> str:
 
 # ---- model and inputs ------------------------------------------------------------------------
 
-def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """The DiT with random N(0, 0.02) weights, materialised straight on ``device`` in ``dtype``."""
+def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                     host_blocks_from: int | None = None):
+    """The DiT with random N(0, 0.02) weights in ``dtype``, materialised on ``device``.
+
+    Cast on the meta device first, so no float32 copy ever exists (the 14B DiT in float32 would be
+    61 GiB). With ``host_blocks_from`` = K, blocks K.. end on the host (each initialised on
+    ``device``, then moved), so block swap rows need one block of device memory to build.
+    """
     from steadydancer.models.dit import SteadyDancerDiT
 
     with torch.device("meta"):
         model = SteadyDancerDiT(**cfg)
     # torch's cast, not diffusers' ModelMixin.to, which warns about float32 modules the DiT has not got
-    model = torch.nn.Module.to(model.to_empty(device=device), dtype)
+    model = torch.nn.Module.to(model, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=generator)
+
+    def materialise(module: torch.nn.Module) -> torch.nn.Module:
+        module.to_empty(device=device)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.normal_(0.0, 0.02, generator=generator)
+        return module
+
+    streamed = [] if host_blocks_from is None else list(model.blocks[host_blocks_from:])
+    for block in streamed:
+        materialise(block).to("cpu")
+    # the rest; to_empty would re-create the host blocks' tensors, so it runs on each other part
+    for name, child in model.named_children():
+        if child is model.blocks and streamed:
+            for block in model.blocks[:host_blocks_from]:
+                materialise(block)
+        else:
+            materialise(child)
+    if any(p.is_meta for p in model.parameters(recurse=False)):
+        raise RuntimeError("the DiT has parameters of its own outside its children: build_random_dit cannot place them")
     return model.eval().requires_grad_(False)
 
 
@@ -177,13 +207,16 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         return row
 
-    # Built on the device (fast random init); block swap then packs the streamed blocks into
-    # pinned host memory, freeing their device copies.
-    model = build_random_dit(cfg, device, dtype)
-    if mode.startswith("block_swap"):
+    # Built on the device (fast random init); for block swap the streamed blocks go to the host as
+    # they are built and are then packed into one pinned arena.
+    resident = int(mode.split(":")[1]) if mode.startswith("block_swap") else None
+    model = build_random_dit(cfg, device, dtype, host_blocks_from=resident)
+    if resident is not None:
         from steadydancer.models.block_swap import enable_block_swap
-        swap = enable_block_swap(model, int(mode.split(":")[1]), device)
+        swap = enable_block_swap(model, resident, device)
         row["resident_weights_gib"] = swap.device_bytes() / 2 ** 30
+        row["host_arena_gib"] = swap.host_bytes() / 2 ** 30
+        row["pinned_gib"] = swap.arena.pinned_bytes / 2 ** 30
     elif mode in ("fp8", "fp8_matmul"):
         from steadydancer.models.quant.fp8 import quantize_model_fp8
         quantize_model_fp8(model, fp8_matmul=mode == "fp8_matmul")
@@ -238,6 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak, when not in the table")
     p.add_argument("--ckpt_dir", default=None, help="for the load mode")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--jsonl", default=None, help="append each row to this file (JSON lines) as it finishes")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -260,6 +294,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:
+        if mode not in SIMPLE_MODES + LOAD_MODES and not mode.startswith(("block_swap", "token_chunk")):
+            raise InputError(f"--modes: unknown mode {mode!r} (expected {', '.join(SIMPLE_MODES + LOAD_MODES)}, "
+                             f"block_swap:K or token_chunk:N)")
         if mode.startswith("block_swap"):
             from steadydancer.models.block_swap import check_blocks_on_gpu
             try:
@@ -277,23 +314,41 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     return cfg, shape, device, dtype, modes
 
 
+TABLE_HEAD = ("| mode | s/forward | s/step | TFLOP/s | of peak | GPU peak GiB | host peak GiB | wall s |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: dict, peak: float | None) -> str:
+    """One markdown table line for a result row."""
+    wall = f"{r['wall_s']:.0f}" if "wall_s" in r else ""
+    if "error" in r:
+        return f"| {r['mode']} | failed: {r['error']} | | | | | | {wall} |"
+    gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
+    if r["mode"] in LOAD_MODES:
+        return (f"| {r['mode']} ({r['stored_gib']:.2f} GiB stored -> {r['model_gib']:.2f} GiB model) "
+                f"| load {r['load_s']:.1f} s | | | | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
+    frac = f"{r['tflops'] / peak:.0%}" if peak else "n/a"
+    return (f"| {r['mode']} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
+            f"| {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
+
+
 def format_table(rows: list[dict], peak: float | None) -> str:
-    lines = ["| mode | s/forward | s/step | TFLOP/s | of peak | GPU peak GiB | host peak GiB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | |")
-            continue
-        if r["mode"] in LOAD_MODES:
-            gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
-            lines.append(f"| {r['mode']} ({r['stored_gib']:.2f} GiB stored -> {r['model_gib']:.2f} GiB model) "
-                         f"| load {r['load_s']:.1f} s | | | | {gpu} | {r['host_peak_gib']:.2f} |")
-            continue
-        frac = f"{r['tflops'] / peak:.0%}" if peak else "n/a"
-        gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
-        lines.append(f"| {r['mode']} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
-                     f"| {gpu} | {r['host_peak_gib']:.2f} |")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEAD] + [format_row(r, peak) for r in rows])
+
+
+def run_worker(mode: str, base_args: list[str]) -> dict:
+    """Run one mode in its own process; its row (or {"mode", "error"})."""
+    started = time.perf_counter()
+    cmd = [sys.executable, str(Path(__file__).resolve())] + base_args + ["--worker", mode]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
+    if proc.returncode or not found:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        row = {"mode": mode, "error": tail[:200]}
+    else:
+        row = json.loads(found[-1][len("BENCH_ROW "):])
+    row["wall_s"] = time.perf_counter() - started
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,17 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = []
-    base = [a for a in (argv if argv is not None else sys.argv[1:])]
-    for mode in modes:
-        cmd = [sys.executable, str(Path(__file__).resolve())] + base + ["--worker", mode]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
-        if proc.returncode or not found:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            rows.append({"mode": mode, "error": tail[:200]})
-        else:
-            rows.append(json.loads(found[-1][len("BENCH_ROW "):]))
     peak = device_peak_tflops(device, args.peak_tflops)
     f, h, w = shape
     header = f"device: {device_name(device)}; dtype {str(dtype).replace('torch.', '')}"
@@ -327,8 +371,22 @@ def main(argv: list[str] | None = None) -> int:
                    f"{forward_flops(cfg, *shape) / 1e12:.2f} TFLOP per forward; peak {peak or 'unknown'} TFLOP/s")
     if args.ckpt_dir and any(mode in LOAD_MODES for mode in modes):
         header += f"; loads {args.ckpt_dir}"
+    # the header and each row are printed (and appended to --jsonl) as soon as they exist, so a run
+    # stopped part-way keeps every finished row
     print(header)
-    print(format_table(rows, peak))
+    print(TABLE_HEAD, flush=True)
+    if args.jsonl:
+        with open(args.jsonl, "a") as out:
+            out.write(json.dumps({"header": header}) + "\n")
+    rows = []
+    base = list(argv if argv is not None else sys.argv[1:])
+    for mode in modes:
+        row = run_worker(mode, base)
+        rows.append(row)
+        print(format_row(row, peak), flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as out:
+                out.write(json.dumps(row) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
     return 1 if any("error" in r for r in rows) else 0

@@ -21,6 +21,15 @@ ULYSSES=${ULYSSES:-$NGPU}
 RING=${RING:-1}
 SIZE=${SIZE:-1024*576}
 
+if [ "$NGPU" -eq 1 ]; then
+    # FSDP and sequence parallelism need several processes; one GPU runs the plain command
+    echo "generate_torchrun.sh: one GPU: running the single-GPU generation (no FSDP, no sequence parallelism)" >&2
+    exec python generate_dancer.py \
+        --task i2v-14B --size "$SIZE" --ckpt_dir "$CKPT_DIR" --input_dir "$INPUT_DIR" \
+        --sample_guide_scale 5.0 --condition_guide_scale 1.0 --end_cond_cfg 0.4 \
+        "$@"
+fi
+
 exec torchrun --standalone --nproc_per_node="$NGPU" generate_dancer.py \
     --task i2v-14B --size "$SIZE" --ckpt_dir "$CKPT_DIR" --input_dir "$INPUT_DIR" \
     --dit_fsdp --t5_fsdp --ulysses_size "$ULYSSES" --ring_size "$RING" \

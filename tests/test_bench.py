@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -33,13 +34,45 @@ def test_each_mode_runs_in_process(mode: str) -> None:
 
 
 def test_driver_runs_a_mode_in_a_subprocess_and_prints_the_table(tmp_path) -> None:
-    out = tmp_path / "rows.json"
+    out, lines = tmp_path / "rows.json", tmp_path / "rows.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *TINY_ARGS,
-                           "--modes", "block_swap:0", "--json", str(out)],
+                           "--modes", "block_swap:0,no_such_mode", "--json", str(out), "--jsonl", str(lines)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr          # an unknown mode is refused before any row runs
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *TINY_ARGS,
+                           "--modes", "block_swap:0", "--json", str(out), "--jsonl", str(lines)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| block_swap:0 |" in proc.stdout and "device: CPU" in proc.stdout
     assert out.is_file()
+    # the JSON lines hold the header, then each row as it finished (appended, never rewritten)
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert "header" in records[0] and records[1]["mode"] == "block_swap:0" and records[1]["wall_s"] > 0
+    assert records[1]["host_arena_gib"] > 0 and records[1]["pinned_gib"] == 0     # nothing is pinned on a CPU
+
+
+def test_peak_of_a_device_name_takes_the_longest_match() -> None:
+    assert bench.peak_for_name("NVIDIA H100 NVL") == 835.0
+    assert bench.peak_for_name("NVIDIA H100 PCIe") == 756.0
+    assert bench.peak_for_name("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench.peak_for_name("NVIDIA H200") == 989.0
+    assert bench.peak_for_name("Tesla T4") is None
+
+
+def test_random_dit_is_materialised_in_its_dtype_never_float32(monkeypatch) -> None:
+    seen: list[set] = []
+    original = torch.nn.Module.to_empty
+
+    def recording_to_empty(module, *args, **kwargs):
+        seen.append({p.dtype for p in module.parameters()})
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to_empty", recording_to_empty)
+    cfg, *_ = bench.resolve(bench.parse_args(TINY_ARGS))
+    model = bench.build_random_dit(cfg, torch.device("cpu"), torch.bfloat16, host_blocks_from=1)
+    assert seen and all(dtypes <= {torch.bfloat16} for dtypes in seen)   # the 14B in float32 is 61 GiB
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in model.parameters())
 
 
 def test_bad_modes_are_one_line(capsys) -> None:

@@ -96,7 +96,7 @@ def test_block_swap_cuda_side_stream_is_exact() -> None:
 class RecordingStreams:
     """Stands in for CudaStreams on the CPU: logs every wait and event in program order."""
 
-    pin_memory = False
+    pinner = None
     non_blocking = False
 
     def __init__(self, log: list) -> None:
@@ -125,6 +125,9 @@ class RecordingStreams:
 
     def drain(self) -> None:
         self.log.append(("drain", None))
+
+    def synchronize(self) -> None:
+        self.log.append(("synchronize", None))
 
 
 @pytest.mark.parametrize("resident,depth", [(0, 5), (1, 5), (2, 7), (3, 5)])

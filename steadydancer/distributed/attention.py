@@ -59,6 +59,10 @@ def _fused_attention_with_lse(q: torch.Tensor, k: torch.Tensor,
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False)[:2]
         else:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, 0.0, False)
+    except torch.OutOfMemoryError:
+        # a RuntimeError too, but says nothing about the kernel: latching would make every later
+        # ring block take the math path, which needs more memory and is 10-100x slower
+        raise
     except (RuntimeError, NotImplementedError) as exc:  # e.g. a GPU or build without the kernel
         _fused_lse_broken = True
         log.warning("ring attention: the fused kernel failed (%s); using the exact math path", exc)
@@ -153,11 +157,16 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: Se
 
 
 def _xfuser_attention_or_none() -> object | None:
+    """xDiT's attention module, or None when xfuser is missing or cannot build it here (e.g.
+    yunchang's process groups not set up, or its flash-attn build missing)."""
     try:
         from xfuser.core.long_ctx_attention import xFuserLongContextAttention
-    except Exception:  # not installed, or its flash-attn/yunchang dependencies are missing
+        return xFuserLongContextAttention()
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional backend means "not here"
+        if not isinstance(exc, ImportError):
+            log.warning("xfuser attention unavailable (%s: %s); using the torch implementation",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
         return None
-    return xFuserLongContextAttention()
 
 
 class SequenceParallelAttention:
@@ -181,7 +190,7 @@ class SequenceParallelAttention:
         if backend in ("auto", "xfuser") and torch.cuda.is_available():
             self._xfuser = _xfuser_attention_or_none()
             if self._xfuser is None and backend == "xfuser":
-                raise RuntimeError("backend 'xfuser' asked for but xfuser is not importable")
+                raise RuntimeError("backend 'xfuser' asked for but xfuser is not importable or could not be built here")
         self.backend = "xfuser" if self._xfuser is not None else "torch"
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,10 @@ def check_distributed_args(args: argparse.Namespace, memory=None) -> int:
     if args.t5_cpu and args.t5_fsdp:
         raise InputError("--t5_cpu and --t5_fsdp exclude each other: T5 either stays on the CPU or is "
                          "sharded over the GPUs")
+    if args.dit_fsdp or args.t5_fsdp:
+        from .fsdp import check_torch_for_fsdp
+
+        check_torch_for_fsdp()
     if memory is not None:
         check_parallel_memory_options(memory, dit_fsdp=args.dit_fsdp,
                                       sequence_parallel=args.ulysses_size > 1 or args.ring_size > 1)

@@ -25,6 +25,7 @@ from torch import nn
 from ..models.attention import attention
 from .attention import SequenceParallelAttention
 from .comm import gather_sequence, pad_sequence_to_multiple
+from .fsdp import call_through_root
 from .groups import SequenceParallelGroups
 
 
@@ -76,6 +77,10 @@ class SequenceParallelDiT(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
         """Same inputs and output as the DiT's forward."""
+        # through the model's own call, so that an FSDP root's hooks gather its weights around it
+        return call_through_root(self.model, self._staged_forward, latents, timestep, **conditions)
+
+    def _staged_forward(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
         model, degree, rank = self.model, self.groups.degree, self.groups.rank
         embedding = model.embed(latents, timestep, **conditions)
         length = embedding.tokens.shape[1]

@@ -2,7 +2,10 @@
 
 Every caller uses the [B, L, heads, head_dim] layout (the one the flash kernels take natively).
 The backend is picked per call: flash kernels need a CUDA tensor in float16/bfloat16 and a
-head_dim of at most 256; anything else (CPU, float32) goes to torch SDPA.
+head_dim of at most 256; anything else (CPU, float32) goes to torch SDPA. flash-attn 3 builds
+compile only some head sizes (64, 128 and 256 in every release; Dao-AILab/flash-attention #1290),
+so auto mode gives it only those and other sizes (the parity models' 32) to flash-attn 2 or SDPA;
+a head size a flash build still refuses at run time is remembered and sent to the next backend.
 
 Force a backend with the environment variable ``STEADYDANCER_ATTENTION`` (auto, flash3, flash2,
 sdpa) or with :func:`set_attention_backend` / :func:`attention_backend` (tests, benchmarks).
@@ -13,11 +16,14 @@ falling back, so a benchmark never measures something other than what it asked f
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "flash3", "flash2", "sdpa")
 ENV_VAR = "STEADYDANCER_ATTENTION"
@@ -33,6 +39,11 @@ except ImportError:  # pragma: no cover - depends on the machine
     _fa2 = None
 
 _forced: str | None = None
+
+# Head sizes every flash-attn 3 build compiles; others (96, 192, ...) depend on the build.
+FA3_HEAD_SIZES = frozenset({64, 128, 256})
+# (backend, head_dim, dtype) a flash kernel refused at run time in auto mode: never tried again.
+_refused: set[tuple[str, int, torch.dtype]] = set()
 
 
 def available_backends() -> list[str]:
@@ -73,16 +84,24 @@ def _flash_applicable(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
 
 
+def _auto_candidates(q: torch.Tensor) -> list[str]:
+    """Backends auto mode tries for a query like ``q``, best first (SDPA last, always)."""
+    names = []
+    if _flash_applicable(q):
+        head_dim = q.shape[-1]
+        if _fa3 is not None and head_dim in FA3_HEAD_SIZES:
+            names.append("flash3")
+        if _fa2 is not None:
+            names.append("flash2")
+    names = [n for n in names if (n, q.shape[-1], q.dtype) not in _refused]
+    return names + ["sdpa"]
+
+
 def select_backend(q: torch.Tensor) -> str:
-    """The backend :func:`attention` will use for a query like ``q``."""
+    """The backend :func:`attention` will use first for a query like ``q``."""
     name = _requested_backend()
     if name == "auto":
-        if _flash_applicable(q):
-            if _fa3 is not None:
-                return "flash3"
-            if _fa2 is not None:
-                return "flash2"
-        return "sdpa"
+        return _auto_candidates(q)[0]
     if name in ("flash3", "flash2"):
         module = _fa3 if name == "flash3" else _fa2
         if module is None:
@@ -93,13 +112,7 @@ def select_backend(q: torch.Tensor) -> str:
     return name
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention without mask, scale 1/sqrt(head_dim).
-
-    q: [B, Lq, heads, head_dim]; k, v: [B, Lk, heads, head_dim] -> [B, Lq, heads, head_dim]
-    in the dtype of q.
-    """
-    backend = select_backend(q)
+def _run_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if backend == "flash3":
         out = _fa3.flash_attn_func(q, k.to(q.dtype), v.to(q.dtype))
         # some flash-attn 3 releases return (out, softmax_lse)
@@ -109,3 +122,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype).transpose(1, 2),
                                          v.to(q.dtype).transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention without mask, scale 1/sqrt(head_dim).
+
+    q: [B, Lq, heads, head_dim]; k, v: [B, Lk, heads, head_dim] -> [B, Lq, heads, head_dim]
+    in the dtype of q.
+    """
+    if _requested_backend() != "auto":
+        return _run_backend(select_backend(q), q, k, v)   # forced: its own error, never another kernel
+    candidates = _auto_candidates(q)
+    for backend in candidates[:-1]:
+        try:
+            return _run_backend(backend, q, k, v)
+        except torch.OutOfMemoryError:
+            raise                     # memory, not the kernel: the next backend would need more
+        except RuntimeError as exc:   # e.g. "FlashAttention forward only supports head dimension ..."
+            _refused.add((backend, q.shape[-1], q.dtype))
+            log.warning("attention: %s refused head_dim %d %s (%s); using %s from now on", backend,
+                        q.shape[-1], q.dtype, str(exc).splitlines()[0][:200],
+                        _auto_candidates(q)[0])
+    return _run_backend(candidates[-1], q, k, v)

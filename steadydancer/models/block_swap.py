@@ -1,6 +1,7 @@
 """Block swap: keep K transformer blocks on the accelerator and stream the others from host memory.
 
-The streamed blocks live in (pinned, on CUDA) host memory, packed into one flat tensor per dtype.
+The streamed blocks live in one host allocation (a ``HostArena``; pinned on CUDA), each block's
+tensors packed into one flat view per dtype.
 Two device "slots" of the size of the largest streamed block receive them: while block i computes
 in one slot, block i+1 is copied into the other on a side CUDA stream, so the copy hides behind
 the compute. Events order the two streams: a copy waits until the slot's previous occupant has
@@ -16,6 +17,8 @@ a snapshot of the blocks' tensors.
 from __future__ import annotations
 
 import contextlib
+import logging
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +26,16 @@ from torch import nn
 
 from steadydancer.errors import InputError
 
-__all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu", "SyncStreams", "CudaStreams"]
+log = logging.getLogger(__name__)
+
+__all__ = ["BlockSwap", "enable_block_swap", "check_blocks_on_gpu", "SyncStreams", "CudaStreams", "HostArena",
+           "CudaHostPinner"]
+
+_PAGE = 4096
+# Every tensor of a streamed block starts at a multiple of 256 bytes in the arena and in the slots,
+# as the GPU allocator's own tensors do: the kernels (and their choice by alignment) are those of
+# the resident model, so the output stays bit-identical.
+_ALIGN = 256
 
 
 def check_blocks_on_gpu(blocks_on_gpu: int, num_blocks: int, flag: str = "--blocks_on_gpu") -> None:
@@ -66,10 +78,92 @@ def _set_tensor(entry: _Entry, tensor: torch.Tensor) -> None:
         entry.module._buffers[entry.name] = tensor
 
 
+class CudaHostPinner:
+    """Pins an existing host range with ``cudaHostRegister`` and unpins it with ``cudaHostUnregister``.
+
+    Used instead of PyTorch's pinned allocator (``pin_memory=True``), which rounds every request up
+    to a power of two and keeps freed pinned blocks cached for the life of the process: a 0.75 GiB
+    block would pin 1 GiB, for good. A registered range pins exactly its pages and is returned by
+    ``unregister``.
+    """
+
+    def register(self, address: int, nbytes: int) -> bool:
+        """Pin ``nbytes`` at ``address``; False (nothing pinned) when the driver refuses."""
+        cudart = torch.cuda.cudart()
+        result = cudart.cudaHostRegister(address, nbytes, 0)
+        if _cuda_ok(cudart, result):
+            return True
+        log.warning("block swap: cudaHostRegister of %.2f GiB failed (%s); the streamed blocks stay in "
+                    "pageable memory (copies are then synchronous)", nbytes / 2 ** 30, result)
+        return False
+
+    def unregister(self, address: int) -> None:
+        cudart = torch.cuda.cudart()
+        result = cudart.cudaHostUnregister(address)
+        if not _cuda_ok(cudart, result):
+            log.warning("block swap: cudaHostUnregister failed (%s)", result)
+
+
+def _cuda_ok(cudart, result) -> bool:
+    try:
+        return result == cudart.cudaError.success or int(result) == 0
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+class HostArena:
+    """One page-aligned host allocation of ``nbytes`` that typed views are cut from.
+
+    Its pages are committed only as the views are written, so filling it block by block while the
+    source blocks are freed keeps host memory near one model. ``pin()`` then registers the whole
+    range once with ``pinner`` (exactly ``nbytes`` rounded up to a page); ``release()`` (or garbage
+    collection of the arena) unregisters it.
+    """
+
+    def __init__(self, nbytes: int, pinner: CudaHostPinner | None = None) -> None:
+        self.nbytes = int(nbytes)
+        self.pinned_bytes = 0
+        self._pinner = pinner
+        raw = torch.empty(self.nbytes + 2 * _PAGE, dtype=torch.uint8)
+        start = (-raw.data_ptr()) % _PAGE
+        self.buffer = raw[start:start + self.nbytes]
+        self._finalizer = None
+
+    def view(self, byte_offset: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-D ``dtype`` tensor of ``numel`` elements at ``byte_offset`` (a multiple of the element size)."""
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        return self.buffer[byte_offset:byte_offset + size].view(dtype)
+
+    def pin(self) -> bool:
+        """Pin the whole arena (once); True when its pages are pinned."""
+        if self._pinner is None or self.pinned_bytes or self.nbytes == 0:
+            return bool(self.pinned_bytes)
+        address = self.buffer.data_ptr()
+        length = -(-self.nbytes // _PAGE) * _PAGE       # the range lies inside the allocation
+        if self._pinner.register(address, length):
+            self.pinned_bytes = length
+            # unpin when the arena goes away without release(); holding the buffer keeps the
+            # memory alive until the pages are unregistered
+            self._finalizer = weakref.finalize(self, _unpin, self._pinner, address, self.buffer)
+            self._finalizer.atexit = False   # at exit the pages go with the process; no CUDA calls then
+        return bool(self.pinned_bytes)
+
+    def release(self) -> None:
+        """Unpin the pages (the memory itself is freed when the last view goes)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self.pinned_bytes = 0
+
+
+def _unpin(pinner: CudaHostPinner, address: int, buffer: torch.Tensor) -> None:
+    pinner.unregister(address)
+
+
 class SyncStreams:
     """Stream operations of the swap on a device without streams: copies run synchronously."""
 
-    pin_memory = False
+    pinner: CudaHostPinner | None = None   # how the host arena is pinned (None: not pinned)
     non_blocking = False
 
     def copying(self):
@@ -93,16 +187,19 @@ class SyncStreams:
     def drain(self) -> None:
         """The compute stream waits for every copy issued."""
 
+    def synchronize(self) -> None:
+        """The host waits for every copy issued (before host memory is unpinned)."""
+
 
 class CudaStreams(SyncStreams):
     """A side CUDA stream for the copies, ordered against the compute stream by events."""
 
-    pin_memory = True
     non_blocking = True
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.copy_stream = torch.cuda.Stream(device)
+        self.pinner = CudaHostPinner()
 
     def copying(self):
         return torch.cuda.stream(self.copy_stream)
@@ -128,6 +225,9 @@ class CudaStreams(SyncStreams):
     def drain(self) -> None:
         torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
 
+    def synchronize(self) -> None:
+        self.copy_stream.synchronize()
+
 
 class BlockSwap:
     """Keeps ``blocks[:blocks_on_gpu]`` on ``device`` and streams ``blocks[blocks_on_gpu:]``.
@@ -151,7 +251,17 @@ class BlockSwap:
 
         for block in blocks[:blocks_on_gpu]:
             block.to(self.device)
-        self.streamed: list[_StreamedBlock] = [self._pack(block) for block in blocks[blocks_on_gpu:]]
+        streamed_blocks = list(blocks[blocks_on_gpu:])
+        layouts = [self._layout(block) for block in streamed_blocks]
+        # one host allocation for every streamed block, filled block by block (each source block
+        # is freed as soon as it is copied), then pinned once
+        self.arena = HostArena(sum(size for _, _, size in layouts), self.streams.pinner)
+        self.streamed: list[_StreamedBlock] = []
+        base = 0
+        for entries, segments, size in layouts:
+            self.streamed.append(self._pack(entries, segments, base))
+            base += size
+        self.arena.pin()
         self.slots: list[_Slot] = []
         if self.streamed:
             sizes: dict[torch.dtype, int] = {}
@@ -167,19 +277,31 @@ class BlockSwap:
             self._hooks.append(block.register_forward_hook(self._make_post_hook(index)))
 
     # ---- packing -------------------------------------------------------------------------
-    def _pack(self, block: nn.Module) -> _StreamedBlock:
-        """Move one block's tensors into flat host buffers, one per dtype; return the layout."""
+    @staticmethod
+    def _layout(block: nn.Module) -> tuple[list[_Entry], dict[torch.dtype, tuple[int, int]], int]:
+        """A block's tensors laid out in flat per-dtype segments, each tensor 256-byte aligned:
+        (entries, {dtype: (byte offset in the block's span, elements)}, span bytes, a multiple of 256)."""
         entries: list[_Entry] = []
         totals: dict[torch.dtype, int] = {}
         for module in block.modules():
             named = [(n, p, True) for n, p in module._parameters.items() if p is not None]
             named += [(n, b, False) for n, b in module._buffers.items() if b is not None]
             for name, tensor, is_param in named:
-                offset = totals.get(tensor.dtype, 0)
+                step = max(1, _ALIGN // tensor.element_size())       # elements per alignment unit
+                offset = -(-totals.get(tensor.dtype, 0) // step) * step
                 entries.append(_Entry(module, name, is_param, tensor.dtype, offset, tensor.shape))
                 totals[tensor.dtype] = offset + tensor.numel()
-        pin = self.streams.pin_memory
-        host = {d: torch.empty(n, dtype=d, device="cpu", pin_memory=pin) for d, n in totals.items()}
+        segments: dict[torch.dtype, tuple[int, int]] = {}
+        span = 0
+        for dtype, numel in totals.items():
+            segments[dtype] = (span, numel)
+            span += -(-numel * torch.empty((), dtype=dtype).element_size() // _ALIGN) * _ALIGN
+        return entries, segments, span
+
+    def _pack(self, entries: list[_Entry], segments: dict[torch.dtype, tuple[int, int]], base: int) -> _StreamedBlock:
+        """Copy one block's tensors into its span of the arena (at byte ``base``) and point the
+        block at those views, dropping the original storage."""
+        host = {dtype: self.arena.view(base + offset, numel, dtype) for dtype, (offset, numel) in segments.items()}
         for entry in entries:
             source = getattr(entry.module, entry.name)
             view = host[entry.dtype][entry.offset:entry.offset + source.numel()].view(entry.shape)
@@ -250,6 +372,12 @@ class BlockSwap:
                             .view(entry.shape))
         self.streamed.clear()
         self.slots.clear()
+        self.streams.synchronize()                       # no copy may still read the pinned pages
+        self.arena.release()
+
+    def host_bytes(self) -> int:
+        """Bytes of the host arena holding the streamed blocks (pinned on CUDA: ``arena.pinned_bytes``)."""
+        return self.arena.nbytes
 
     def device_bytes(self) -> int:
         """Bytes of weights held on the device: resident blocks plus the two slots."""

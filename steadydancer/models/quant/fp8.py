@@ -59,7 +59,8 @@ class FP8Linear(nn.Module):
 
     forward(x [..., in]) -> [..., out] in x's dtype. Default: the weight is dequantised to float32,
     scaled, rounded once to x's dtype and used by a normal matmul. With ``fp8_matmul`` (CUDA
-    capability >= 8.9) the input is quantised per tensor and ``torch._scaled_mm`` runs in FP8.
+    capability >= 8.9) the input is quantised (per tensor, or per row for per-row weight scales
+    on capability >= 9.0) and ``torch._scaled_mm`` runs in FP8.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -96,28 +97,68 @@ class FP8Linear(nn.Module):
             scale = scale.reshape(-1, 1)
         return (self.weight.float() * scale).to(dtype)
 
+    # FP8 tensor-core accumulation in the fast mode (what FP8 inference stacks run; a little less
+    # exact than the promoted accumulation)
+    fast_accum = True
+    # float32 elements of the temporary used while quantising activations (256 MiB): the FFN input
+    # at 81 frames is 52,992 x 13,824, and one float32 copy of it alone would be 2.9 GB
+    quant_chunk_elements = 2 ** 26
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if (self.fp8_matmul and x.is_cuda and self.scale_weight.numel() == 1
-                and self.in_features % 16 == 0 and self.out_features % 16 == 0):
+        if self.fp8_matmul and x.is_cuda and self.fp8_matmul_scaling(x.device) is not None:
             return self._fp8_forward(x, bias)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
+    def fp8_matmul_scaling(self, device: torch.device) -> str | None:
+        """How ``torch._scaled_mm`` scales this layer on ``device``: "tensor" (per-tensor weight
+        scale), "row" (per-row weight scale: per-row activation scales too; CUDA capability >= 9.0,
+        torch >= 2.5), or None (dequantised bf16 matmul: in/out features not multiples of 16, or
+        per-row scales on an 8.9 card)."""
+        if self.in_features % 16 or self.out_features % 16:   # _scaled_mm's only shape rule (K and N)
+            return None
+        if self.scale_weight.numel() == 1:
+            return "tensor"
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+        return "row" if capability >= (9, 0) else None
+
+    def quantize_input(self, rows: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows [M, K] (any float dtype) -> (FP8 [M, K], float32 scale [M, 1] or []) with rows ~= fp8 * scale.
+
+        Each value is divided in float32 by the very scale ``_scaled_mm`` multiplies back and rounded
+        once to FP8; the float32 temporary covers ``quant_chunk_elements`` at a time.
+        """
+        if per_row:
+            low, high = torch.aminmax(rows, dim=1, keepdim=True)
+        else:
+            low, high = torch.aminmax(rows)
+        scale = torch.maximum(high.float(), -low.float()).clamp(min=1e-12) / FP8_MAX
+        out = torch.empty(rows.shape, dtype=FP8_DTYPE, device=rows.device)
+        step = max(1, self.quant_chunk_elements // max(1, rows.shape[1]))
+        for start in range(0, rows.shape[0], step):
+            chunk = rows[start:start + step].float()
+            chunk.div_(scale[start:start + step] if per_row else scale).clamp_(-FP8_MAX, FP8_MAX)
+            out[start:start + step].copy_(chunk)
+        return out, scale
+
     def _fp8_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [..., in] -> [..., out] in x's dtype through ``torch._scaled_mm`` (any row count)."""
+        per_row = self.fp8_matmul_scaling(x.device) == "row"
         rows = x.reshape(-1, self.in_features)
-        count = rows.shape[0]
-        if count % 16:  # the FP8 GEMM wants every dimension a multiple of 16
-            rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
-        x_scale = rows.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-        # divide in float32 by the very scale _scaled_mm multiplies back (a bf16-rounded divisor
-        # would bias every output by up to 2**-8)
-        x_fp8 = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        out = torch._scaled_mm(x_fp8, self.weight.t(), scale_a=x_scale,
-                               scale_b=self.scale_weight.float().reshape(()), bias=None, out_dtype=out_dtype)
-        out = out[:count].to(x.dtype)
+        x_fp8, x_scale = self.quantize_input(rows, per_row)
+        weight_scale = self.scale_weight.float()
+        if per_row:  # row-wise _scaled_mm: bf16 output, scales [M, 1] and [1, N]
+            out_dtype, weight_scale = torch.bfloat16, weight_scale.reshape(1, -1)
+        else:
+            out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+            weight_scale = weight_scale.reshape(())
+        out = torch._scaled_mm(x_fp8, self.weight.t(), scale_a=x_scale, scale_b=weight_scale, bias=None,
+                               out_dtype=out_dtype, use_fast_accum=self.fast_accum)
+        if isinstance(out, tuple):  # torch < 2.5 returned (out, amax)
+            out = out[0]
+        out = out.to(x.dtype)
         if bias is not None:
-            out = out + bias
+            out.add_(bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
