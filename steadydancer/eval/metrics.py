@@ -86,7 +86,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def _sqrtm(linalg, matrix: np.ndarray) -> np.ndarray:
-    result = linalg.sqrtm(matrix)
+    import warnings
+
+    with warnings.catch_warnings():
+        # fewer samples than dimensions make the product singular: expected, handled as pytorch-fid does
+        warnings.simplefilter("ignore")
+        result = linalg.sqrtm(matrix)
     # scipy < 1.12 may return (sqrtm, errest) when asked; the plain call returns the matrix only
     return result[0] if isinstance(result, tuple) else result
 

@@ -1,0 +1,159 @@
+"""VBench / VBench-I2V dimensions, each by VBench's formula (Vchitect/VBench), on decoded videos.
+
+Videos are uint8 arrays [T, H, W, 3] (T >= 2); images uint8 [H, W, 3]. Each function returns the
+per-video values and, where VBench's aggregate is not their plain mean, says so. The frame
+transforms reproduce torchvision's on uint8 tensors (no antialias; resized values rounded back
+to uint8 before the division by 255), which is what VBench feeds its networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .metrics import temporal_flickering
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class DimensionResult:
+    """``aggregate``: VBench's overall score; ``per_video``: one value per video;
+    ``per_frame``: the per-frame (or per-pair) terms behind each video's value."""
+
+    aggregate: float
+    per_video: list[float]
+    per_frame: list[list[float]] = field(default_factory=list)
+
+
+def _resize_short_side(frames: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 with the shorter side ``size`` (torchvision ``Resize(int)``)."""
+    h, w = frames.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(size * long / short)
+    out_size = (size, new_long) if h <= w else (new_long, size)
+    out = F.interpolate(frames.float(), size=out_size, mode=mode, align_corners=False, antialias=False)
+    if mode == "bicubic":
+        out = out.clamp(0, 255)
+    return out.round()
+
+
+def _center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = frames.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return frames[..., top:top + size, left:left + size]
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def dino_frames(video: np.ndarray, size: int = 224) -> torch.Tensor:
+    """VBench ``dino_transform``: shorter side to 224 (bilinear), /255, ImageNet normalisation."""
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2)
+    return _normalise(_resize_short_side(frames, size, "bilinear") / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dino_image(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    """VBench-I2V ``dino_transform_Image`` of the input image (a PIL resize, shorter side 224)."""
+    pil = Image.fromarray(image).convert("RGB")
+    w, h = pil.size
+    new = (int(size * w / h), size) if h <= w else (size, int(size * h / w))
+    arr = np.asarray(pil.resize(new, Image.BILINEAR), dtype=np.float32) / 255.0
+    return _normalise(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def clip_frames(video: np.ndarray, size: int = 224) -> torch.Tensor:
+    """VBench ``clip_transform``: shorter side to 224 (bicubic), centre crop 224, /255, CLIP normalisation."""
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2)
+    frames = _center_crop(_resize_short_side(frames, size, "bicubic"), size)
+    return _normalise(frames / 255.0, CLIP_MEAN, CLIP_STD)
+
+
+def _features(model, frames: torch.Tensor, device, batch: int = 16) -> torch.Tensor:
+    out = [model(frames[i:i + batch].to(device)).float().cpu() for i in range(0, len(frames), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+def _consistency(features_per_video: list[torch.Tensor]) -> DimensionResult:
+    """VBench's subject/background consistency: for frames 1..T-1, the mean of the (clamped at 0)
+    cosine similarities to the previous and to the first frame. The overall score averages over
+    all frames of all videos (sum / count, as VBench), not over videos."""
+    total, count, per_video, per_frame = 0.0, 0, [], []
+    for feats in features_per_video:
+        terms = []
+        for i in range(1, len(feats)):
+            to_prev = max(0.0, float(F.cosine_similarity(feats[i - 1:i], feats[i:i + 1])))
+            to_first = max(0.0, float(F.cosine_similarity(feats[0:1], feats[i:i + 1])))
+            terms.append((to_prev + to_first) / 2)
+        total += sum(terms)
+        count += len(terms)
+        per_video.append(sum(terms) / len(terms))
+        per_frame.append(terms)
+    return DimensionResult(total / count, per_video, per_frame)
+
+
+def subject_consistency(videos: list[np.ndarray], dino, device="cpu") -> DimensionResult:
+    """VBench subject consistency: DINO ViT-B/16 CLS features of ``dino_frames``."""
+    return _consistency([_features(dino, dino_frames(v), device) for v in videos])
+
+
+def background_consistency(videos: list[np.ndarray], clip_b32, device="cpu") -> DimensionResult:
+    """VBench background consistency: CLIP ViT-B/32 image embeddings of ``clip_frames``."""
+    return _consistency([_features(clip_b32, clip_frames(v), device) for v in videos])
+
+
+def temporal_flickering_dimension(videos: list[np.ndarray]) -> DimensionResult:
+    """VBench temporal flickering: (255 - mean absolute difference of consecutive frames) / 255 per
+    video; the overall score is the mean over videos."""
+    per_video, per_frame = [], []
+    for video in videos:
+        per_video.append(temporal_flickering(video))
+        frames = torch.from_numpy(np.asarray(video)).float()
+        per_frame.append([(255.0 - float((frames[i] - frames[i + 1]).abs().mean())) / 255.0
+                          for i in range(len(frames) - 1)])
+    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+
+
+def aesthetic_quality(videos: list[np.ndarray], clip_l14, head, device="cpu") -> DimensionResult:
+    """VBench aesthetic quality: the LAION linear head on normalised CLIP ViT-L/14 embeddings of
+    ``clip_frames``, divided by 10, averaged over frames; the overall score is the mean over videos."""
+    per_video, per_frame = [], []
+    for video in videos:
+        feats = _features(clip_l14, clip_frames(video), device)
+        with torch.no_grad():
+            scores = (head(feats.to(device)).squeeze(-1).float().cpu() / 10).tolist()
+        per_video.append(float(np.mean(scores)))
+        per_frame.append(scores)
+    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+
+
+def i2v_subject(pairs: list[tuple[np.ndarray, np.ndarray]], dino, device="cpu") -> DimensionResult:
+    """VBench-I2V subject: per (input image, video): 0.5 * max over frames of the (clamped) cosine
+    similarity to the image + 0.5 * mean of consecutive-frame similarities (+ 0 * their minimum);
+    the overall score is the mean over videos."""
+    per_video, per_frame = [], []
+    for image, video in pairs:
+        image_feat = _features(dino, dino_image(image), device)
+        feats = _features(dino, dino_frames(video), device)
+        to_image = [max(0.0, float(F.cosine_similarity(image_feat, feats[i:i + 1]))) for i in range(len(feats))]
+        consecutive = [max(0.0, float(F.cosine_similarity(feats[i - 1:i], feats[i:i + 1])))
+                       for i in range(1, len(feats))]
+        per_video.append(0.5 * max(to_image) + 0.5 * float(np.mean(consecutive)) + 0.0 * min(consecutive))
+        per_frame.append(to_image)
+    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+
+
+# VBench-I2V dimensions whose networks this version does not implement (named in the report)
+NOT_IMPLEMENTED = {
+    "i2v_background": "needs DreamSim (an ensemble of DINO/CLIP/OpenCLIP ViT-B with LoRA), not implemented yet",
+    "motion_smoothness": "needs the AMT-S frame interpolation network, not implemented yet",
+    "imaging_quality": "needs MUSIQ (multi-scale IQA transformer), not implemented yet",
+}
