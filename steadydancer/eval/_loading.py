@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -26,10 +27,14 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
 
         return dict(load_file(str(path)))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load names TorchScript archives before refusing them
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - maybe a TorchScript archive, else a bad file
         try:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of export, still the format
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception:  # noqa: BLE001
             raise InputError(f"{path}: cannot read {what} weights ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ MIN_PREFIX_FRAMES = 10  # HumanVid / common_metrics: prefixes shorter than 10 fr
 def load_i3d(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
     """The I3D detector from its TorchScript file."""
     try:
-        return torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of export; the file is TorchScript
+            return torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:  # noqa: BLE001 - a bad file is the user's input
         raise InputError(f"{path}: not a TorchScript I3D file ({exc.__class__.__name__})") from None
 

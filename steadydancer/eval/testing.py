@@ -103,7 +103,7 @@ class TinyI3D(nn.Module):
     def __init__(self, seed: int = 5) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.proj = nn.Parameter(torch.randn(6, 8, generator=g))
+        self.proj = nn.Parameter(torch.randn(6, 8, generator=g), requires_grad=False)
 
     def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
                 return_features: bool = False) -> torch.Tensor:
@@ -118,7 +118,11 @@ class TinyI3D(nn.Module):
 
 def write_i3d(path: Path) -> Path:
     """A scripted :class:`TinyI3D` saved as TorchScript (the format of ``i3d_torchscript.pt``)."""
-    torch.jit.save(torch.jit.script(TinyI3D()), str(path))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of export; I3D ships as TorchScript
+        torch.jit.save(torch.jit.script(TinyI3D()), str(path))
     return path
 
 

@@ -1,0 +1,153 @@
+"""VBench-I2V dimensions: each formula checked on synthetic videos against a value computed by hand,
+and each network loaded from a random state dict in its released file's key layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steadydancer.errors import InputError
+from steadydancer.eval import vbench as V
+from steadydancer.eval.testing import write_aesthetic_head, write_clip, write_dino
+from steadydancer.eval.vit import load_aesthetic_head, load_clip_image_encoder, load_dino_vit
+
+
+class FixedFeatures(torch.nn.Module):
+    """Returns the next of the given feature vectors per input image (to pin a formula by hand)."""
+
+    def __init__(self, vectors: list[list[float]]) -> None:
+        super().__init__()
+        self.vectors = [torch.tensor(v, dtype=torch.float32) for v in vectors]
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.stack(self.vectors[self.calls:self.calls + x.shape[0]])
+        self.calls += x.shape[0]
+        return out
+
+
+def _video(frames: int = 3, h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+
+
+def test_consistency_formula_by_hand() -> None:
+    # frames' features e1, e1, -e1, e2: frame 1: (1 + 1) / 2 = 1; frame 2: cos -1 clamps to 0 for both
+    # the previous and the first frame -> 0; frame 3: prev cos(-e1, e2) = 0, first cos(e1, e2) = 0 -> 0.
+    model = FixedFeatures([[1, 0], [1, 0], [-1, 0], [0, 1], [3, 4], [3, 4]])
+    result = V.subject_consistency([_video(4), _video(2)], model)
+    assert result.per_video == pytest.approx([1 / 3, 1.0])
+    assert result.per_frame[0] == pytest.approx([1.0, 0.0, 0.0])
+    # VBench's overall score averages over all frames of all videos: (1 + 0 + 0 + 1) / 4, not (1/3 + 1) / 2
+    assert result.aggregate == pytest.approx(0.5)
+    model = FixedFeatures([[1, 0], [0.6, 0.8], [0, 1]])
+    result = V.background_consistency([_video(3)], model)
+    # frame 1: (0.6 + 0.6) / 2; frame 2: prev cos = 0.8, first cos = 0 -> 0.4
+    assert result.per_video == pytest.approx([(0.6 + 0.4) / 2])
+
+
+def test_i2v_subject_formula_by_hand() -> None:
+    # image e1; frames e1, e2, (e1+e2)/sqrt2: to-image 1, 0, 0.7071; consecutive 0, 0.7071
+    model = FixedFeatures([[1, 0], [1, 0], [0, 1], [1, 1]])
+    image = _video(1)[0]
+    result = V.i2v_subject([(image, _video(3))], model)
+    assert result.per_video == pytest.approx([0.5 * 1.0 + 0.5 * (0 + 2 ** -0.5) / 2])
+    assert result.aggregate == pytest.approx(result.per_video[0])
+
+
+def test_temporal_flickering_dimension_by_hand() -> None:
+    still = np.full((3, 8, 8, 3), 100, np.uint8)
+    blinking = still.copy()
+    blinking[1] = 120   # |diff| 20 twice
+    result = V.temporal_flickering_dimension([still, blinking])
+    assert result.per_video == pytest.approx([1.0, (255 - 20) / 255])
+    assert result.aggregate == pytest.approx((1.0 + (255 - 20) / 255) / 2)
+
+
+def test_aesthetic_formula_by_hand(tmp_path) -> None:
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[10.0, 0.0]]))
+        head.bias.fill_(5.0)
+    # normalised features e1, (0.6, 0.8): scores 15 and 11 -> / 10 -> mean 1.3
+    model = FixedFeatures([[2, 0], [3, 4]])
+    result = V.aesthetic_quality([_video(2)], model, head)
+    assert result.per_video == pytest.approx([1.3])
+    assert result.per_frame[0] == pytest.approx([1.5, 1.1])
+
+
+def test_frame_transforms_follow_torchvision_on_uint8() -> None:
+    video = _video(2, 30, 50)
+    dino = V.dino_frames(video)
+    assert dino.shape == (2, 3, 224, int(224 * 50 / 30))     # shorter side 224, no crop
+    clip = V.clip_frames(video)
+    assert clip.shape == (2, 3, 224, 224)                     # bicubic + centre crop
+    # values are uint8-rounded before the normalisation: un-normalising gives k / 255
+    raw = dino[:, 0] * 0.229 + 0.485
+    assert torch.allclose(raw * 255, (raw * 255).round(), atol=1e-3)
+    assert V.dino_image(video[0]).shape == (1, 3, 224, int(224 * 50 / 30))
+
+
+def test_dino_loads_the_hub_layout_and_runs_non_square(tmp_path) -> None:
+    dino = load_dino_vit(write_dino(tmp_path / "dino_vitbase16_pretrain.pth"))
+    frames = V.dino_frames(_video(3, 30, 50))
+    feats = dino(frames)
+    assert feats.shape == (3, 32)
+    # identical frames: every similarity is 1, so the video scores exactly 1
+    still = np.repeat(_video(1, 30, 50), 3, axis=0)
+    assert V.subject_consistency([still], dino).aggregate == pytest.approx(1.0, abs=1e-6)
+    # the real network's numbers follow the formula on its own features
+    moving = _video(3, 30, 50, seed=1)
+    f = F.normalize(dino(V.dino_frames(moving)), dim=-1)
+    cos = lambda i, j: max(0.0, float((f[i] * f[j]).sum()))  # noqa: E731
+    expected = ((cos(0, 1) + cos(0, 1)) / 2 + (cos(1, 2) + cos(0, 2)) / 2) / 2
+    assert V.subject_consistency([moving], dino).aggregate == pytest.approx(expected, rel=1e-5)
+    image = moving[0]
+    result = V.i2v_subject([(image, moving)], dino)
+    assert 0.0 <= result.aggregate <= 1.0
+    torch.save({"cls_token": torch.zeros(1, 1, 8)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="not a DINO ViT"):
+        load_dino_vit(tmp_path / "bad.pth")
+
+
+def test_clip_loads_the_openai_layout_plain_and_torchscript(tmp_path) -> None:
+    path = write_clip(tmp_path / "ViT-B-32.pt")
+    clip = load_clip_image_encoder(path)
+    frames = V.clip_frames(_video(2, 30, 50))
+    emb = clip(frames)
+    assert emb.shape == (2, 16)
+    # the released ViT-*.pt are TorchScript archives: the same tensors read through torch.jit
+    state = torch.load(path, weights_only=True)
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, tensor in state.items():
+                parent = self
+                parts = name.split(".")
+                for part in parts[:-1]:
+                    if not hasattr(parent, part):
+                        parent.add_module(part, torch.nn.Module())
+                    parent = getattr(parent, part)
+                parent.register_buffer(parts[-1], tensor)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    torch.jit.save(torch.jit.script(Holder()), str(tmp_path / "jit.pt"))
+    assert torch.allclose(load_clip_image_encoder(tmp_path / "jit.pt")(frames), emb, atol=1e-6)
+    still = np.repeat(_video(1, 30, 50), 2, axis=0)
+    assert V.background_consistency([still], clip).aggregate == pytest.approx(1.0, abs=1e-6)
+
+
+def test_aesthetic_head_layout(tmp_path) -> None:
+    head = load_aesthetic_head(write_aesthetic_head(tmp_path / "sa_0_4_vit_l_14_linear.pth", embed=16))
+    clip = load_clip_image_encoder(write_clip(tmp_path / "ViT-L-14.pt", patch=14, grid=16))
+    video = _video(2, 30, 50)
+    result = V.aesthetic_quality([video], clip, head)
+    feats = F.normalize(clip(V.clip_frames(video)), dim=-1)
+    assert result.per_video[0] == pytest.approx(float((head(feats) / 10).mean()), rel=1e-6)
+    torch.save({"weight": torch.zeros(2, 16), "bias": torch.zeros(2)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="LAION aesthetic"):
+        load_aesthetic_head(tmp_path / "bad.pth")
