@@ -128,3 +128,34 @@ def test_fvd_conventions_on_a_scripted_stand_in(tmp_path) -> None:
     assert len(values) == 3 and all(v > 0 for v in values)
     assert pair_fvd(detector, videos_a[0][:12], videos_a[0][:12]) == pytest.approx([0, 0, 0], abs=1e-10)
     assert pair_fvd(detector, videos_a[0][:9], videos_b[0][:9]) == []
+
+
+def test_fid_wiring_with_a_stand_in_inception(tmp_path, monkeypatch) -> None:
+    """FID: generated frames vs their paired reference frames through the Inception, optional pre-resize."""
+    import steadydancer.eval.inception as inception
+    from steadydancer.eval.protocols import EvalOptions, evaluate
+
+    seen_sizes = []
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen_sizes.append(tuple(images.shape[-2:]))
+            return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3))], dim=1)
+
+    monkeypatch.setattr(inception, "load_fid_inception", lambda path, device="cpu": MeanColour())
+    gen, ref, _ = _make_folders(tmp_path / "data", frames=8)
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"stand-in")
+    report = evaluate(EvalOptions(gen, ref, None, "humanvid", weights, sampling="aligned"))
+    from steadydancer.eval.protocols import read_frames
+
+    def feats(folder: Path) -> np.ndarray:
+        frames = np.concatenate([read_frames(p) for p in sorted(folder.glob("*.mp4"))])
+        return MeanColour()(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255).double().numpy()
+
+    assert report["aggregate"]["fid"] == pytest.approx(M.frechet_distance_of_features(feats(gen), feats(ref)), rel=1e-6)
+    assert set(seen_sizes) == {(32, 48)}
+    seen_sizes.clear()
+    report = evaluate(EvalOptions(gen, ref, None, "humanvid", weights, fid_resize=768))
+    assert set(seen_sizes) == {(768, 768)} and report["options"]["fid_resize"] == 768

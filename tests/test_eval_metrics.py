@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import PARITY
 from steadydancer.errors import InputError
 from steadydancer.eval import metrics as M
 from steadydancer.eval.testing import write_lpips_lin, write_vgg16
 from steadydancer.parity import detect_kind
 from steadydancer.parity.__main__ import main as parity_main
 
-METRIC_CASES = sorted(p for p in (Path(__file__).resolve().parents[2] / "shared" / "parity" / "metrics").glob("*")
-                      if (p / "meta.json").is_file())
+METRIC_CASES = sorted(p for p in (PARITY / "metrics").glob("*") if (p / "meta.json").is_file())
 
 
 @pytest.mark.skipif(not METRIC_CASES, reason="no shared metric parity cases")

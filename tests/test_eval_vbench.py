@@ -77,15 +77,17 @@ def test_aesthetic_formula_by_hand(tmp_path) -> None:
     assert result.per_frame[0] == pytest.approx([1.5, 1.1])
 
 
-def test_frame_transforms_follow_torchvision_on_uint8() -> None:
+def test_frame_transforms_follow_torchvision_on_float_frames() -> None:
     video = _video(2, 30, 50)
     dino = V.dino_frames(video)
     assert dino.shape == (2, 3, 224, int(224 * 50 / 30))     # shorter side 224, no crop
     clip = V.clip_frames(video)
     assert clip.shape == (2, 3, 224, 224)                     # bicubic + centre crop
-    # values are uint8-rounded before the normalisation: un-normalising gives k / 255
-    raw = dino[:, 0] * 0.229 + 0.485
-    assert torch.allclose(raw * 255, (raw * 255).round(), atol=1e-3)
+    # VBench's frames are float32 0..255: the resize is neither rounded nor clamped
+    frames = torch.from_numpy(video).permute(0, 3, 1, 2).float()
+    expected = F.interpolate(frames, size=(224, int(224 * 50 / 30)), mode="bilinear", align_corners=False)
+    assert torch.allclose(dino[:, 0] * 0.229 + 0.485, expected[:, 0] / 255, atol=1e-6)
+    assert not torch.allclose(expected, expected.round())
     assert V.dino_image(video[0]).shape == (1, 3, 224, int(224 * 50 / 30))
 
 

@@ -2,8 +2,9 @@
 
 Videos are uint8 arrays [T, H, W, 3] (T >= 2); images uint8 [H, W, 3]. Each function returns the
 per-video values and, where VBench's aggregate is not their plain mean, says so. The frame
-transforms reproduce torchvision's on uint8 tensors (no antialias; resized values rounded back
-to uint8 before the division by 255), which is what VBench feeds its networks.
+transforms reproduce torchvision's as VBench applies them: its ``load_video`` returns
+``torch.Tensor(frames)``, i.e. float32 values 0..255 (not uint8), so the resizes (no antialias)
+are neither rounded nor clamped before the division by 255.
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ class DimensionResult:
 
 
 def _resize_short_side(frames: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """uint8 [T, 3, H, W] -> uint8 with the shorter side ``size`` (torchvision ``Resize(int)``)."""
+    """Frames [T, 3, H, W] (values 0..255) -> float32 with the shorter side ``size`` (torchvision
+    ``Resize(int)`` on a float tensor: the long side is int(size * long / short))."""
     h, w = frames.shape[-2:]
     short, long = (h, w) if h <= w else (w, h)
     new_long = int(size * long / short)
     out_size = (size, new_long) if h <= w else (new_long, size)
-    out = F.interpolate(frames.float(), size=out_size, mode=mode, align_corners=False, antialias=False)
-    if mode == "bicubic":
-        out = out.clamp(0, 255)
-    return out.round()
+    return F.interpolate(frames.float(), size=out_size, mode=mode, align_corners=False, antialias=False)
 
 
 def _center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
