@@ -51,7 +51,8 @@ def test_eval_writes_report_table_and_plots(tmp_path, weights, capsys) -> None:
     report = json.loads(out.read_text())
     agg = report["aggregate"]
     for metric in ("ssim", "psnr", "lpips", "lpips_01", "fvd_pair", "fvd_set", "subject_consistency",
-                   "background_consistency", "temporal_flickering", "aesthetic_quality", "i2v_subject"):
+                   "background_consistency", "temporal_flickering", "aesthetic_quality", "i2v_subject",
+                   "imaging_quality"):
         assert isinstance(agg[metric], float), metric
     assert agg["fid"] is None and "pt_inception" in report["skipped"]["fid"]
     assert set(report["videos"]) == {"sample_00001", "sample_00002"}
@@ -80,7 +81,7 @@ def test_without_weights_every_network_metric_is_one_line_and_the_rest_runs(tmp_
     lines = capsys.readouterr().out.splitlines()
     skips = [line for line in lines if line.startswith("skip ")]
     for needed in ("vgg16-397923af.pth", "i3d_torchscript.pt", "dino_vitbase16_pretrain.pth", "ViT-B-32.pt",
-                   "ViT-L-14.pt", "pt_inception-2015-12-05-6726825d.pth"):
+                   "ViT-L-14.pt", "pt_inception-2015-12-05-6726825d.pth", "musiq_spaq_ckpt-358bb6af.pth"):
         assert any(needed in line for line in skips), needed
     report = json.loads(out.read_text())
     assert report["aggregate"]["ssim"] is not None and report["aggregate"]["temporal_flickering"] is not None

@@ -153,3 +153,54 @@ def test_aesthetic_head_layout(tmp_path) -> None:
     torch.save({"weight": torch.zeros(2, 16), "bias": torch.zeros(2)}, tmp_path / "bad.pth")
     with pytest.raises(InputError, match="LAION aesthetic"):
         load_aesthetic_head(tmp_path / "bad.pth")
+
+
+def test_imaging_quality_formula_and_resize_by_hand() -> None:
+    seen = []
+
+    class FixedScores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scores = iter([40.0, 60.0, 80.0])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return torch.tensor([next(self.scores)])
+
+    tall = _video(2, 1000, 600)  # longer side 1000 > 512: scale 0.512 -> (512, int(0.512 * 600) = 307)
+    small = _video(1, 100, 60)   # left as it is
+    result = V.imaging_quality([tall, small], FixedScores())
+    assert seen == [(1, 3, 512, 307), (1, 3, 512, 307), (1, 3, 100, 60)]
+    assert result.per_video == pytest.approx([0.5, 0.8])
+    assert result.aggregate == pytest.approx(0.65)
+    frames = V.imaging_frames(small)
+    assert torch.equal(frames * 255, torch.from_numpy(small).permute(0, 3, 1, 2).float())
+
+
+def test_musiq_patching_by_hand_and_pyiqa_layout(tmp_path) -> None:
+    from steadydancer.eval.musiq import _hash_positions, _patches, load_musiq
+    from steadydancer.eval.testing import write_musiq
+
+    # 3 patch rows on the 10-cell grid: nearest cells 0, 3, 6; 2 columns: 0, 5
+    assert _hash_positions(3, 2).tolist() == [0, 5, 30, 35, 60, 65]
+    # a 40x70 image: SAME padding to 64x96 -> 2 x 3 patches, padded to 49 with a zero mask
+    patches, spatial, scale, mask = _patches(torch.rand(1, 3, 40, 70), scale_id=1, max_len=49)
+    assert patches.shape == (1, 49, 3 * 32 * 32) and mask.sum() == 6 and mask[0, :6].all()
+    assert scale[0, :6].tolist() == [1.0] * 6 and spatial[0, 6:].abs().sum() == 0
+    path = write_musiq(tmp_path / "musiq_spaq_ckpt-358bb6af.pth")
+    state = torch.load(path, weights_only=True)
+    for key in ("conv_root.weight", "block1.conv_proj.weight", "block1.gn_proj.bias", "embedding.weight",
+                "transformer_encoder.posembed_input.position_emb", "transformer_encoder.scaleembed_input.scale_emb",
+                "transformer_encoder.cls", "transformer_encoder.transformer.encoderblock_0.attention.query.weight",
+                "transformer_encoder.transformer.encoderblock_0.mlp.fc2.bias", "head.weight"):
+        assert key in state, key
+    musiq = load_musiq(path)
+    video = _video(2, 40, 70)
+    scores = musiq(V.imaging_frames(video))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    result = V.imaging_quality([video], musiq)
+    assert result.per_video[0] == pytest.approx(float(scores.mean()) / 100, rel=1e-5)
+    del state["head.weight"]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="not a pyiqa MUSIQ"):
+        load_musiq(tmp_path / "bad.pth")

@@ -42,6 +42,7 @@ CONVENTIONS = {
     "temporal_flickering": "VBench: (255 - mean |f_i - f_i+1|) / 255, mean over videos",
     "aesthetic_quality": "VBench: LAION head on CLIP ViT-L/14 embeddings / 10, mean over frames then videos",
     "i2v_subject": "VBench-I2V: DINO, 0.5 max cos(image, frame) + 0.5 mean cos(consecutive frames)",
+    "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512, / 100, mean over frames then videos",
 }
 
 
@@ -323,6 +324,11 @@ def _run_vbench(ev: Evaluation, items: list[Item], load: Callable[[Path], np.nda
 
         store("aesthetic_quality", V.aesthetic_quality(videos, load_clip_image_encoder(l14, device=opts.device),
                                                        load_aesthetic_head(head, device=opts.device), opts.device))
+    musiq_path = ev.weight("musiq_spaq", ("imaging_quality",))
+    if musiq_path is not None:
+        from .musiq import load_musiq
+
+        store("imaging_quality", V.imaging_quality(videos, load_musiq(musiq_path, device=opts.device), opts.device))
     for metric, reason in V.NOT_IMPLEMENTED.items():
         ev.skip(metric, reason)
 

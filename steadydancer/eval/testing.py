@@ -95,6 +95,21 @@ def write_aesthetic_head(path: Path, embed: int = 16, seed: int = 4) -> Path:
     return path
 
 
+def write_musiq(path: Path, hidden: int = 64, layers: int = 1, seed: int = 7) -> Path:
+    """pyiqa MUSIQ layout (``musiq_spaq_ckpt-358bb6af.pth`` names): the real ResNet stem (64 channels),
+    a narrow transformer."""
+    from .musiq import MUSIQ
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = MUSIQ(hidden=hidden, mlp_dim=2 * hidden, layers=layers).state_dict()
+    state = {k: _rand(*v.shape, generator=g) + (1.0 if k.endswith(("gn_root.weight", "gn1.weight", "gn2.weight",
+                                                                       "gn3.weight", "gn_proj.weight", "norm.weight",
+                                                                       "norm1.weight", "norm2.weight")) else 0.0)
+             for k, v in shapes.items()}
+    torch.save(state, path)
+    return path
+
+
 class TinyI3D(nn.Module):
     """Stand-in with the I3D TorchScript's call signature: [B, 3, T, H, W] -> features [B, 8].
 
@@ -136,7 +151,7 @@ def write_tiny_weights(folder: str | os.PathLike, skip: tuple[str, ...] = ("fid_
     writers = {"vgg16": write_vgg16, "lpips_vgg": write_lpips_lin, "i3d": write_i3d, "dino_vitb16": write_dino,
                "clip_vitb32": write_clip,
                "clip_vitl14": lambda p: write_clip(p, width=32, layers=1, patch=14, grid=16, embed=24, seed=6),
-               "aesthetic_head": lambda p: write_aesthetic_head(p, embed=24)}
+               "aesthetic_head": lambda p: write_aesthetic_head(p, embed=24), "musiq_spaq": write_musiq}
     for key, writer in writers.items():
         if key not in skip:
             writer(folder / WEIGHT_FILES[key].names[0])

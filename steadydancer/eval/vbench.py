@@ -150,9 +150,33 @@ def i2v_subject(pairs: list[tuple[np.ndarray, np.ndarray]], dino, device="cpu") 
     return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
 
 
+def imaging_frames(video: np.ndarray, longest: int = 512) -> torch.Tensor:
+    """VBench imaging-quality transform ('longer', its default): frames whose longer side exceeds 512
+    are resized (bilinear, torchvision's default antialias) to (int(s h), int(s w)), s = 512 / longer
+    side; then /255."""
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float()
+    h, w = frames.shape[-2:]
+    if max(h, w) > longest:
+        scale = longest / max(h, w)
+        frames = F.interpolate(frames, size=(int(scale * h), int(scale * w)), mode="bilinear",
+                               align_corners=False, antialias=True)
+    return frames / 255.0
+
+
+def imaging_quality(videos: list[np.ndarray], musiq, device="cpu") -> DimensionResult:
+    """VBench imaging quality: MUSIQ (SPAQ) score of every frame, averaged per video, / 100; the
+    overall score is the mean over videos."""
+    per_video, per_frame = [], []
+    for video in videos:
+        frames = imaging_frames(video)
+        scores = [float(musiq(frames[i:i + 1].to(device))) / 100 for i in range(len(frames))]
+        per_video.append(float(np.mean(scores)))
+        per_frame.append(scores)
+    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+
+
 # VBench-I2V dimensions whose networks this version does not implement (named in the report)
 NOT_IMPLEMENTED = {
     "i2v_background": "needs DreamSim (an ensemble of DINO/CLIP/OpenCLIP ViT-B with LoRA), not implemented yet",
     "motion_smoothness": "needs the AMT-S frame interpolation network, not implemented yet",
-    "imaging_quality": "needs MUSIQ (multi-scale IQA transformer), not implemented yet",
 }

@@ -30,6 +30,8 @@ WEIGHT_FILES: dict[str, WeightFile] = {w.key: w for w in (
                "facebookresearch/dino (dl.fbaipublicfiles.com/dino)"),
     WeightFile("clip_vitb32", ("ViT-B-32.pt",), "OpenAI CLIP ViT-B/32", "openai/CLIP"),
     WeightFile("clip_vitl14", ("ViT-L-14.pt",), "OpenAI CLIP ViT-L/14", "openai/CLIP"),
+    WeightFile("musiq_spaq", ("musiq_spaq_ckpt-358bb6af.pth",), "MUSIQ (SPAQ) for imaging quality",
+               "chaofengc/IQA-PyTorch (pyiqa) v0.1-weights release"),
     WeightFile("aesthetic_head", ("sa_0_4_vit_l_14_linear.pth",), "LAION aesthetic linear head",
                "LAION-AI/aesthetic-predictor"),
 )}
