@@ -25,7 +25,7 @@ def _make_folders(root: Path, frames: int = 18, ids=("00001", "00002")) -> tuple
     for folder in (gen, ref, img):
         folder.mkdir(parents=True)
     for vid in ids:
-        base = rng.integers(0, 255, (32, 48, 3)).astype(np.float32)
+        base = rng.integers(0, 255, (64, 72, 3)).astype(np.float32)
         reference = [np.roll(base, t, axis=1).astype(np.uint8) for t in range(frames)]
         generated = [np.clip(f + rng.normal(0, 15, f.shape), 0, 255).astype(np.uint8) for f in reference]
         write_video(ref / f"{vid}.mp4", reference, 16)
@@ -52,7 +52,7 @@ def test_eval_writes_report_table_and_plots(tmp_path, weights, capsys) -> None:
     agg = report["aggregate"]
     for metric in ("ssim", "psnr", "lpips", "lpips_01", "fvd_pair", "fvd_set", "subject_consistency",
                    "background_consistency", "temporal_flickering", "aesthetic_quality", "i2v_subject",
-                   "imaging_quality"):
+                   "imaging_quality", "motion_smoothness"):
         assert isinstance(agg[metric], float), metric
     assert agg["fid"] is None and "pt_inception" in report["skipped"]["fid"]
     assert set(report["videos"]) == {"sample_00001", "sample_00002"}
@@ -81,7 +81,7 @@ def test_without_weights_every_network_metric_is_one_line_and_the_rest_runs(tmp_
     lines = capsys.readouterr().out.splitlines()
     skips = [line for line in lines if line.startswith("skip ")]
     for needed in ("vgg16-397923af.pth", "i3d_torchscript.pt", "dino_vitbase16_pretrain.pth", "ViT-B-32.pt",
-                   "ViT-L-14.pt", "pt_inception-2015-12-05-6726825d.pth", "musiq_spaq_ckpt-358bb6af.pth"):
+                   "ViT-L-14.pt", "pt_inception-2015-12-05-6726825d.pth", "musiq_spaq_ckpt-358bb6af.pth", "amt-s.pth"):
         assert any(needed in line for line in skips), needed
     report = json.loads(out.read_text())
     assert report["aggregate"]["ssim"] is not None and report["aggregate"]["temporal_flickering"] is not None
@@ -156,7 +156,7 @@ def test_fid_wiring_with_a_stand_in_inception(tmp_path, monkeypatch) -> None:
         return MeanColour()(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255).double().numpy()
 
     assert report["aggregate"]["fid"] == pytest.approx(M.frechet_distance_of_features(feats(gen), feats(ref)), rel=1e-6)
-    assert set(seen_sizes) == {(32, 48)}
+    assert set(seen_sizes) == {(64, 72)}
     seen_sizes.clear()
     report = evaluate(EvalOptions(gen, ref, None, "humanvid", weights, fid_resize=768))
     assert set(seen_sizes) == {(768, 768)} and report["options"]["fid_resize"] == 768

@@ -204,3 +204,48 @@ def test_musiq_patching_by_hand_and_pyiqa_layout(tmp_path) -> None:
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(InputError, match="not a pyiqa MUSIQ"):
         load_musiq(tmp_path / "bad.pth")
+
+
+def test_motion_smoothness_formula_by_hand() -> None:
+    class Average(torch.nn.Module):
+        """Interpolates by averaging: exact on a linear ramp."""
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            assert a.shape[-2] % 16 == 0 and a.shape[-1] % 16 == 0   # padded to multiples of 16
+            return (1 - t) * a + t * b
+
+    ramp = np.stack([np.full((64, 80, 3), 10 * i, np.uint8) for i in range(5)])
+    result = V.motion_smoothness([ramp], Average())
+    assert result.per_video == [1.0]                    # every odd frame re-created exactly
+    jumpy = ramp.copy()
+    jumpy[1] = 0          # the average of frames 0 and 2 is 10, the real frame 0: |diff| = 10
+    jumpy[3] += 6         # 36 vs 30: 6
+    result = V.motion_smoothness([jumpy], Average())
+    assert result.per_frame[0] == pytest.approx([(255 - 10) / 255, (255 - 6) / 255])
+    assert result.per_video == pytest.approx([(255 - 8) / 255])
+    with pytest.raises(ValueError, match="three or more"):
+        V.motion_smoothness([ramp[:2]], Average())
+    with pytest.raises(ValueError, match="49\\+ pixels"):
+        V.motion_smoothness([ramp[:, :40]], Average())
+
+
+def test_amt_s_loads_the_released_layout_and_interpolates(tmp_path) -> None:
+    from steadydancer.eval.amt import load_amt_s, warp
+    from steadydancer.eval.testing import write_amt_s
+
+    path = write_amt_s(tmp_path / "amt-s.pth")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    for key in ("feat_encoder.conv1.weight", "feat_encoder.layer2.0.downsample.0.weight", "encoder.pyramid4.1.1.weight",
+                "decoder4.convblock.0.0.weight", "decoder4.convblock.1.conv5.weight", "decoder1.convblock.2.weight",
+                "update3.convc1.weight", "update2.flow_head.2.bias", "comb_block.1.weight"):
+        assert key in state, key
+    assert state["decoder1.convblock.2.weight"].shape == (60, 24, 4, 4)   # 3 flows x (2 + 2 + 1 + 3) channels
+    amt = load_amt_s(path)
+    video = _video(5, 64, 72)
+    result = V.motion_smoothness([video], amt)
+    assert len(result.per_frame[0]) == 2 and 0 < result.per_video[0] <= 1
+    # warping by a zero flow is the identity; by one pixel right it samples the left neighbour
+    img = torch.rand(1, 3, 8, 12)
+    assert torch.allclose(warp(img, torch.zeros(1, 2, 8, 12)), img, atol=1e-6)
+    shifted = warp(img, torch.cat([torch.ones(1, 1, 8, 12), torch.zeros(1, 1, 8, 12)], 1))
+    assert torch.allclose(shifted[..., :-1], img[..., 1:], atol=1e-5)

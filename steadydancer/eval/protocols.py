@@ -42,6 +42,8 @@ CONVENTIONS = {
     "temporal_flickering": "VBench: (255 - mean |f_i - f_i+1|) / 255, mean over videos",
     "aesthetic_quality": "VBench: LAION head on CLIP ViT-L/14 embeddings / 10, mean over frames then videos",
     "i2v_subject": "VBench-I2V: DINO, 0.5 max cos(image, frame) + 0.5 mean cos(consecutive frames)",
+    "motion_smoothness": "VBench: AMT-S re-creates odd frames from even ones, (255 - mean |real - made|) / 255, "
+                         "mean over videos",
     "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512, / 100, mean over frames then videos",
 }
 
@@ -329,6 +331,17 @@ def _run_vbench(ev: Evaluation, items: list[Item], load: Callable[[Path], np.nda
         from .musiq import load_musiq
 
         store("imaging_quality", V.imaging_quality(videos, load_musiq(musiq_path, device=opts.device), opts.device))
+    amt_path = ev.weight("amt_s", ("motion_smoothness",))
+    if amt_path is not None:
+        if min(len(v) for v in videos) < 3:
+            ev.skip("motion_smoothness", "needs three or more frames per video")
+        elif min(min(v.shape[1:3]) for v in videos) <= 48:
+            ev.skip("motion_smoothness", "AMT-S needs frames larger than 48 pixels a side")
+        else:
+            from .amt import load_amt_s
+
+            store("motion_smoothness", V.motion_smoothness(videos, load_amt_s(amt_path, device=opts.device),
+                                                           opts.device))
     for metric, reason in V.NOT_IMPLEMENTED.items():
         ev.skip(metric, reason)
 

@@ -110,6 +110,17 @@ def write_musiq(path: Path, hidden: int = 64, layers: int = 1, seed: int = 7) ->
     return path
 
 
+def write_amt_s(path: Path, seed: int = 8) -> Path:
+    """AMT-S layout (``amt-s.pth``: MCG-NKU/AMT module names under ``state_dict``); the architecture is
+    fixed (3M parameters), the weights random and small."""
+    from .amt import AMTS
+
+    g = torch.Generator().manual_seed(seed)
+    state = {k: _rand(*v.shape, generator=g, scale=0.05) for k, v in AMTS().state_dict().items()}
+    torch.save({"state_dict": state}, path)
+    return path
+
+
 class TinyI3D(nn.Module):
     """Stand-in with the I3D TorchScript's call signature: [B, 3, T, H, W] -> features [B, 8].
 
@@ -151,7 +162,8 @@ def write_tiny_weights(folder: str | os.PathLike, skip: tuple[str, ...] = ("fid_
     writers = {"vgg16": write_vgg16, "lpips_vgg": write_lpips_lin, "i3d": write_i3d, "dino_vitb16": write_dino,
                "clip_vitb32": write_clip,
                "clip_vitl14": lambda p: write_clip(p, width=32, layers=1, patch=14, grid=16, embed=24, seed=6),
-               "aesthetic_head": lambda p: write_aesthetic_head(p, embed=24), "musiq_spaq": write_musiq}
+               "aesthetic_head": lambda p: write_aesthetic_head(p, embed=24), "musiq_spaq": write_musiq,
+               "amt_s": write_amt_s}
     for key, writer in writers.items():
         if key not in skip:
             writer(folder / WEIGHT_FILES[key].names[0])

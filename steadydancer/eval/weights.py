@@ -32,6 +32,8 @@ WEIGHT_FILES: dict[str, WeightFile] = {w.key: w for w in (
     WeightFile("clip_vitl14", ("ViT-L-14.pt",), "OpenAI CLIP ViT-L/14", "openai/CLIP"),
     WeightFile("musiq_spaq", ("musiq_spaq_ckpt-358bb6af.pth",), "MUSIQ (SPAQ) for imaging quality",
                "chaofengc/IQA-PyTorch (pyiqa) v0.1-weights release"),
+    WeightFile("amt_s", ("amt-s.pth",), "AMT-S frame interpolation for motion smoothness",
+               "MCG-NKU/AMT (huggingface.co/lalala125/AMT)"),
     WeightFile("aesthetic_head", ("sa_0_4_vit_l_14_linear.pth",), "LAION aesthetic linear head",
                "LAION-AI/aesthetic-predictor"),
 )}
