@@ -249,3 +249,37 @@ def test_amt_s_loads_the_released_layout_and_interpolates(tmp_path) -> None:
     assert torch.allclose(warp(img, torch.zeros(1, 2, 8, 12)), img, atol=1e-6)
     shifted = warp(img, torch.cat([torch.ones(1, 1, 8, 12), torch.zeros(1, 1, 8, 12)], 1))
     assert torch.allclose(shifted[..., :-1], img[..., 1:], atol=1e-5)
+
+
+def test_i2v_background_formula_by_hand() -> None:
+    # image e1; frames e1, (0.6, 0.8), e2: to-image 1, 0.6, 0 -> max 1; consecutive 0.6, 0.8
+    model = FixedFeatures([[1, 0], [1, 0], [0.6, 0.8], [0, 1]])
+    result = V.i2v_background([(_video(1)[0], _video(3))], model)
+    assert result.per_video == pytest.approx([0.4 * 1.0 + 0.3 * 0.7 + 0.3 * 0.6])
+    assert V.dreamsim_frames(_video(2, 30, 50)).shape == (2, 3, 224, 224)
+    assert V.dreamsim_image(_video(1, 30, 50)[0]).shape == (1, 3, 224, 224)
+
+
+def test_dreamsim_loads_its_files_and_merges_the_lora(tmp_path) -> None:
+    from steadydancer.eval.dreamsim import load_dreamsim
+    from steadydancer.eval.testing import write_dino, write_dreamsim
+
+    dino_path = write_dino(tmp_path / "dino_vitbase16_pretrain.pth")
+    write_dreamsim(tmp_path)
+    model = load_dreamsim(dino_path, tmp_path / "clip_vitb16_pretrain.pth.tar",
+                          tmp_path / "open_clip_vitb16_pretrain.pth.tar", tmp_path / "ensemble_lora")
+    # LoRA: W + (alpha / r) * B @ A, alpha 8, r 4
+    lora = torch.load(tmp_path / "ensemble_lora" / "adapter_model.bin", weights_only=True)
+    base = torch.load(tmp_path / "clip_vitb16_pretrain.pth.tar", weights_only=True)["state_dict"]
+    prefix = "base_model.model.extractor_list.1.model.blocks.1.attn.qkv"
+    expected = base["blocks.1.attn.qkv.weight"] + 2.0 * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
+    assert torch.allclose(model.clip.blocks[1].attn.qkv.weight, expected, atol=1e-6)
+    assert model.clip.blocks[0].mlp.quick_gelu and not model.open_clip.blocks[0].mlp.quick_gelu
+    assert model.clip.norm.eps == 1e-5 and model.dino.norm.eps == 1e-6 and hasattr(model.clip, "pos_drop")
+    emb = model(V.dreamsim_frames(_video(2, 30, 50)))
+    assert emb.shape == (2, 32 + 16 + 16)
+    assert torch.allclose(emb.mean(dim=1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    still = np.repeat(_video(1, 30, 50), 3, axis=0)
+    result = V.i2v_background([(still[0], still)], model)
+    assert result.per_video[0] == pytest.approx(0.4 * result.per_frame[0][0] + 0.6, abs=1e-5)

@@ -44,6 +44,8 @@ CONVENTIONS = {
     "i2v_subject": "VBench-I2V: DINO, 0.5 max cos(image, frame) + 0.5 mean cos(consecutive frames)",
     "motion_smoothness": "VBench: AMT-S re-creates odd frames from even ones, (255 - mean |real - made|) / 255, "
                          "mean over videos",
+    "i2v_background": "VBench-I2V: DreamSim ensemble, 0.4 max cos(image, frame) + 0.3 mean + 0.3 min "
+                      "cos(consecutive frames)",
     "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512, / 100, mean over frames then videos",
 }
 
@@ -313,6 +315,7 @@ def _run_vbench(ev: Evaluation, items: list[Item], load: Callable[[Path], np.nda
             for (it, _), value, frames in zip(with_image, result.per_video, result.per_frame):
                 ev.put(it.id, "i2v_subject", value, frames)
             ev.aggregate["i2v_subject"] = result.aggregate
+    _run_i2v_background(ev, items, videos)
     b32 = ev.weight("clip_vitb32", ("background_consistency",))
     if b32 is not None:
         from .vit import load_clip_image_encoder
@@ -344,6 +347,29 @@ def _run_vbench(ev: Evaluation, items: list[Item], load: Callable[[Path], np.nda
                                                            opts.device))
     for metric, reason in V.NOT_IMPLEMENTED.items():
         ev.skip(metric, reason)
+
+
+def _run_i2v_background(ev: Evaluation, items: list[Item], videos: list[np.ndarray]) -> None:
+    from . import vbench as V
+
+    with_image = [(it, v) for it, v in zip(items, videos) if it.image is not None]
+    if not with_image:
+        ev.skip("i2v_background", "no generated video has an input image (--images)")
+        return
+    paths = {}
+    for key in ("dino_vitb16", "dreamsim_clip", "dreamsim_open_clip", "dreamsim_lora"):
+        paths[key] = find_weight(ev.options.weights, key)
+        if paths[key] is None:
+            ev.skip("i2v_background", missing_reason(key, ev.options.weights))
+            return
+    from .dreamsim import load_dreamsim
+
+    model = load_dreamsim(paths["dino_vitb16"], paths["dreamsim_clip"], paths["dreamsim_open_clip"],
+                          paths["dreamsim_lora"].parent, device=ev.options.device)
+    result = V.i2v_background([(read_image(it.image), v) for it, v in with_image], model, ev.options.device)
+    for (it, _), value, frames in zip(with_image, result.per_video, result.per_frame):
+        ev.put(it.id, "i2v_background", value, frames)
+    ev.aggregate["i2v_background"] = result.aggregate
 
 
 def evaluate(options: EvalOptions) -> dict:

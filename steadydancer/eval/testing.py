@@ -121,6 +121,32 @@ def write_amt_s(path: Path, seed: int = 8) -> Path:
     return path
 
 
+def write_dreamsim(folder: Path, dim: int = 32, seed: int = 9) -> Path:
+    """DreamSim's files: the CLIP/OpenCLIP ViT-B/16 in DINO's layout (with ``pos_drop`` LayerNorm and
+    ``proj``, under ``state_dict``) and ``ensemble_lora/`` (peft adapter config + ``adapter_model.bin``).
+    The DINO backbone is :func:`write_dino`'s file."""
+    g = torch.Generator().manual_seed(seed)
+    for k, name in enumerate(("clip_vitb16_pretrain.pth.tar", "open_clip_vitb16_pretrain.pth.tar")):
+        write_dino(folder / name, dim=dim, seed=seed + 1 + k)
+        state = torch.load(folder / name, weights_only=True)
+        state["pos_drop.weight"] = 1 + _rand(dim, generator=g)
+        state["pos_drop.bias"] = _rand(dim, generator=g)
+        state["proj"] = _rand(dim, 16, generator=g)
+        torch.save({"state_dict": state}, folder / name)
+    lora = folder / "ensemble_lora"
+    lora.mkdir(parents=True, exist_ok=True)
+    (lora / "adapter_config.json").write_text(
+        '{"r": 4, "lora_alpha": 8, "lora_dropout": 0.3, "bias": "none", "target_modules": ["qkv"], "peft_type": "LORA"}')
+    tensors = {}
+    for k in range(3):
+        for i in range(2):
+            prefix = f"base_model.model.extractor_list.{k}.model.blocks.{i}.attn.qkv"
+            tensors[f"{prefix}.lora_A.weight"] = _rand(4, dim, generator=g)
+            tensors[f"{prefix}.lora_B.weight"] = _rand(3 * dim, 4, generator=g)
+    torch.save(tensors, lora / "adapter_model.bin")
+    return folder
+
+
 class TinyI3D(nn.Module):
     """Stand-in with the I3D TorchScript's call signature: [B, 3, T, H, W] -> features [B, 8].
 
@@ -163,8 +189,9 @@ def write_tiny_weights(folder: str | os.PathLike, skip: tuple[str, ...] = ("fid_
                "clip_vitb32": write_clip,
                "clip_vitl14": lambda p: write_clip(p, width=32, layers=1, patch=14, grid=16, embed=24, seed=6),
                "aesthetic_head": lambda p: write_aesthetic_head(p, embed=24), "musiq_spaq": write_musiq,
-               "amt_s": write_amt_s}
+               "amt_s": write_amt_s, "dreamsim_lora": lambda p: write_dreamsim(p.parent.parent)}
     for key, writer in writers.items():
         if key not in skip:
             writer(folder / WEIGHT_FILES[key].names[0])
+    # write_dreamsim wrote the two DreamSim towers beside the LoRA folder
     return folder

@@ -38,22 +38,24 @@ class _DinoAttention(nn.Module):
 
 
 class _DinoMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, quick_gelu: bool = False) -> None:
         super().__init__()
+        self.quick_gelu = quick_gelu
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        x = self.fc1(x)
+        return self.fc2(x * torch.sigmoid(1.702 * x) if self.quick_gelu else F.gelu(x))
 
 
 class _DinoBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float = 1e-6, quick_gelu: bool = False) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = _DinoAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _DinoMlp(dim, hidden)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = _DinoMlp(dim, hidden, quick_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -67,16 +69,22 @@ class _PatchEmbed(nn.Module):
 
 
 class DinoViT(nn.Module):
-    """Normalised frames [N, 3, H, W] -> CLS features [N, dim] (DINO's ``forward``)."""
+    """Normalised frames [N, 3, H, W] -> CLS features [N, dim] (DINO's ``forward``).
 
-    def __init__(self, dim: int, depth: int, patch: int, num_positions: int, hidden: int) -> None:
+    ``pre_norm``, ``eps`` and ``quick_gelu`` describe CLIP towers stored in DINO's layout (DreamSim's
+    converted files: a LayerNorm named ``pos_drop`` after the position embeddings, eps 1e-5, QuickGELU)."""
+
+    def __init__(self, dim: int, depth: int, patch: int, num_positions: int, hidden: int,
+                 eps: float = 1e-6, quick_gelu: bool = False, pre_norm: bool = False) -> None:
         super().__init__()
         self.patch = patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, dim))
         self.patch_embed = _PatchEmbed(dim, patch)
-        self.blocks = nn.ModuleList(_DinoBlock(dim, max(1, dim // 64), hidden) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        if pre_norm:
+            self.pos_drop = nn.LayerNorm(dim, eps=eps)
+        self.blocks = nn.ModuleList(_DinoBlock(dim, max(1, dim // 64), hidden, eps, quick_gelu) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def _positions(self, grid_h: int, grid_w: int) -> torch.Tensor:
         n = self.pos_embed.shape[1] - 1
@@ -93,28 +101,36 @@ class DinoViT(nn.Module):
         return torch.cat([self.pos_embed[:, :1], patch_pos], dim=1)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """CLS token after the final norm, or (``final_norm=False``) as the last block leaves it."""
         h, w = x.shape[-2:]
         tokens = self.patch_embed.proj(x.float()).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self._positions(h // self.patch, w // self.patch)
+        if hasattr(self, "pos_drop"):
+            tokens = self.pos_drop(tokens)
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)[:, 0]
+        return self.norm(tokens)[:, 0] if final_norm else tokens[:, 0]
+
+
+def dino_vit_from_state(state: dict[str, torch.Tensor], path: str | os.PathLike, what: str = "DINO ViT",
+                        eps: float = 1e-6, quick_gelu: bool = False) -> DinoViT:
+    """A :class:`DinoViT` sized from tensors in DINO's layout (a ``pos_drop.*`` LayerNorm is kept when present)."""
+    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    if any(k not in state for k in needed):
+        raise InputError(f"{path}: not a {what} checkpoint in DINO's layout (needs {', '.join(needed)})")
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    weight = state["patch_embed.proj.weight"]
+    model = DinoViT(dim=weight.shape[0], depth=depth, patch=weight.shape[-1],
+                    num_positions=state["pos_embed"].shape[1], hidden=state["blocks.0.mlp.fc1.weight"].shape[0],
+                    eps=eps, quick_gelu=quick_gelu, pre_norm="pos_drop.weight" in state)
+    return load_into(model, state, path, what, ignore_prefixes=("head.",))
 
 
 def load_dino_vit(path: str | os.PathLike, device: torch.device | str = "cpu") -> DinoViT:
     """DINO ViT from facebookresearch/dino's checkpoint layout (``dino_vitbase16_pretrain.pth``)."""
-    state = read_state_dict(path, "DINO ViT")
-    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
-    if any(k not in state for k in needed):
-        raise InputError(f"{path}: not a DINO ViT checkpoint (needs {', '.join(needed)})")
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    weight = state["patch_embed.proj.weight"]
-    model = DinoViT(dim=weight.shape[0], depth=depth, patch=weight.shape[-1],
-                    num_positions=state["pos_embed"].shape[1], hidden=state["blocks.0.mlp.fc1.weight"].shape[0])
-    load_into(model, state, path, "DINO ViT", ignore_prefixes=("head.",))
-    return model.to(device)
+    return dino_vit_from_state(read_state_dict(path, "DINO ViT"), path).to(device)
 
 
 class _ClipBlock(nn.Module):
