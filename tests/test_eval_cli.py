@@ -52,10 +52,11 @@ def test_eval_writes_report_table_and_plots(tmp_path, weights, capsys) -> None:
     agg = report["aggregate"]
     for metric in ("ssim", "psnr", "lpips", "lpips_01", "fvd_pair", "fvd_set", "subject_consistency",
                    "background_consistency", "temporal_flickering", "aesthetic_quality", "i2v_subject",
-                   "imaging_quality", "motion_smoothness", "i2v_background"):
+                   "imaging_quality", "i2v_background"):
         assert isinstance(agg[metric], float), metric
     assert agg["fid"] is None and "pt_inception" in report["skipped"]["fid"]
-    assert set(report["skipped"]) == {"fid"}
+    # 64x72 frames are too small for AMT-S's correlation pyramid: the one dimension not scored
+    assert set(report["skipped"]) == {"fid", "motion_smoothness"}
     assert set(report["videos"]) == {"sample_00001", "sample_00002"}
     video = report["videos"]["sample_00001"]
     assert video["reference"].endswith("00001.mp4") and video["image"].endswith("00001.png")

@@ -1,7 +1,8 @@
 """The evaluation protocols over folders of videos: HumanVid's TikTok metrics and VBench-I2V.
 
 ``evaluate(options)`` matches every generated video with its reference video (and input image),
-computes each metric whose weight file is present, and returns the report dictionary
+loads each network whose weight file is present once, then scores the videos one at a time (only
+one video pair and the set-level features are held in memory), and returns the report dictionary
 (:mod:`.report` writes it). A metric whose file is missing is skipped with one line.
 """
 
@@ -11,7 +12,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -145,27 +145,42 @@ def _to_unit(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
+# metrics whose overall value is the mean over all per-frame (or per-prefix) values of all videos, as the
+# reference scripts aggregate them (HumanVid's frame lists, VBench's sim / cnt); the others average videos
+AGGREGATE_OVER_FRAMES = ("ssim", "psnr", "lpips", "lpips_01", "fvd_pair", "subject_consistency",
+                         "background_consistency")
+HUMANVID_METRICS = ("ssim", "psnr", "lpips", "lpips_01", "fid", "fvd_pair")
+VBENCH_METRICS = ("i2v_subject", "i2v_background", "subject_consistency", "background_consistency",
+                  "temporal_flickering", "motion_smoothness", "aesthetic_quality", "imaging_quality")
+
+
 class Evaluation:
-    """Accumulates per-video values, per-frame curves, aggregates and skip reasons."""
+    """Per-video values, per-frame curves, aggregates and skip reasons of one run."""
 
     def __init__(self, options: EvalOptions) -> None:
         self.options = options
         self.videos: dict[str, dict] = {}
         self.aggregate: dict[str, float | None] = {}
         self.skipped: dict[str, str] = {}
-        self.i3d = None  # loaded once, shared by both FVD conventions
 
     def skip(self, metric: str, reason: str) -> None:
+        if metric in self.skipped:
+            return
         self.skipped[metric] = reason
         self.aggregate[metric] = None
         print(f"skip {metric}: {reason}")
 
-    def weight(self, key: str, metrics: tuple[str, ...]) -> Path | None:
-        path = find_weight(self.options.weights, key)
-        if path is None:
-            for metric in metrics:
-                self.skip(metric, missing_reason(key, self.options.weights))
-        return path
+    def weights(self, keys: tuple[str, ...], metrics: tuple[str, ...]) -> list[Path] | None:
+        """The files for ``keys``, or None after skipping ``metrics`` for the first one missing."""
+        paths = []
+        for key in keys:
+            path = find_weight(self.options.weights, key)
+            if path is None:
+                for metric in metrics:
+                    self.skip(metric, missing_reason(key, self.options.weights))
+                return None
+            paths.append(path)
+        return paths
 
     def put(self, item_id: str, metric: str, value: float, per_frame: list[float] | None = None) -> None:
         entry = self.videos.setdefault(item_id, {"metrics": {}, "per_frame": {}})
@@ -173,85 +188,79 @@ class Evaluation:
         if per_frame is not None:
             entry["per_frame"][metric] = [float(v) for v in per_frame]
 
+    def finish(self, metric: str) -> None:
+        """The aggregate of a per-video metric from the stored values."""
+        if metric in self.skipped:
+            return
+        if metric in AGGREGATE_OVER_FRAMES:
+            values = [v for e in self.videos.values() for v in e["per_frame"].get(metric, [])]
+        else:
+            values = [e["metrics"][metric] for e in self.videos.values() if metric in e["metrics"]]
+        if values:
+            self.aggregate[metric] = float(np.mean(values))
+        else:
+            self.skip(metric, "no video could be scored")
 
-def _run_humanvid(ev: Evaluation, items: list[Item], load: Callable[[Path], np.ndarray]) -> None:
-    opts = ev.options
-    pairs = [it for it in items if it.reference is not None]
-    if not pairs:
-        for metric in ("ssim", "psnr", "lpips", "lpips_01", "fid", "fvd_pair"):
+
+def _load_networks(ev: Evaluation, humanvid: bool, vbench: bool, any_reference: bool, any_image: bool) -> dict:
+    """Every network the protocol needs and whose files are present (skips printed for the rest)."""
+    opts, nets = ev.options, {}
+    if humanvid and any_reference:
+        found = ev.weights(("vgg16", "lpips_vgg"), ("lpips", "lpips_01"))
+        if found:
+            from .lpips import load_lpips
+
+            nets["lpips"] = load_lpips(*found, device=opts.device)
+        found = ev.weights(("fid_inception",), ("fid",))
+        if found:
+            from .inception import load_fid_inception
+
+            nets["inception"] = load_fid_inception(found[0], device=opts.device)
+    if any_reference:
+        found = ev.weights(("i3d",), ("fvd_pair", "fvd_set") if humanvid else ("fvd_set",))
+        if found:
+            from .i3d import load_i3d
+
+            nets["i3d"] = load_i3d(found[0], device=opts.device)
+    elif humanvid:
+        for metric in HUMANVID_METRICS:
             ev.skip(metric, "no generated video has a reference video (--reference)")
-        return
-    lpips_model = None
-    vgg, lin = ev.weight("vgg16", ("lpips", "lpips_01")), None
-    if vgg is not None:
-        lin = ev.weight("lpips_vgg", ("lpips", "lpips_01"))
-    if vgg is not None and lin is not None:
-        from .lpips import load_lpips
+    if not any_reference:
+        ev.skip("fvd_set", "no generated video has a reference video (--reference)")
+    if not vbench:
+        return nets
+    from .vit import load_aesthetic_head, load_clip_image_encoder, load_dino_vit
 
-        lpips_model = load_lpips(vgg, lin, device=opts.device)
-    inception_path = ev.weight("fid_inception", ("fid",))
-    inception = None
-    if inception_path is not None:
-        from .inception import load_fid_inception
+    found = ev.weights(("dino_vitb16",), ("subject_consistency", "i2v_subject"))
+    if found:
+        nets["dino"] = load_dino_vit(found[0], device=opts.device)
+    if not any_image:
+        for metric in ("i2v_subject", "i2v_background"):
+            ev.skip(metric, "no generated video has an input image (--images)")
+    else:
+        found = ev.weights(("dino_vitb16", "dreamsim_clip", "dreamsim_open_clip", "dreamsim_lora"), ("i2v_background",))
+        if found:
+            from .dreamsim import load_dreamsim
 
-        inception = load_fid_inception(inception_path, device=opts.device)
-    i3d_path = find_weight(opts.weights, "i3d")
-    if i3d_path is None:
-        ev.skip("fvd_pair", missing_reason("i3d", opts.weights))
-    fid_gen, fid_ref = [], []
-    pair_values: list[float] = []
-    for it in pairs:
-        gen = load(it.generated)
-        ref_all = load(it.reference)
-        h, w = gen.shape[1:3]
-        indices = (humanvid_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
-                   else list(range(len(ref_all))))
-        count = min(len(gen), len(indices))
-        gen_u = _to_unit(gen[:count])
-        ref_u = _to_unit(_resize_like(ref_all[indices[:count]], h, w))
-        ssim = M.ssim(gen_u, ref_u)
-        psnr = M.psnr(gen_u, ref_u)
-        ev.put(it.id, "ssim", ssim.mean(), ssim.tolist())
-        ev.put(it.id, "psnr", psnr.mean(), psnr.tolist())
-        if lpips_model is not None:
-            d = opts.device
-            lp = torch.cat([lpips_model(gen_u[i:i + 8].to(d) * 2 - 1, ref_u[i:i + 8].to(d) * 2 - 1).cpu()
-                            for i in range(0, count, 8)])
-            lp01 = torch.cat([lpips_model(gen_u[i:i + 8].to(d), ref_u[i:i + 8].to(d), input_range="01").cpu()
-                              for i in range(0, count, 8)])
-            ev.put(it.id, "lpips", lp.mean(), lp.tolist())
-            ev.put(it.id, "lpips_01", lp01.mean(), lp01.tolist())
-        if inception is not None:
-            fid_gen.append(_inception_features(inception, gen[:count], opts))
-            fid_ref.append(_inception_features(inception, ref_all[indices[:count]], opts))
-        if i3d_path is not None:
-            if ev.i3d is None:
-                from .i3d import load_i3d
+            nets["dreamsim"] = load_dreamsim(*found[:3], found[3].parent, device=opts.device)
+    found = ev.weights(("clip_vitb32",), ("background_consistency",))
+    if found:
+        nets["clip_b32"] = load_clip_image_encoder(found[0], device=opts.device)
+    found = ev.weights(("clip_vitl14", "aesthetic_head"), ("aesthetic_quality",))
+    if found:
+        nets["clip_l14"] = load_clip_image_encoder(found[0], device=opts.device)
+        nets["aesthetic_head"] = load_aesthetic_head(found[1], device=opts.device)
+    found = ev.weights(("musiq_spaq",), ("imaging_quality",))
+    if found:
+        from .musiq import load_musiq
 
-                ev.i3d = load_i3d(i3d_path, device=opts.device)
-            from .i3d import pair_fvd
+        nets["musiq"] = load_musiq(found[0], device=opts.device)
+    found = ev.weights(("amt_s",), ("motion_smoothness",))
+    if found:
+        from .amt import load_amt_s
 
-            fvd_indices = (humanvid_fvd_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
-                           else list(range(len(ref_all))))
-            values = pair_fvd(ev.i3d, gen, _resize_like(ref_all[fvd_indices], h, w), device=opts.device)
-            if values:
-                ev.put(it.id, "fvd_pair", np.mean(values), values)
-                pair_values.extend(values)
-    for metric in ("ssim", "psnr", "lpips", "lpips_01"):
-        if metric not in ev.skipped:
-            # HumanVid averages over all scored frame pairs of all videos
-            ev.aggregate[metric] = M.mean_or_nan(v for e in ev.videos.values() for v in e["per_frame"].get(metric, []))
-    if inception is not None:
-        gen_feats, ref_feats = np.concatenate(fid_gen), np.concatenate(fid_ref)
-        if len(gen_feats) < 2 or len(ref_feats) < 2:
-            ev.skip("fid", "fewer than two frames on a side")
-        else:
-            ev.aggregate["fid"] = M.frechet_distance_of_features(gen_feats, ref_feats)
-    if i3d_path is not None:
-        if pair_values:
-            ev.aggregate["fvd_pair"] = float(np.mean(pair_values))
-        else:
-            ev.skip("fvd_pair", "no pair has 10 frames or more")
+        nets["amt"] = load_amt_s(found[0], device=opts.device)
+    return nets
 
 
 def _inception_features(model, frames: np.ndarray, opts: EvalOptions) -> np.ndarray:
@@ -263,113 +272,70 @@ def _inception_features(model, frames: np.ndarray, opts: EvalOptions) -> np.ndar
     return np.concatenate(feats)
 
 
-def _run_fvd_set(ev: Evaluation, items: list[Item], load: Callable[[Path], np.ndarray]) -> None:
-    opts = ev.options
-    pairs = [it for it in items if it.reference is not None]
-    if not pairs:
-        ev.skip("fvd_set", "no generated video has a reference video (--reference)")
-        return
-    path = find_weight(opts.weights, "i3d")
-    if path is None:
-        ev.skip("fvd_set", missing_reason("i3d", opts.weights))
-        return
-    from .i3d import CLIP_FRAMES, load_i3d, set_level_features
+def _score_humanvid_pair(ev: Evaluation, nets: dict, item: Item, gen: np.ndarray, ref_all: np.ndarray,
+                         fid_feats: dict[str, list]) -> None:
+    """SSIM, PSNR, LPIPS per frame pair, FID features, HumanVid's per-pair FVD of one video pair."""
+    opts, device = ev.options, ev.options.device
+    h, w = gen.shape[1:3]
+    indices = (humanvid_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
+               else list(range(len(ref_all))))
+    count = min(len(gen), len(indices))
+    ref = _resize_like(ref_all[indices[:count]], h, w)
+    gen_u, ref_u = _to_unit(gen[:count]), _to_unit(ref)
+    ssim, psnr = M.ssim(gen_u, ref_u), M.psnr(gen_u, ref_u)
+    ev.put(item.id, "ssim", ssim.mean(), ssim.tolist())
+    ev.put(item.id, "psnr", psnr.mean(), psnr.tolist())
+    if "lpips" in nets:
+        model = nets["lpips"]
+        lp = torch.cat([model(gen_u[i:i + 8].to(device) * 2 - 1, ref_u[i:i + 8].to(device) * 2 - 1).cpu()
+                        for i in range(0, count, 8)])
+        lp01 = torch.cat([model(gen_u[i:i + 8].to(device), ref_u[i:i + 8].to(device), input_range="01").cpu()
+                          for i in range(0, count, 8)])
+        ev.put(item.id, "lpips", lp.mean(), lp.tolist())
+        ev.put(item.id, "lpips_01", lp01.mean(), lp01.tolist())
+    if "inception" in nets:
+        fid_feats["generated"].append(_inception_features(nets["inception"], gen[:count], opts))
+        fid_feats["reference"].append(_inception_features(nets["inception"], ref, opts))
+    if "i3d" in nets:
+        from .i3d import pair_fvd
 
-    if ev.i3d is None:
-        ev.i3d = load_i3d(path, device=opts.device)
-    detector = ev.i3d
-    gen = set_level_features(detector, [load(it.generated) for it in pairs], opts.device)
-    ref = set_level_features(detector, [load(it.reference) for it in pairs], opts.device)
-    if gen is None or ref is None or len(gen) < 2 or len(ref) < 2:
-        ev.skip("fvd_set", f"needs two or more videos of {CLIP_FRAMES}+ frames on each side")
-        return
-    ev.aggregate["fvd_set"] = M.frechet_distance_of_features(gen, ref)
+        fvd_indices = (humanvid_fvd_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
+                       else list(range(len(ref_all))))
+        values = pair_fvd(nets["i3d"], gen, _resize_like(ref_all[fvd_indices], h, w), device=device)
+        if values:
+            ev.put(item.id, "fvd_pair", np.mean(values), values)
 
 
-def _run_vbench(ev: Evaluation, items: list[Item], load: Callable[[Path], np.ndarray]) -> None:
+def _score_vbench_video(ev: Evaluation, nets: dict, item: Item, video: np.ndarray, image: np.ndarray | None) -> None:
+    """Every VBench-I2V dimension whose network is loaded, for one generated video."""
     from . import vbench as V
 
-    opts = ev.options
-    videos = [load(it.generated) for it in items]
-    short = [it.id for it, v in zip(items, videos) if len(v) < 2]
-    if short:
-        raise InputError(f"VBench needs two or more frames per video: {', '.join(short)}")
+    device = ev.options.device
+    if len(video) < 2:
+        raise InputError(f"{item.generated}: VBench needs two or more frames")
 
     def store(metric: str, result: V.DimensionResult) -> None:
-        for it, value, frames in zip(items, result.per_video, result.per_frame or [None] * len(items)):
-            ev.put(it.id, metric, value, frames)
-        ev.aggregate[metric] = result.aggregate
+        ev.put(item.id, metric, result.per_video[0], result.per_frame[0] if result.per_frame else None)
 
-    store("temporal_flickering", V.temporal_flickering_dimension(videos))
-    dino_path = ev.weight("dino_vitb16", ("subject_consistency", "i2v_subject"))
-    if dino_path is not None:
-        from .vit import load_dino_vit
-
-        dino = load_dino_vit(dino_path, device=opts.device)
-        store("subject_consistency", V.subject_consistency(videos, dino, opts.device))
-        with_image = [(it, v) for it, v in zip(items, videos) if it.image is not None]
-        if not with_image:
-            ev.skip("i2v_subject", "no generated video has an input image (--images)")
+    store("temporal_flickering", V.temporal_flickering_dimension([video]))
+    if "dino" in nets:
+        store("subject_consistency", V.subject_consistency([video], nets["dino"], device))
+        if image is not None:
+            store("i2v_subject", V.i2v_subject([(image, video)], nets["dino"], device))
+    if "dreamsim" in nets and image is not None:
+        store("i2v_background", V.i2v_background([(image, video)], nets["dreamsim"], device))
+    if "clip_b32" in nets:
+        store("background_consistency", V.background_consistency([video], nets["clip_b32"], device))
+    if "clip_l14" in nets:
+        store("aesthetic_quality", V.aesthetic_quality([video], nets["clip_l14"], nets["aesthetic_head"], device))
+    if "musiq" in nets:
+        store("imaging_quality", V.imaging_quality([video], nets["musiq"], device))
+    if "amt" in nets:
+        if len(video) < 3 or min(video.shape[1:3]) <= 112:
+            log.warning("%s: motion smoothness needs 3+ frames larger than 112 pixels a side; not scored",
+                        item.generated.name)
         else:
-            result = V.i2v_subject([(read_image(it.image), v) for it, v in with_image], dino, opts.device)
-            for (it, _), value, frames in zip(with_image, result.per_video, result.per_frame):
-                ev.put(it.id, "i2v_subject", value, frames)
-            ev.aggregate["i2v_subject"] = result.aggregate
-    _run_i2v_background(ev, items, videos)
-    b32 = ev.weight("clip_vitb32", ("background_consistency",))
-    if b32 is not None:
-        from .vit import load_clip_image_encoder
-
-        store("background_consistency",
-              V.background_consistency(videos, load_clip_image_encoder(b32, device=opts.device), opts.device))
-    l14 = ev.weight("clip_vitl14", ("aesthetic_quality",))
-    head = ev.weight("aesthetic_head", ("aesthetic_quality",)) if l14 is not None else None
-    if l14 is not None and head is not None:
-        from .vit import load_aesthetic_head, load_clip_image_encoder
-
-        store("aesthetic_quality", V.aesthetic_quality(videos, load_clip_image_encoder(l14, device=opts.device),
-                                                       load_aesthetic_head(head, device=opts.device), opts.device))
-    musiq_path = ev.weight("musiq_spaq", ("imaging_quality",))
-    if musiq_path is not None:
-        from .musiq import load_musiq
-
-        store("imaging_quality", V.imaging_quality(videos, load_musiq(musiq_path, device=opts.device), opts.device))
-    amt_path = ev.weight("amt_s", ("motion_smoothness",))
-    if amt_path is not None:
-        if min(len(v) for v in videos) < 3:
-            ev.skip("motion_smoothness", "needs three or more frames per video")
-        elif min(min(v.shape[1:3]) for v in videos) <= 48:
-            ev.skip("motion_smoothness", "AMT-S needs frames larger than 48 pixels a side")
-        else:
-            from .amt import load_amt_s
-
-            store("motion_smoothness", V.motion_smoothness(videos, load_amt_s(amt_path, device=opts.device),
-                                                           opts.device))
-    for metric, reason in V.NOT_IMPLEMENTED.items():
-        ev.skip(metric, reason)
-
-
-def _run_i2v_background(ev: Evaluation, items: list[Item], videos: list[np.ndarray]) -> None:
-    from . import vbench as V
-
-    with_image = [(it, v) for it, v in zip(items, videos) if it.image is not None]
-    if not with_image:
-        ev.skip("i2v_background", "no generated video has an input image (--images)")
-        return
-    paths = {}
-    for key in ("dino_vitb16", "dreamsim_clip", "dreamsim_open_clip", "dreamsim_lora"):
-        paths[key] = find_weight(ev.options.weights, key)
-        if paths[key] is None:
-            ev.skip("i2v_background", missing_reason(key, ev.options.weights))
-            return
-    from .dreamsim import load_dreamsim
-
-    model = load_dreamsim(paths["dino_vitb16"], paths["dreamsim_clip"], paths["dreamsim_open_clip"],
-                          paths["dreamsim_lora"].parent, device=ev.options.device)
-    result = V.i2v_background([(read_image(it.image), v) for it, v in with_image], model, ev.options.device)
-    for (it, _), value, frames in zip(with_image, result.per_video, result.per_frame):
-        ev.put(it.id, "i2v_background", value, frames)
-    ev.aggregate["i2v_background"] = result.aggregate
+            store("motion_smoothness", V.motion_smoothness([video], nets["amt"], device))
 
 
 def evaluate(options: EvalOptions) -> dict:
@@ -381,23 +347,48 @@ def evaluate(options: EvalOptions) -> dict:
     if options.fid_resize < 0:
         raise InputError(f"--fid_resize: expected 0 (off) or a size such as 768, got {options.fid_resize}")
     items = match_inputs(options)
-    cache: dict[Path, np.ndarray] = {}
-
-    def load(path: Path) -> np.ndarray:
-        if path not in cache:
-            cache[path] = read_frames(path, options.max_frames)
-        return cache[path]
-
+    humanvid = options.protocol in ("humanvid", "all")
+    vbench = options.protocol in ("vbench-i2v", "all")
     ev = Evaluation(options)
-    if options.protocol in ("humanvid", "all"):
-        _run_humanvid(ev, items, load)
-    if options.protocol in ("vbench-i2v", "all"):
-        _run_vbench(ev, items, load)
-    _run_fvd_set(ev, items, load)
-    for it in items:
-        entry = ev.videos.setdefault(it.id, {"metrics": {}, "per_frame": {}})
-        entry.update({"generated": str(it.generated), "reference": str(it.reference) if it.reference else None,
-                      "image": str(it.image) if it.image else None})
+    nets = _load_networks(ev, humanvid, vbench, any(it.reference for it in items), any(it.image for it in items))
+    fid_feats: dict[str, list] = {"generated": [], "reference": []}
+    fvd_feats: dict[str, list] = {"generated": [], "reference": []}
+    for number, item in enumerate(items, 1):
+        log.info("scoring %s (%d/%d)", item.generated.name, number, len(items))
+        gen = read_frames(item.generated, options.max_frames)
+        ref = read_frames(item.reference, options.max_frames) if item.reference else None
+        image = read_image(item.image) if item.image else None
+        if humanvid and ref is not None:
+            _score_humanvid_pair(ev, nets, item, gen, ref, fid_feats)
+        if vbench:
+            _score_vbench_video(ev, nets, item, gen, image)
+        if "i3d" in nets and ref is not None:
+            from .i3d import set_level_features
+
+            for side, video in (("generated", gen), ("reference", ref)):
+                feats = set_level_features(nets["i3d"], [video], options.device)
+                if feats is not None:
+                    fvd_feats[side].append(feats)
+        entry = ev.videos.setdefault(item.id, {"metrics": {}, "per_frame": {}})
+        entry.update({"generated": str(item.generated), "reference": str(item.reference) if item.reference else None,
+                      "image": str(item.image) if item.image else None})
+    for metric in (HUMANVID_METRICS if humanvid else ()) + (VBENCH_METRICS if vbench else ()):
+        if metric != "fid":
+            ev.finish(metric)
+    if "inception" in nets:
+        if sum(len(f) for f in fid_feats["generated"]) < 2:
+            ev.skip("fid", "fewer than two scored frames")
+        else:
+            ev.aggregate["fid"] = M.frechet_distance_of_features(np.concatenate(fid_feats["generated"]),
+                                                                 np.concatenate(fid_feats["reference"]))
+    if "i3d" in nets:
+        from .i3d import CLIP_FRAMES
+
+        if min(len(fvd_feats["generated"]), len(fvd_feats["reference"])) < 2:
+            ev.skip("fvd_set", f"needs two or more videos of {CLIP_FRAMES}+ frames on each side")
+        else:
+            ev.aggregate["fvd_set"] = M.frechet_distance_of_features(np.concatenate(fvd_feats["generated"]),
+                                                                     np.concatenate(fvd_feats["reference"]))
     return {
         "protocol": options.protocol,
         "generated": str(options.generated),

@@ -196,9 +196,11 @@ def motion_smoothness(videos: list[np.ndarray], amt, device="cpu") -> DimensionR
         inputs = torch.from_numpy(np.ascontiguousarray(video[0::2])).permute(0, 3, 1, 2).float() / 255.0
         padded, (left, right, top, bottom) = _pad_to_16(inputs)
         h, w = padded.shape[-2:]
-        if min(h, w) < 64:
-            # AMT's 4-level correlation pyramid at 1/8 resolution needs 8 feature cells a side
-            raise ValueError(f"motion smoothness needs frames of 49+ pixels a side (padded to 64), got {video.shape[1:3]}")
+        if min(h, w) < 128:
+            # AMT's 4-level correlation pyramid from 1/8 resolution needs 2+ cells a side at its coarsest
+            # level (1/64): a 1-cell level divides by zero when its lookup normalises coordinates
+            raise ValueError(f"motion smoothness needs frames of 113+ pixels a side (padded to 128), "
+                             f"got {video.shape[1:3]}")
         diffs = []
         for i in range(len(padded) - 1):
             middle = amt(padded[i:i + 1].to(device), padded[i + 1:i + 2].to(device), t).cpu()
@@ -238,7 +240,3 @@ def i2v_background(pairs: list[tuple[np.ndarray, np.ndarray]], dreamsim, device=
         per_video.append(0.4 * max(to_image) + 0.3 * float(np.mean(consecutive)) + 0.3 * min(consecutive))
         per_frame.append(to_image)
     return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
-
-
-# VBench-I2V dimensions whose networks this version does not implement (named in the report)
-NOT_IMPLEMENTED: dict[str, str] = {}
