@@ -94,6 +94,8 @@ def test_without_weights_every_network_metric_is_one_line_and_the_rest_runs(tmp_
     (["--generated", "/nonexistent"], "--generated: folder not found"),
     (["--protocol", "humanvid"], "--protocol humanvid needs --reference"),
     (["--out", "report.txt"], "--out: expected a .json path"),
+    (["--device", "gpu0"], "--device: expected cpu, cuda or cuda:N"),
+    (["--reference", "/nonexistent"], "--reference: folder not found"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message) -> None:
     gen = tmp_path / "g"

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, default=None,
                         help="folder of reference (driving / ground-truth) videos, matched by file name")
     parser.add_argument("--images", type=Path, default=None,
-                        help="folder of the input (reference) images, matched by file name (VBench-I2V I2V Subject)")
+                        help="folder of the input (reference) images, matched by file name (VBench-I2V I2V subject "
+                             "and background)")
     parser.add_argument("--protocol", default="all", choices=["humanvid", "vbench-i2v", "all"],
                         help="humanvid: SSIM, PSNR, LPIPS, FID, FVD (TikTok); vbench-i2v: VBench-I2V dimensions + FVD")
     parser.add_argument("--weights", type=Path, default=None,
@@ -41,8 +42,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--max_frames: expected 2 or more, got {args.max_frames}")
     if args.out.suffix.lower() != ".json":
         raise InputError(f"--out: expected a .json path, got {args.out}")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device: expected cpu, cuda or cuda:N, got {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device here")
     options = EvalOptions(generated=args.generated, reference=args.reference, images=args.images,
-                          protocol=args.protocol, weights=args.weights, device=args.device,
+                          protocol=args.protocol, weights=args.weights, device=str(device),
                           fid_resize=args.fid_resize, sampling=args.sampling, max_frames=args.max_frames)
     report = evaluate(options)
     for path in write_report(report, args.out, args.name):
