@@ -33,7 +33,8 @@ CONVENTIONS = {
     "psnr": "20 log10(1 / sqrt(mse)) per frame pair in [0, 1], mean over frame pairs",
     "lpips": "LPIPS v0.1 VGG, inputs in [-1, 1] (LPIPS' own convention), mean over frame pairs",
     "lpips_01": "the same LPIPS fed [0, 1] images as they are (HumanVid/DisCo TikTok scripts)",
-    "fid": "pytorch-fid FID Inception pool3, Fréchet distance of all scored generated vs reference frames",
+    "fid": "pytorch-fid FID Inception pool3, Fréchet distance of all scored generated frames vs their reference "
+           "frames (at the reference's own size)",
     "fvd_set": "StyleGAN-V FVD: I3D features of the first 16-frame clip of each video, set-level Fréchet distance",
     "fvd_pair": "HumanVid FVD: per generated/reference pair, squared I3D feature distance of every 10..T-frame "
                 "prefix (a Fréchet distance of one video per side), mean over prefixes and pairs",
@@ -295,7 +296,8 @@ def _score_humanvid_pair(ev: Evaluation, nets: dict, item: Item, gen: np.ndarray
         ev.put(item.id, "lpips_01", lp01.mean(), lp01.tolist())
     if "inception" in nets:
         fid_feats["generated"].append(_inception_features(nets["inception"], gen[:count], opts))
-        fid_feats["reference"].append(_inception_features(nets["inception"], ref, opts))
+        # HumanVid's video2jpg keeps reference frames at their own size (the Inception resizes them)
+        fid_feats["reference"].append(_inception_features(nets["inception"], ref_all[indices[:count]], opts))
     if "i3d" in nets:
         from .i3d import pair_fvd
 
