@@ -17,7 +17,8 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     """Tensors of a ``.pth``/``.pt``/``.safetensors`` weight file (``weights_only`` torch.load).
 
     A TorchScript archive (OpenAI's CLIP ``ViT-B-32.pt``) is read through ``torch.jit.load`` and
-    its ``state_dict()``. A dict holding the tensors under ``state_dict``/``model`` is unwrapped.
+    its ``state_dict()``. A dict holding the tensors under ``state_dict``/``model``/``params`` (AMT's and
+    pyiqa's checkpoints) is unwrapped.
     """
     path = Path(path)
     if not path.is_file():
@@ -38,7 +39,7 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         except Exception:  # noqa: BLE001
             raise InputError(f"{path}: cannot read {what} weights ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    for wrapper in ("state_dict", "model", "teacher"):
+    for wrapper in ("state_dict", "model", "params"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

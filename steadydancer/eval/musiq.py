@@ -201,7 +201,6 @@ class MUSIQ(nn.Module):
 def load_musiq(path: str | os.PathLike, device: torch.device | str = "cpu") -> MUSIQ:
     """MUSIQ from pyiqa's checkpoint (``musiq_spaq_ckpt-358bb6af.pth``; sizes read from the tensors)."""
     state = read_state_dict(path, "MUSIQ")
-    state = state.get("params", state) if isinstance(state.get("params"), dict) else state
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     needed = ("embedding.weight", "transformer_encoder.encoderblock_0.mlp.fc1.weight", "head.weight", "conv_root.weight")
     needed = tuple(k.replace("transformer_encoder.", "transformer_encoder.transformer.") if "encoderblock" in k else k
