@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
 from ..fileio import atomic_path
-
-log = logging.getLogger(__name__)
 
 # (metric, column title, better direction, format); the column groups of the paper's Table 2
 HUMANVID_COLUMNS = (("ssim", "SSIM", "↑", "{:.4f}"), ("psnr", "PSNR", "↑", "{:.2f}"),
@@ -48,8 +45,9 @@ def markdown_table(report: dict, name: str) -> str:
     lines += ["## What each number is", ""]
     lines += [f"- `{k}`: {v}" for k, v in report["conventions"].items()]
     opts = report.get("options", {})
-    lines.append(f"- FID pre-resize: {str(opts.get('fid_resize')) + 'x' + str(opts.get('fid_resize')) if opts.get('fid_resize') else 'none (pytorch-fid default)'}; "
-                 f"frame pairing: {opts.get('sampling')}")
+    size = opts.get("fid_resize")
+    pre_resize = f"{size}x{size} (HumanVid)" if size else "none (pytorch-fid's own 299x299 resize)"
+    lines.append(f"- FID pre-resize: {pre_resize}; reference frame pairing: {opts.get('sampling')}")
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- `{k}`: {v}" for k, v in report["skipped"].items()]
     lines.append("")
