@@ -1,4 +1,4 @@
-"""``steadydancer`` command: subcommands prepare, generate, demo."""
+"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "prepare": ("steadydancer.cli.prepare", "detect, align and draw poses; write the input folder"),
     "generate": ("steadydancer.cli.generate", "generate the video from an input folder (official flags)"),
     "demo": ("steadydancer.cli.demo", "prepare + generate on the bundled sample (tiny random model by default)"),
+    "eval": ("steadydancer.cli.eval", "score generated videos: TikTok/HumanVid metrics, VBench-I2V, FVD; report + table + plots"),
+    "benchmark": ("steadydancer.cli.benchmark", "xdance / tiktok protocol: make the rows, prepare, generate (resumable), score"),
 }
 
 

@@ -5,6 +5,7 @@ import sys
 
 from ..models.memory import DTYPES
 from . import TOLERANCE, detect_kind, run_case
+from .metrics import METRIC_KINDS  # these run in float32 whatever --dtype says
 
 
 def main(argv=None) -> int:
@@ -39,7 +40,12 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         errors = run_case(case, device=str(device), dtype=DTYPES[args.dtype])
-        where = "" if kind == "pose" or (device.type == "cpu" and args.dtype == "fp32") else f" {device} {args.dtype}"
+        if kind == "pose" or (device.type == "cpu" and args.dtype == "fp32"):
+            where = ""
+        elif kind in METRIC_KINDS:
+            where = "" if device.type == "cpu" else f" {device}"
+        else:
+            where = f" {device} {args.dtype}"
         for name, err in errors.items():
             ok = err <= args.tolerance
             failed |= not ok

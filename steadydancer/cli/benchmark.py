@@ -1,0 +1,68 @@
+"""``steadydancer benchmark``: build a protocol's rows (xdance: every image x every video; tiktok: each
+video from its first frame), prepare and generate them resumably, then score them with
+``steadydancer eval`` into OUT/report.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import generate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", required=True, choices=["xdance", "tiktok"],
+                        help="xdance: every image with every video, VBench-I2V + FVD; tiktok: each video from its "
+                             "first frame, SSIM/PSNR/LPIPS/FID/FVD")
+    parser.add_argument("--videos", required=True, type=Path,
+                        help="driving videos: ID.mp4 files or ID/ folders with video.mp4 (+ prompt.txt)")
+    parser.add_argument("--images", type=Path, default=None, help="reference images (xdance)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="benchmark folder: manifest.json, inputs/, generated/, report.json")
+    parser.add_argument("--weights", type=Path, default=None, help="evaluation weight files (docs/evaluation.md)")
+    parser.add_argument("--max_frame", type=int, default=None, help="use at most N frames of each driving video")
+    parser.add_argument("--pose_backend", default="auto", help="pose detector backend for the preparation")
+    generate.add_arguments(parser)
+    parser.set_defaults(size=None)  # None = not given: the tiny or the official default fills it
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..eval.benchmark import BENCHMARKS, make_rows, run_benchmark
+    from ..eval.protocols import EvalOptions, evaluate
+    from ..eval.report import write_report
+    from ..pipeline import config as C
+    from ..pose import prepare as prepare_module
+    from .demo import TINY_DEFAULTS
+
+    for flag in ("image", "cond_pos_folder", "cond_neg_folder", "input_dir", "save_file"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag}: the benchmark sets it for every row")
+    if args.max_frame is not None and args.max_frame < 1:
+        raise InputError(f"--max_frame: expected 1 or more, got {args.max_frame}")
+    out = args.out
+    if args.ckpt_dir is None:
+        for name, value in TINY_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    elif args.size is None:
+        args.size = C.DEFAULT_SIZE
+    generate.check_flags(args)
+    rows = make_rows(args.protocol, args.videos, args.images, out)
+    if args.ckpt_dir is None:
+        ckpt = out / "tiny_ckpt"
+        if not (ckpt / C.DIT_CONFIG).is_file():
+            from ..pipeline.tiny import write_tiny_checkpoint
+
+            write_tiny_checkpoint(ckpt, seed=0)
+        args.ckpt_dir = str(ckpt)
+    if args.base_seed < 0:
+        args.base_seed = 0  # a benchmark is reproducible
+    run_benchmark(args.protocol, rows, out, args, prepare_module.prepare_inputs, generate.run,
+                  prepare_kwargs={"max_frame": args.max_frame, "backend": args.pose_backend})
+    device = args.device or "cpu"
+    report = evaluate(EvalOptions(generated=out / "generated", reference=out / "reference", images=out / "images",
+                                  protocol=BENCHMARKS[args.protocol], weights=args.weights, device=device))
+    for path in write_report(report, out / "report.json", name=f"SteadyDancer ({args.protocol})"):
+        print(f"wrote {path}")
+    return 0

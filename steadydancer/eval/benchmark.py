@@ -1,0 +1,129 @@
+"""Protocol runners: build a benchmark's rows, prepare and generate each (resumably), then score.
+
+- ``xdance``: every reference image with every driving video (the X-Dance layout); scored with the
+  VBench-I2V dimensions and FVD against the driving videos.
+- ``tiktok``: each video animates its own first frame (HumanVid's TikTok protocol); scored with
+  SSIM, PSNR, LPIPS, FID and FVD against the video itself.
+
+Rows whose generated video exists are not generated again, and a prepared input folder is reused,
+so an interrupted run resumes where it stopped. Generation runs row after row through
+``steadydancer generate`` (each row loads the models again); the batch runner of issue 12 will
+keep them loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from ..fileio import atomic_path
+from .protocols import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = {"xdance": "vbench-i2v", "tiktok": "humanvid"}
+
+
+@dataclass
+class Row:
+    id: str
+    image: str
+    video: str
+    prompt: str | None
+
+
+def find_videos(folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """Driving videos by id: ``ID.mp4`` files, or ``ID/`` folders holding ``video.mp4`` (and an optional
+    ``prompt.txt``, the layout of the bundled samples)."""
+    if not folder.is_dir():
+        raise InputError(f"--videos: folder not found: {folder}")
+    videos: dict[str, tuple[Path, str | None]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
+            videos[entry.stem] = (entry, None)
+        elif entry.is_dir() and (entry / "video.mp4").is_file():
+            prompt_file = entry / "prompt.txt"
+            prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else None
+            videos[entry.name] = (entry / "video.mp4", prompt or None)
+    if not videos:
+        raise InputError(f"--videos: no videos ({', '.join(VIDEO_EXTENSIONS)}, or folders with video.mp4) in {folder}")
+    return videos
+
+
+def make_rows(protocol: str, videos_dir: Path, images_dir: Path | None, out: Path) -> list[Row]:
+    """The benchmark's rows (for tiktok, each video's first frame is written to OUT/first_frames)."""
+    videos = find_videos(Path(videos_dir))
+    if protocol == "xdance":
+        if images_dir is None or not Path(images_dir).is_dir():
+            raise InputError(f"--images: folder of reference images needed for xdance (got {images_dir})")
+        images = {p.stem: p for p in sorted(Path(images_dir).iterdir())
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+        if not images:
+            raise InputError(f"--images: no images ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}")
+        return [Row(f"{image_id}__{video_id}", str(image), str(video), prompt)
+                for image_id, image in images.items() for video_id, (video, prompt) in videos.items()]
+    if protocol == "tiktok":
+        from ..pose.video import iter_video
+
+        rows = []
+        for video_id, (video, prompt) in videos.items():
+            first = out / "first_frames" / f"{video_id}.png"
+            if not first.is_file():
+                frame = next(iter_video(video, max_frames=1), None)
+                if frame is None:
+                    raise InputError(f"video {video} has no decodable frames")
+                with atomic_path(first) as tmp:
+                    Image.fromarray(np.asarray(frame)).save(tmp, format="PNG")
+            rows.append(Row(video_id, str(first), str(video), prompt))
+        return rows
+    raise InputError(f"--protocol: expected one of {', '.join(BENCHMARKS)}, got {protocol!r}")
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` -> ``source`` as a symbolic link (a copy where links are not allowed)."""
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(source.resolve(), target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def run_benchmark(protocol: str, rows: list[Row], out: Path, generate_args,
+                  prepare: Callable[..., Path], generate: Callable[[object], int],
+                  prepare_kwargs: dict | None = None) -> list[str]:
+    """Prepare and generate every row not done yet; lay out OUT/generated, OUT/reference and OUT/images
+    for :func:`steadydancer.eval.protocols.evaluate`. Returns the ids generated in this run."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "manifest.json") as tmp:
+        tmp.write_text(json.dumps({"protocol": protocol, "rows": [asdict(r) for r in rows]}, indent=1))
+    done_now = []
+    for number, row in enumerate(rows, 1):
+        target = out / "generated" / f"{row.id}.mp4"
+        _link(Path(row.video), out / "reference" / f"{row.id}.mp4")
+        _link(Path(row.image), out / "images" / f"{row.id}{Path(row.image).suffix.lower()}")
+        if target.is_file():
+            log.info("[%d/%d] %s: already generated", number, len(rows), row.id)
+            continue
+        inputs = out / "inputs" / row.id
+        if not (inputs / "positive").is_dir():
+            log.info("[%d/%d] %s: preparing poses", number, len(rows), row.id)
+            prepare(row.image, row.video, inputs, prompt=row.prompt, **(prepare_kwargs or {}))
+        args = copy.deepcopy(generate_args)
+        args.input_dir, args.save_file = str(inputs), str(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("[%d/%d] %s: generating", number, len(rows), row.id)
+        generate(args)
+        done_now.append(row.id)
+    return done_now
