@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..sampling import DiTConditions, sample_dc_cfg
@@ -407,34 +408,39 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
     vae = pipeline.vae()
     tail: torch.Tensor | None = None  # frames of the previous window from the current start on, not yet written
     first_frame = shared.first
-    for k, start in enumerate(starts):
-        y = image_condition(pipeline, first_frame, window, shared)
-        pos = encode_pose_clip(pipeline, positive[start:start + window], shared.h, shared.w)
-        neg = encode_pose_clip(pipeline, negative[start:start + window], shared.h, shared.w)
-        conditions = shared.conditions(y, pos, neg)
-        if on_window is not None:
-            on_window(k, start, conditions)
-        noise = torch.randn(16, latent_window(window), shared.lat_h, shared.lat_w, dtype=torch.float32,
-                            generator=shared.generator, device=pipeline.device)
-        log.info("chain window %d/%d: frames %d-%d", k + 1, len(starts), start, start + window - 1)
-        with dit_session(pipeline) as dit:
-            latent = sample_dc_cfg(dit, noise, *conditions, **_sampler_kwargs(pipeline, sampling, shared.seed + k,
-                                                                                progress))
-        del conditions, y, pos, neg, noise
-        video = vae.decode(latent.to(pipeline.device)).cpu()
-        del latent
-        if target is not None:
-            video = color_match(video, target)
-        if tail is not None:
-            overlap = tail.shape[1]
-            video[:, :overlap] = crossfade(tail, video[:, :overlap])
-        end = starts[k + 1] - start if k + 1 < len(starts) else window
-        if emit:
-            yield from to_uint8_frames(video[:, :end])
-        tail = video[:, end:].clone() if k + 1 < len(starts) else None
-        if tail is not None:
-            first_frame = tail[:, :1].clone()
-        del video
+    bar = tqdm(total=len(starts) * _step_count(sampling), disable=not progress, desc="sampling (windows x steps)",
+               unit="step")
+    # One DiT session for the whole chain: the DiT stays on its device while each window is decoded
+    # (offloading it between windows would move or reload the whole model every window).
+    with dit_session(pipeline) as dit:
+        for k, start in enumerate(starts):
+            y = image_condition(pipeline, first_frame, window, shared)
+            pos = encode_pose_clip(pipeline, positive[start:start + window], shared.h, shared.w)
+            neg = encode_pose_clip(pipeline, negative[start:start + window], shared.h, shared.w)
+            conditions = shared.conditions(y, pos, neg)
+            if on_window is not None:
+                on_window(k, start, conditions)
+            noise = torch.randn(16, latent_window(window), shared.lat_h, shared.lat_w, dtype=torch.float32,
+                                generator=shared.generator, device=pipeline.device)
+            log.info("chain window %d/%d: frames %d-%d", k + 1, len(starts), start, start + window - 1)
+            latent = sample_dc_cfg(dit, noise, *conditions, on_step=lambda *_: bar.update(1),
+                                   **_sampler_kwargs(pipeline, sampling, shared.seed + k, progress=False))
+            del conditions, y, pos, neg, noise
+            video = vae.decode(latent.to(pipeline.device)).cpu()
+            del latent
+            if target is not None:
+                video = color_match(video, target)
+            if tail is not None:
+                overlap = tail.shape[1]
+                video[:, :overlap] = crossfade(tail, video[:, :overlap])
+            end = starts[k + 1] - start if k + 1 < len(starts) else window
+            if emit:
+                yield from to_uint8_frames(video[:, :end])
+            tail = video[:, end:].clone() if k + 1 < len(starts) else None
+            if tail is not None:
+                first_frame = tail[:, :1].clone()
+            del video
+    bar.close()
 
 
 def long_video_frames(pipeline: "DancerPipeline", *args, options: LongVideoOptions, emit: bool = True,
