@@ -170,18 +170,19 @@ def test_up_to_context_frames_takes_the_one_window_path_unchanged(ckpt, tmp_path
 def _ulysses_worker(rank: int, world_size: int, ckpt: str, folder: str, out_dir: str) -> dict:
     """Every rank runs every window of both modes on the sequence-parallel DiT; rank 0 writes."""
     from steadydancer.distributed.launch import init_distributed
-    from steadydancer.distributed.pipeline import DistributedDancerPipeline
+    from steadydancer.distributed.pipeline import generate_video_distributed
+    from steadydancer.pipeline import run
 
+    run.max_area_for = lambda size: AREA  # a 64x80 video keeps the test short (this process only)
     setup = init_distributed(ulysses_size=2)
     assert setup.sequence_parallel
     counts = {}
     for mode in ("context", "chain"):
         options = LongVideoOptions(context_frames=33, context_overlap=16, mode=mode)
-        written = generate_long_video_file(
-            DistributedDancerPipeline(ckpt, setup), **_files(Path(folder)), prompt="p",
-            save_file=Path(out_dir) / f"{mode}.mp4", max_area=AREA, frame_num=69, sampling=SamplingOptions(steps=1),
-            options=options, seed=setup.broadcast_seed(2), progress=False, emit=setup.is_main)
-        setup.barrier()
+        written = generate_video_distributed(setup, ckpt_dir=ckpt, **_files(Path(folder)), prompt="p",
+                                             save_file=Path(out_dir) / f"{mode}.mp4", size="832*480", frame_num=69,
+                                             sampling=SamplingOptions(steps=1), seed=2, progress=False,
+                                             long_video=options)
         counts[mode] = len(read_video(written)[0]) if written is not None else None
     return counts
 
