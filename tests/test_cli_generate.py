@@ -203,3 +203,34 @@ def test_generation_log_has_stage_lines_and_no_carriage_returns(tmp_path):
                    "seed 7\n"):
         assert needle in log, needle
     assert "to reproduce" not in log  # the seed was given
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--context_frames", "33", "--context_overlap", "33"], ["--context_overlap 33", "less than the window"]),
+    (["--context_frames", "33", "--context_overlap", "40"], ["--context_overlap 40", "--context_frames 33"]),
+    (["--context_frames", "32"], ["--context_frames 32", "4n+1"]),
+    (["--context_frames", "1"], ["--context_frames 1", "4n+1"]),
+    (["--long_video", "chain", "--context_frames", "9", "--context_overlap", "0"], ["--context_overlap 0"]),
+    (["--context_frames", "33", "--frame_num", "69"], ["found 5 pose frames", "needs 69"]),
+    (["--sample_timesteps", "1000,750"], ["--sample_timesteps", "euler or lcm"]),
+    (["--sample_solver", "euler", "--sample_timesteps", "1000,x"], ["--sample_timesteps 1000,x", "numbers"]),
+    (["--sample_solver", "lcm", "--sample_timesteps", "500,750"], ["decreasing"]),
+])
+def test_bad_long_video_and_few_step_flags_are_one_line(setup, capsys, flags, words):
+    _, _, out, base = setup
+    _expect_error(capsys, base + flags, out, *words)
+
+
+@pytest.mark.parametrize("mode", ["context", "chain"])
+def test_windowed_generation_from_the_command_line(tmp_path, capsys, monkeypatch, mode):
+    from steadydancer.pipeline import run
+
+    monkeypatch.setattr(run, "max_area_for", lambda size: 64 * 96)  # a 64x80 video keeps the test short
+    inputs = write_inputs(tmp_path / "in", 13)
+    out = tmp_path / "long.mp4"
+    argv = ["--ckpt_dir", str(tiny_checkpoint()), "--input_dir", str(inputs), "--save_file", str(out),
+            "--device", "cpu", "--frame_num", "13", "--context_frames", "9", "--context_overlap", "4",
+            "--long_video", mode, "--sample_solver", "euler", "--sample_timesteps", "1000,500"]
+    code, _ = _run_cli(argv, capsys)
+    frames, fps = read_video(out)
+    assert code == 0 and len(frames) == 13 and frames[0].shape == (80, 64, 3)

@@ -56,7 +56,7 @@ def test_timesteps_match_official_values():
 
 def test_unknown_solver_rejected():
     with pytest.raises(ValueError, match="unknown solver"):
-        make_scheduler("euler", 4, 5.0)
+        make_scheduler("heun", 4, 5.0)  # euler and lcm are few-step solvers now
 
 
 def test_pose_cfg_window_is_strict():

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cond_neg_folder", default=None, help="negative (augmented) pose frames")
     parser.add_argument("--input_dir", default=None,
                         help="prepared input folder: fills --image, --prompt, --cond_pos_folder, --cond_neg_folder")
-    parser.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="sampler")
+    parser.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++", "euler", "lcm"],
+                        help="sampler; euler and lcm are the few-step solvers of step-distillation LoRAs")
     parser.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default 40)")
     parser.add_argument("--sample_shift", type=float, default=None,
                         help="flow-matching shift (default 5.0; 3.0 at 832*480 and 480*832)")
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--st_cond_cfg", type=float, default=0.1, help="pose CFG starts after this fraction of steps")
     parser.add_argument("--end_cond_cfg", type=float, default=0.4, help="pose CFG ends before this fraction of steps")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--sample_timesteps", default=None,
+                        help="euler/lcm only: the step list on the 0..1000 scale, e.g. 1000,750,500,250 "
+                             "(lightx2v's); replaces --sample_steps")
+    add_long_video_arguments(parser)
     # multi-GPU: under torchrun (see steadydancer/distributed and docs/multi_gpu.md)
     multi = parser.add_argument_group("multi-GPU (official flags; launch with torchrun --nproc_per_node=N)")
     multi.add_argument("--ulysses_size", type=int, default=1,
@@ -82,6 +87,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..models.memory import add_memory_arguments
 
     add_memory_arguments(parser)
+
+
+def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """Windowed generation of videos longer than one window (docs/long_video.md)."""
+    from ..pipeline.long_video import MODES, LongVideoOptions
+    from ..sampling.context_windows import FUSIONS, SCHEDULES
+
+    defaults = LongVideoOptions()
+    group = parser.add_argument_group("long videos (more frames than --context_frames: overlapping windows)")
+    group.add_argument("--context_frames", type=int, default=defaults.context_frames,
+                       help="frames the DiT sees at once, 4n+1 (default 81); longer videos are windowed")
+    group.add_argument("--context_overlap", type=int, default=defaults.context_overlap,
+                       help="frames shared by neighbouring windows (default 16)")
+    group.add_argument("--long_video", default=defaults.mode, choices=MODES,
+                       help="context: every step denoises all windows and fuses them (the paper's method); "
+                            "chain: windows one after another, each starting from the previous one's frame")
+    group.add_argument("--context_schedule", default=defaults.schedule, choices=SCHEDULES,
+                       help="context mode: static windows, or uniform (seams shift from step to step)")
+    group.add_argument("--context_fuse", default=defaults.fuse, choices=FUSIONS,
+                       help="context mode: weights of overlapping predictions")
+    group.add_argument("--no_freenoise", action="store_true", default=False,
+                       help="context mode: independent noise for every frame (default: FreeNoise)")
+    group.add_argument("--color_match", action="store_true", default=False,
+                       help="chain mode: match each window's Lab mean/std to the reference image")
+
+
+def long_video_options_from_args(args: argparse.Namespace):
+    """The :class:`~steadydancer.pipeline.long_video.LongVideoOptions` of parsed generate flags."""
+    from ..pipeline.long_video import LongVideoOptions
+
+    return LongVideoOptions(context_frames=args.context_frames, context_overlap=args.context_overlap,
+                            mode=args.long_video, schedule=args.context_schedule, fuse=args.context_fuse,
+                            freenoise=not args.no_freenoise, color_match=args.color_match)
+
+
+def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] | None:
+    """``--sample_timesteps`` "1000,750,..." -> floats (each in (0, 1000], decreasing); InputError otherwise."""
+    if value is None:
+        return None
+    if solver not in ("euler", "lcm"):
+        raise InputError(f"--sample_timesteps: needs --sample_solver euler or lcm (got {solver})")
+    try:
+        steps = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--sample_timesteps {value}: expected comma-separated numbers, e.g. 1000,750,500,250") from None
+    if not all(0 < t <= C.NUM_TRAIN_TIMESTEPS for t in steps) or any(a <= b for a, b in zip(steps, steps[1:])):
+        raise InputError(f"--sample_timesteps {value}: expected decreasing values in (0, {C.NUM_TRAIN_TIMESTEPS}]")
+    return steps
 
 
 def check_parallel_args(args: argparse.Namespace) -> None:
@@ -108,6 +161,11 @@ def check_flags(args: argparse.Namespace) -> None:
         check_frame_num(args.frame_num)
     if args.sample_steps is not None and args.sample_steps < 1:
         raise InputError(f"--sample_steps {args.sample_steps}: must be >= 1")
+    if hasattr(args, "context_frames"):
+        from ..pipeline.long_video import check_long_video_options
+
+        check_long_video_options(long_video_options_from_args(args))
+        parse_sample_timesteps(args.sample_timesteps, args.sample_solver)
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -183,7 +241,10 @@ def _run(args: argparse.Namespace) -> int:
     sampling = SamplingOptions(solver=args.sample_solver, steps=args.sample_steps, shift=args.sample_shift,
                                guide_scale=args.sample_guide_scale,
                                condition_guide_scale=args.condition_guide_scale,
-                               st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg)
+                               st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg,
+                               timesteps=parse_sample_timesteps(args.sample_timesteps, args.sample_solver))
+    if sampling.timesteps is not None:
+        sampling.steps = len(sampling.timesteps)
     from ..models.memory import memory_options_from_args
 
     memory = memory_options_from_args(args)
@@ -194,6 +255,7 @@ def _run(args: argparse.Namespace) -> int:
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,
-                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device, memory=memory)
+                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device, memory=memory,
+                   long_video=long_video_options_from_args(args))
     print(f"saved {args.save_file}")
     return 0

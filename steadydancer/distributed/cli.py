@@ -85,6 +85,7 @@ def run_distributed(args: argparse.Namespace, sampling, memory=None) -> int:
     ``memory``: the :class:`~steadydancer.models.memory.MemoryOptions` of ``args`` (parsed here
     when None and the memory flags are present).
     """
+    from ..cli.generate import long_video_options_from_args
     from .pipeline import generate_video_distributed
 
     if memory is None and hasattr(args, "batch_guidance"):  # the memory/speed flags are present
@@ -102,7 +103,7 @@ def run_distributed(args: argparse.Namespace, sampling, memory=None) -> int:
         setup, ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
         cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=setup.broadcast_object(args.save_file),
         size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed, t5_cpu=args.t5_cpu,
-        memory=memory)
+        memory=memory, long_video=long_video_options_from_args(args))
     setup.shutdown()
     if written is not None:
         print(f"saved {written}")

@@ -87,12 +87,13 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
                                prompt: str, save_file: str | os.PathLike, size: str = C.DEFAULT_SIZE,
                                frame_num: int | None = None, sampling: SamplingOptions | None = None,
                                seed: int = -1, t5_cpu: bool = False, negative_prompt: str | None = None,
-                               progress: bool = True, memory=None) -> Path | None:
+                               progress: bool = True, memory=None, long_video=None) -> Path | None:
     """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs;
     ``memory``: a :class:`~steadydancer.models.memory.MemoryOptions`, see :func:`check_parallel_memory_options`).
 
     Every rank must call it with the same arguments. Returns the written path on rank 0 and None
-    on the others.
+    on the others. ``long_video``: a :class:`~steadydancer.pipeline.long_video.LongVideoOptions`
+    (windows past its ``context_frames``; every rank runs every window, rank 0 decodes and writes).
     """
     sampling = sampling or SamplingOptions()
     max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num,
@@ -100,10 +101,20 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
     seed = setup.broadcast_seed(seed)
 
     started = time.perf_counter()
-    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     pipeline = DistributedDancerPipeline(ckpt_dir, setup, t5_cpu=t5_cpu, memory=memory)
     log.info("rank %d/%d on %s, seed %d, %d frames, solver %s, %d steps", setup.rank, setup.world_size,
              pipeline.device, seed, frame_num, sampling.solver, sampling.steps)
+    if long_video is not None and long_video.windowed(frame_num):
+        from ..pipeline.long_video import generate_long_video_file
+
+        written = generate_long_video_file(
+            pipeline, image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder, prompt=prompt,
+            save_file=save_file, max_area=max_area, frame_num=frame_num, sampling=sampling, options=long_video,
+            seed=seed, negative_prompt=negative_prompt, progress=progress and setup.is_main, emit=setup.is_main,
+            started=started)
+        setup.barrier()
+        return written
+    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
                               negative_prompt=negative_prompt, progress=progress and setup.is_main)

@@ -243,3 +243,30 @@ class WanVAE:
         with self._autocast(), self._frame_progress(self.model.decoder, 4 * (latent.shape[1] - 1) + 1, desc):
             video = self.model.decode(z[None]).sample
         return video.float().clamp_(-1, 1)[0]
+
+    @torch.no_grad()
+    def decode_stream(self, latent: torch.Tensor):
+        """Yield the frames of :meth:`decode` chunk by chunk: [3, 1, 8h, 8w] for the first latent
+        frame, then [3, 4, 8h, 8w] per latent frame (float32 on the VAE's device, clamped to [-1, 1]).
+
+        The same causal per-frame decoder pass as ``decode`` (diffusers' own loop, with its conv
+        cache), so the chunks concatenate to ``decode``'s video; only one chunk is held at a time.
+        """
+        if latent.ndim != 4 or latent.shape[0] != self.mean.shape[0]:
+            raise ValueError(f"expected a latent [{self.mean.shape[0]}, f, h, w], got {tuple(latent.shape)}")
+        model = self.model
+        if getattr(model, "use_tiling", False) or getattr(model.config, "patch_size", None) is not None:
+            yield self.decode(latent)  # layouts the per-frame loop below does not cover
+            return
+        z = latent.to(self.device, torch.float32) / self.inv_std + self.mean
+        model.clear_cache()
+        try:
+            with self._autocast():
+                x = model.post_quant_conv(z[None])
+                for i in range(x.shape[2]):
+                    model._conv_idx = [0]
+                    out = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx,
+                                        first_chunk=(i == 0))
+                    yield out.float().clamp_(-1, 1)[0]
+        finally:
+            model.clear_cache()

@@ -23,6 +23,7 @@ from PIL import Image
 from ..errors import InputError
 from ..models.memory import DTYPES, MemoryOptions, check_memory_options, load_dit_with_options, sampler_passes
 from ..sampling import DiTConditions, sample_dc_cfg
+from ..sampling.schedulers import lcm_noise_seed
 from . import config as C
 from .inputs import first_frame_mask, latent_size, pil_to_tensor, resize_bicubic
 
@@ -118,6 +119,7 @@ class SamplingOptions:
     condition_guide_scale: float = 1.5
     st_cond_cfg: float = 0.1
     end_cond_cfg: float = 0.4
+    timesteps: tuple[float, ...] | None = None  # euler/lcm: explicit step list (0..1000), e.g. lightx2v's
 
 
 class DancerPipeline:
@@ -296,7 +298,8 @@ class DancerPipeline:
                 condition_guide_scale=sampling.condition_guide_scale, st_cond_cfg=sampling.st_cond_cfg,
                 end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
                 scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
-                passes=sampler_passes(self.memory, sampling.guide_scale))
+                passes=sampler_passes(self.memory, sampling.guide_scale),
+                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed))
         del cond, neg_text, neg_pose, noise
         if self.offload_model and self.on_gpu:
             if self.keep_models and getattr(dit, "block_swap", None) is None:

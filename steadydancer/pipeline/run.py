@@ -18,6 +18,7 @@ from .inputs import (check_frame_num, check_output_file, check_pose_folders, loa
 
 if TYPE_CHECKING:
     from ..models.memory import MemoryOptions
+    from .long_video import LongVideoOptions
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,34 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
                    sampling: SamplingOptions | None = None, seed: int = -1,
                    offload_model: bool | None = None, t5_cpu: bool = False,
                    device: torch.device | str | None = None, negative_prompt: str | None = None,
-                   progress: bool = True, memory: "MemoryOptions | None" = None) -> Path:
+                   progress: bool = True, memory: "MemoryOptions | None" = None,
+                   long_video: "LongVideoOptions | None" = None) -> Path:
     """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps).
 
     All inputs are checked (InputError, one line) before any model loads; the mp4 appears only
     when complete. ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold.
-    Returns the path written.
+    ``long_video``: how more than ``long_video.context_frames`` frames are generated (windows;
+    None: one window of any length). Returns the path written.
     """
     sampling = sampling or SamplingOptions()
     max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num,
                                        save_file=save_file, memory=memory)
 
     started = time.perf_counter()
-    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
                               keep_models=False, memory=memory)
     log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
              pipeline.device, pipeline.offload_model, t5_cpu, frame_num, sampling.solver, sampling.steps,
              sampling.shift)
+    if long_video is not None and long_video.windowed(frame_num):
+        from .long_video import generate_long_video_file
+
+        return generate_long_video_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                                        cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
+                                        max_area=max_area, frame_num=frame_num, sampling=sampling,
+                                        options=long_video, seed=seed, negative_prompt=negative_prompt,
+                                        progress=progress, started=started)
+    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
                               negative_prompt=negative_prompt, progress=progress)

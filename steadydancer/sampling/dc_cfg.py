@@ -87,7 +87,8 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
                   device: torch.device | str | None = None, scheduler_device: torch.device | str | None = None,
                   num_train_timesteps: int = 1000,
                   passes: Callable[..., list[torch.Tensor]] = run_passes,
-                  on_step: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
+                  on_step: Callable[[int, int, int], None] | None = None,
+                  sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0) -> torch.Tensor:
     """Run the DC-CFG loop from ``noise`` [16,F,h,w] and return the final latent [16,F,h,w] (float32).
 
     ``cond``/``neg_text``/``neg_pose`` are DiTConditions with B=1 (prompt + positive pose,
@@ -95,10 +96,12 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
     ``device``: where the model runs (default: ``noise.device``). ``scheduler_device``: where the
     guidance and solver arithmetic runs (default: ``device``; the official code uses the CPU
     when it offloads). ``on_step(idx, timestep, passes_run)`` is called after every step.
+    ``sample_timesteps``/``solver_seed``: the euler/lcm step list and lcm noise (``make_scheduler``).
     """
     device = torch.device(device) if device is not None else noise.device
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
-    scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device)
+    scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device,
+                                          sample_timesteps=sample_timesteps, seed=solver_seed)
     latent = noise.to(torch.float32)
     bar = progress_bar(timesteps, disable=not progress, desc="sampling", unit="step")
     model = _reporting_forwards(model, bar)
