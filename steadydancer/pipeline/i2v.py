@@ -108,6 +108,16 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike, dit_from_other_file: bool = F
     return files
 
 
+def resolve_seed(seed: int) -> int:
+    """``seed``, or a random one when negative; logged (with the flag that reproduces a random one)."""
+    if seed >= 0:
+        log.info("seed %d", seed)
+        return seed
+    seed = random.randint(0, sys.maxsize)
+    log.info("seed %d, drawn at random (pass --base_seed %d to reproduce)", seed, seed)
+    return seed
+
+
 @dataclass
 class SamplingOptions:
     """The official sampling flags (defaults: generate_dancer.py's)."""
@@ -247,11 +257,7 @@ class DancerPipeline:
         log.info("reference %dx%d -> video %dx%d, %d frames (%d latent frames of %dx%d)",
                  width, height, w, h, frame_num, lat_f, lat_w, lat_h)
 
-        if seed >= 0:
-            log.info("seed %d", seed)
-        else:
-            seed = random.randint(0, sys.maxsize)
-            log.info("seed %d, drawn at random (pass --base_seed %d to reproduce)", seed, seed)
+        seed = resolve_seed(seed)
         generator = torch.Generator(device=device).manual_seed(seed)
         noise = torch.randn(16, lat_f, lat_h, lat_w, dtype=torch.float32, generator=generator, device=device)
         mask = first_frame_mask(frame_num, lat_h, lat_w, device=device)

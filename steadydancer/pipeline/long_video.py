@@ -25,8 +25,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import random
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,14 +34,15 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..progress import progress as progress_bar
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.schedulers import lcm_noise_seed
 from ..sampling.context_windows import (FUSIONS, SCHEDULES, apply_freenoise, freenoise_order, latent_overlap,
                                         latent_window, sample_dc_cfg_windowed, static_windows, window_plan)
 from . import config as C
+from .i2v import resolve_seed
 from .inputs import first_frame_mask, latent_size, load_image, pil_to_tensor, resize_bicubic
 
 if TYPE_CHECKING:
@@ -193,8 +192,7 @@ def prepare_shared(pipeline: "DancerPipeline", image: Image.Image, pose_first: I
     h, w = lat_h * C.VAE_STRIDE[1], lat_w * C.VAE_STRIDE[2]
     log.info("reference %dx%d -> video %dx%d, %d frames (%d latent frames of %dx%d)",
              width, height, w, h, frame_num, latent_window(frame_num), lat_w, lat_h)
-    seed = seed if seed >= 0 else random.randint(0, sys.maxsize)
-    log.info("seed %d (pass --base_seed %d to reproduce)", seed, seed)
+    seed = resolve_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     context, context_null = pipeline.encode_text(prompt, negative_prompt or C.NEGATIVE_PROMPT)
     clip_x, clip_c = pipeline.encode_clip(img, img_c)
@@ -209,7 +207,8 @@ def prepare_shared(pipeline: "DancerPipeline", image: Image.Image, pose_first: I
 
 def encode_pose_clip(pipeline: "DancerPipeline", frames: Sequence[Image.Image], h: int, w: int) -> torch.Tensor:
     """Pose frames (PIL, at the reference size) encoded on their own -> latent [16, f, h/8, w/8]."""
-    return pipeline.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in frames]), h, w))
+    return pipeline.encode_video(resize_bicubic(torch.stack([pil_to_tensor(f) for f in frames]), h, w),
+                                 desc="VAE encode pose frames")
 
 
 def image_condition(pipeline: "DancerPipeline", first_frame: torch.Tensor | None, frames: int,
@@ -219,8 +218,9 @@ def image_condition(pipeline: "DancerPipeline", first_frame: torch.Tensor | None
     mask = first_frame_mask(frames, shared.lat_h, shared.lat_w, device=pipeline.device)
     zeros = torch.zeros(3, frames - (first_frame is not None), shared.h, shared.w)
     if first_frame is None:
-        return torch.cat([torch.zeros_like(mask), pipeline.encode_video(zeros)])
-    return torch.cat([mask, pipeline.encode_video(torch.cat([first_frame.cpu(), zeros], dim=1))])
+        return torch.cat([torch.zeros_like(mask), pipeline.encode_video(zeros, desc="VAE encode image condition")])
+    return torch.cat([mask, pipeline.encode_video(torch.cat([first_frame.cpu(), zeros], dim=1),
+                                                  desc="VAE encode image condition")])
 
 
 class ContextWindowConditions:
@@ -346,8 +346,12 @@ def context_video_frames(pipeline: "DancerPipeline", *args, emit: bool = True, *
     latent = sample_context(pipeline, *args, **kwargs)
     if not emit:
         return
-    for chunk in pipeline.vae().decode_stream(latent):
-        yield from to_uint8_frames(chunk)
+    frames = 4 * (latent.shape[1] - 1) + 1
+    log.info("VAE: decoding %d frames into the mp4 (streamed)", frames)
+    with progress_bar(total=frames, desc="VAE decode", unit="frame") as bar:
+        for chunk in pipeline.vae().decode_stream(latent):
+            bar.update(chunk.shape[1])
+            yield from to_uint8_frames(chunk)
 
 
 # -- chain mode ------------------------------------------------------------------------------------
@@ -408,7 +412,7 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
     vae = pipeline.vae()
     tail: torch.Tensor | None = None  # frames of the previous window from the current start on, not yet written
     first_frame = shared.first
-    bar = tqdm(total=len(starts) * _step_count(sampling), disable=not progress, desc="sampling (windows x steps)",
+    bar = progress_bar(total=len(starts) * _step_count(sampling), disable=not progress, desc="sampling (windows x steps)",
                unit="step")
     # One DiT session for the whole chain: the DiT stays on its device while each window is decoded
     # (offloading it between windows would move or reload the whole model every window).
@@ -426,7 +430,7 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
             latent = sample_dc_cfg(dit, noise, *conditions, on_step=lambda *_: bar.update(1),
                                    **_sampler_kwargs(pipeline, sampling, shared.seed + k, progress=False))
             del conditions, y, pos, neg, noise
-            video = vae.decode(latent.to(pipeline.device)).cpu()
+            video = vae.decode(latent.to(pipeline.device), desc=f"VAE decode window {k + 1}").cpu()
             del latent
             if target is not None:
                 video = color_match(video, target)

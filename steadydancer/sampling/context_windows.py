@@ -25,8 +25,8 @@ import math
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress as progress_bar
 from .conditions import DiTConditions
 from .dc_cfg import DenoiseModel, combine_guidance, pose_cfg_active, run_passes
 from .schedulers import make_scheduler
@@ -180,7 +180,7 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
     latent = noise.to(torch.float32)
     num_frames = latent.shape[1]
     plans = [plan(i) for i in range(len(timesteps))]
-    bar = tqdm(total=sum(len(p) for p in plans), disable=not progress, desc="sampling (steps x windows)",
+    bar = progress_bar(total=sum(len(p) for p in plans), disable=not progress, desc="sampling (steps x windows)",
                unit="window")
     for idx, t in enumerate(timesteps):
         starts = plans[idx]
