@@ -46,6 +46,9 @@ def progress(iterable: Iterable | None = None, *, desc: str, unit: str = "it", t
     if not _is_terminal(stream):
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
         kwargs.setdefault("maxinterval", LOG_INTERVAL_S)
+        # print at the first update after the interval: tqdm's adaptive minimum of iterations
+        # between prints skips the updates of bars that advance in chunks (the VAE's 4 frames)
+        kwargs.setdefault("miniters", 1)
         kwargs.setdefault("ncols", 100)
         stream = _LineWriter(stream)
     return tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, file=stream,
