@@ -41,6 +41,20 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_can_create(path: str | os.PathLike, flag: str) -> None:
+    """InputError unless ``path`` (a file or folder to be made) can be created: its nearest existing
+    ancestor must be a folder this process may write in. Checked before any work, so a read-only
+    place is one line at the start, not a traceback at the end."""
+    from .errors import InputError
+
+    path = Path(path)
+    where = path.parent
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {where} (permission denied)")
+
+
 def _must_stay(folder: Path) -> bool:
     """Whether ``folder`` itself must not be renamed away: it is (or holds) the current working
     folder, a symbolic link or a mount point. Its contents are replaced instead."""

@@ -134,20 +134,30 @@ def aesthetic_quality(videos: list[np.ndarray], clip_l14, head, device="cpu") ->
     return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
 
 
+def _image_and_consecutive(pairs: list[tuple[np.ndarray, np.ndarray]], net, image_input, frame_inputs, device,
+                           combine) -> DimensionResult:
+    """The I2V dimensions' shared loop: per (input image, video), the (clamped) cosine similarity of
+    each frame to the image and of each frame to the one before; ``combine(to_image, consecutive)``
+    gives the video's score; the overall score is the mean over videos."""
+    per_video, per_frame = [], []
+    for image, video in pairs:
+        image_feat = _features(net, image_input(image), device)
+        feats = _features(net, frame_inputs(video), device)
+        to_image = [max(0.0, float(F.cosine_similarity(image_feat, feats[i:i + 1]))) for i in range(len(feats))]
+        consecutive = [max(0.0, float(F.cosine_similarity(feats[i - 1:i], feats[i:i + 1])))
+                       for i in range(1, len(feats))]
+        per_video.append(combine(to_image, consecutive))
+        per_frame.append(to_image)
+    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+
+
 def i2v_subject(pairs: list[tuple[np.ndarray, np.ndarray]], dino, device="cpu") -> DimensionResult:
     """VBench-I2V subject: per (input image, video): 0.5 * max over frames of the (clamped) cosine
     similarity to the image + 0.5 * mean of consecutive-frame similarities (+ 0 * their minimum);
     the overall score is the mean over videos."""
-    per_video, per_frame = [], []
-    for image, video in pairs:
-        image_feat = _features(dino, dino_image(image), device)
-        feats = _features(dino, dino_frames(video), device)
-        to_image = [max(0.0, float(F.cosine_similarity(image_feat, feats[i:i + 1]))) for i in range(len(feats))]
-        consecutive = [max(0.0, float(F.cosine_similarity(feats[i - 1:i], feats[i:i + 1])))
-                       for i in range(1, len(feats))]
-        per_video.append(0.5 * max(to_image) + 0.5 * float(np.mean(consecutive)) + 0.0 * min(consecutive))
-        per_frame.append(to_image)
-    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+    return _image_and_consecutive(
+        pairs, dino, dino_image, dino_frames, device,
+        lambda to_image, consecutive: 0.5 * max(to_image) + 0.5 * float(np.mean(consecutive)) + 0.0 * min(consecutive))
 
 
 def imaging_frames(video: np.ndarray, longest: int = 512) -> torch.Tensor:
@@ -230,13 +240,6 @@ def i2v_background(pairs: list[tuple[np.ndarray, np.ndarray]], dreamsim, device=
     """VBench-I2V background: with DreamSim embeddings, 0.4 * max over frames of the (clamped) cosine
     similarity to the input image + 0.3 * mean + 0.3 * min of consecutive-frame similarities; the
     overall score is the mean over videos."""
-    per_video, per_frame = [], []
-    for image, video in pairs:
-        image_feat = _features(dreamsim, dreamsim_image(image), device)
-        feats = _features(dreamsim, dreamsim_frames(video), device)
-        to_image = [max(0.0, float(F.cosine_similarity(image_feat, feats[i:i + 1]))) for i in range(len(feats))]
-        consecutive = [max(0.0, float(F.cosine_similarity(feats[i - 1:i], feats[i:i + 1])))
-                       for i in range(1, len(feats))]
-        per_video.append(0.4 * max(to_image) + 0.3 * float(np.mean(consecutive)) + 0.3 * min(consecutive))
-        per_frame.append(to_image)
-    return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
+    return _image_and_consecutive(
+        pairs, dreamsim, dreamsim_image, dreamsim_frames, device,
+        lambda to_image, consecutive: 0.4 * max(to_image) + 0.3 * float(np.mean(consecutive)) + 0.3 * min(consecutive))

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..fileio import check_can_create
 from .config import MAX_AREA_CONFIGS, SUPPORTED_SIZES, VAE_STRIDE
 
 
@@ -156,11 +157,7 @@ def check_output_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"--save_file {path}: is a folder; name the mp4 to write")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--save_file {path}: cannot write in {parent}")
+    check_can_create(path, "--save_file")
 
 
 def check_pose_folders(pos_folder, neg_folder) -> int:

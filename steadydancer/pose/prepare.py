@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_can_create
 from ..progress import progress as progress_bar
 from .align import align_pose, compute_alignment, reference_size
 from .augment import augment_sequence
@@ -479,12 +479,7 @@ def check_out_folder(out_dir: Path, flag: str = "--out") -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{flag} {out_dir}: is a file; name a folder to write the inputs to")
-    # the folder is written beside its final place (or inside it, see fileio.atomic_dir)
-    where = out_dir.parent
-    while not where.exists():
-        where = where.parent
-    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {out_dir}: cannot write in {where} (permission denied)")
+    check_can_create(out_dir, flag)  # written beside its final place (or inside it: fileio.atomic_dir)
     if not out_dir.is_dir():
         return
     foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in PREPARED_ENTRIES)
