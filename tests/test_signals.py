@@ -39,7 +39,10 @@ def test_prepare_killed_midway_leaves_nothing(tmp_path, signum, code):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "steadydancer", "prepare", "--image", str(REPO / "assets/demo/ref_image.png"),
            "--video", str(REPO / "assets/demo/driving_video.mp4"), "--out", str(out), "--max_frame", "24"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: give the child the default disposition, as a terminal has
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
