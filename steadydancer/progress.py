@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 # Seconds between progress lines when the output is not a terminal: frequent enough that a
 # log never looks stalled, rare enough that a long run's log stays readable.
-LOG_INTERVAL_S = 5.0
+LOG_INTERVAL_S = 3.0
 
 
 class _LineWriter:
