@@ -358,7 +358,8 @@ def _source_mismatch(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | 
 def load_or_detect(keypoints_path: Path, image: Path, reference_rgb: np.ndarray, video: Path,
                    max_frame: int | None, detect_resolution: int, all_people: bool, detector: Any,
                    detector_args: dict[str, Any], progress: bool = True,
-                   target_fps: float | None = None, check_detector: bool = True) -> tuple[KeypointsFile, bool]:
+                   target_fps: float | None = None, check_detector: bool = True,
+                   existing: KeypointsFile | None = None) -> tuple[KeypointsFile, bool]:
     """The poses of ``image`` and of ``video``'s frames ``0 .. max_frame-1``, and whether
     ``keypoints_path`` already held exactly them (so that it need not be written again).
 
@@ -369,13 +370,15 @@ def load_or_detect(keypoints_path: Path, image: Path, reference_rgb: np.ndarray,
     another tool) is reused as it is, with a warning. ``detector``: a built detector or fake,
     else one is made from ``detector_args`` only if something needs detecting.
     ``check_detector`` False: a file the user named explicitly is reused whatever detector made
-    it (the image, the video and ``target_fps`` must still match).
+    it (the image, the video and ``target_fps`` must still match). ``existing``: the contents of
+    ``keypoints_path`` when the caller has read them already (it may be extended in place).
     """
     first = _first_frame(video)  # a still image or an unreadable video stops here
     wanted = {"image": file_fingerprint(image), "video": file_fingerprint(video),
               "detector": detector_record(detector, detector_args, detect_resolution, all_people),
               "target_fps": None if target_fps is None else float(target_fps)}
-    existing = load_keypoints(keypoints_path) if keypoints_path.is_file() else None
+    if existing is None and keypoints_path.is_file():
+        existing = load_keypoints(keypoints_path)
     if existing is not None and existing.source is None:
         log.warning("%s has no record of what it was made from (another tool's file?): its poses are "
                     "used as they are; delete it to detect again", keypoints_path)
@@ -537,12 +540,13 @@ def prepare_inputs(
     reference_rgb = read_image(image)
 
     kp_path = out_dir / KEYPOINTS_NAME
-    previous = kp_path.is_file() and load_keypoints(kp_path).source or {}
+    previous = load_keypoints(kp_path) if kp_path.is_file() else None
+    previous_image = ((previous and previous.source) or {}).get("image")  # read before any update
     keypoints, unchanged = load_or_detect(
         kp_path, image, reference_rgb, video, max_frame, detect_resolution, all_people, detector,
         dict(backend=backend, dwpose_onnx=dwpose_onnx, yolox_onnx=yolox_onnx, dwpose_pth=dwpose_pth,
-             yolox_pth=yolox_pth, device=device), progress, target_fps=target_fps)
-    same_reference = previous.get("image") is not None and previous.get("image") == (keypoints.source or {}).get("image")
+             yolox_pth=yolox_pth, device=device), progress, target_fps=target_fps, existing=previous)
+    same_reference = previous_image is not None and previous_image == (keypoints.source or {}).get("image")
     prompt_text, prompt_from = resolve_prompt(prompt, image, video, out_dir, same_reference)
     log.info("prompt from %s: %s", prompt_from, _abbreviate(prompt_text) or "(empty)")
     plan = plan_poses(keypoints, align_frame, max_frame, seed, all_people)
