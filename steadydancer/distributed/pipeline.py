@@ -18,8 +18,7 @@ from ..errors import InputError
 from ..pipeline import config as C
 from ..models.memory import load_dit_with_options
 from ..pipeline.i2v import DancerPipeline, SamplingOptions
-from ..pipeline.inputs import read_inputs
-from ..pipeline.run import check_inputs, save_video
+from ..pipeline.run import check_inputs, generate_to_file
 from .launch import DistributedSetup
 
 log = logging.getLogger(__name__)
@@ -104,22 +103,10 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
     pipeline = DistributedDancerPipeline(ckpt_dir, setup, t5_cpu=t5_cpu, memory=memory)
     log.info("rank %d/%d on %s, seed %d, %d frames, solver %s, %d steps", setup.rank, setup.world_size,
              pipeline.device, seed, frame_num, sampling.solver, sampling.steps)
-    if long_video is not None and long_video.windowed(frame_num):
-        from ..pipeline.long_video import generate_long_video_file
-
-        written = generate_long_video_file(
-            pipeline, image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder, prompt=prompt,
-            save_file=save_file, max_area=max_area, frame_num=frame_num, sampling=sampling, options=long_video,
-            seed=seed, negative_prompt=negative_prompt, progress=progress and setup.is_main, emit=setup.is_main,
-            started=started)
-        setup.barrier()
-        return written
-    inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
-    video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
-                              max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
-                              negative_prompt=negative_prompt, progress=progress and setup.is_main)
-    written = None
-    if setup.is_main:
-        written = save_video(video, save_file, started)
+    written = generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                               cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
+                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
+                               negative_prompt=negative_prompt, progress=progress, long_video=long_video,
+                               emit=setup.is_main, started=started)
     setup.barrier()
     return written

@@ -48,6 +48,25 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
     log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
              pipeline.device, pipeline.offload_model, t5_cpu, frame_num, sampling.solver, sampling.steps,
              sampling.shift)
+    return generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder,
+                            prompt=prompt, save_file=save_file, max_area=max_area, frame_num=frame_num,
+                            sampling=sampling, seed=seed, negative_prompt=negative_prompt, progress=progress,
+                            long_video=long_video, started=started)
+
+
+def generate_to_file(pipeline: DancerPipeline, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                     cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike | None,
+                     max_area: int, frame_num: int, sampling: SamplingOptions, seed: int = -1,
+                     negative_prompt: str | None = None, progress: bool = True,
+                     long_video: "LongVideoOptions | None" = None, emit: bool = True,
+                     started: float | None = None) -> Path | None:
+    """One generation with an existing ``pipeline`` (inputs already checked, see :func:`check_inputs`).
+
+    The one path from checked files to the mp4, shared by ``generate``, its torchrun version and
+    ``batch`` (which keeps one pipeline for many rows). ``emit`` False (torchrun ranks other than
+    a group's first): run every step, decode and write nothing, return None.
+    """
+    started = time.perf_counter() if started is None else started
     if long_video is not None and long_video.windowed(frame_num):
         from .long_video import generate_long_video_file
 
@@ -55,11 +74,13 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
                                         cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
                                         max_area=max_area, frame_num=frame_num, sampling=sampling,
                                         options=long_video, seed=seed, negative_prompt=negative_prompt,
-                                        progress=progress, started=started)
+                                        progress=progress and emit, emit=emit, started=started)
     inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
-                              negative_prompt=negative_prompt, progress=progress)
+                              negative_prompt=negative_prompt, progress=progress and emit)
+    if not emit:
+        return None
     return save_video(video, save_file, started)
 
 
