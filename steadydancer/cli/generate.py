@@ -137,17 +137,19 @@ def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] 
     return steps
 
 
-def check_parallel_args(args: argparse.Namespace) -> None:
-    """Multi-GPU flags against torchrun's world size: impossible combinations stop with one line."""
+def check_parallel_args(args: argparse.Namespace, data_parallel: bool = False) -> None:
+    """Multi-GPU flags against torchrun's world size: impossible combinations stop with one line.
+    ``data_parallel`` (batch): the processes form groups of --ulysses_size x --ring_size."""
     from ..distributed.launch import check_parallel_flags
 
-    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp)
+    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, data_parallel=data_parallel)
 
 
-def check_flags(args: argparse.Namespace) -> None:
+def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
     """The checks that need no file (task, size, prompt extension, multi-GPU, frames, steps): InputError.
 
-    Cheap, so that ``demo`` can run them before its long preparation.
+    Cheap, so that ``demo`` can run them before its long preparation. ``data_parallel``: see
+    :func:`check_parallel_args`.
     """
     from ..pipeline.inputs import check_frame_num, max_area_for
 
@@ -156,7 +158,7 @@ def check_flags(args: argparse.Namespace) -> None:
     max_area_for(args.size)
     if args.use_prompt_extend:
         raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
-    check_parallel_args(args)
+    check_parallel_args(args, data_parallel)
     if args.frame_num is not None:
         check_frame_num(args.frame_num)
     if args.sample_steps is not None and args.sample_steps < 1:
@@ -193,10 +195,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.prompt is None:
         log.info("no --prompt given: using the official example prompt")
         args.prompt = EXAMPLE_PROMPT
-    if args.sample_steps is None:
-        args.sample_steps = C.DEFAULT_STEPS
-    if args.sample_shift is None:
-        args.sample_shift = C.default_shift(args.size)
+    fill_sampling_defaults(args)
     if args.save_file is None:
         args.save_file = default_save_file(args)
     return args
@@ -233,11 +232,20 @@ def run(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..pipeline.i2v import SamplingOptions
-    from ..pipeline.run import generate_video
+def fill_sampling_defaults(args: argparse.Namespace) -> None:
+    """--sample_steps and --sample_shift as the official script fills them when not given."""
+    if args.sample_steps is None:
+        args.sample_steps = C.DEFAULT_STEPS
+    if args.sample_shift is None:
+        args.sample_shift = C.default_shift(args.size)
 
-    args = resolve_args(args)
+
+def sampling_options_from_args(args: argparse.Namespace):
+    """The :class:`~steadydancer.pipeline.i2v.SamplingOptions` of parsed generate flags, with the
+    official defaults filled in (40 steps; shift 5.0, or 3.0 at 832*480 and 480*832)."""
+    from ..pipeline.i2v import SamplingOptions
+
+    fill_sampling_defaults(args)
     sampling = SamplingOptions(solver=args.sample_solver, steps=args.sample_steps, shift=args.sample_shift,
                                guide_scale=args.sample_guide_scale,
                                condition_guide_scale=args.condition_guide_scale,
@@ -245,6 +253,14 @@ def _run(args: argparse.Namespace) -> int:
                                timesteps=parse_sample_timesteps(args.sample_timesteps, args.sample_solver))
     if sampling.timesteps is not None:
         sampling.steps = len(sampling.timesteps)
+    return sampling
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..pipeline.run import generate_video
+
+    args = resolve_args(args)
+    sampling = sampling_options_from_args(args)
     from ..models.memory import memory_options_from_args
 
     memory = memory_options_from_args(args)

@@ -1,4 +1,4 @@
-"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark."""
+"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, batch, manifest."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "demo": ("steadydancer.cli.demo", "prepare + generate on the bundled sample (tiny random model by default)"),
     "eval": ("steadydancer.cli.eval", "score generated videos: TikTok/HumanVid metrics, VBench-I2V, FVD; report + table + plots"),
     "benchmark": ("steadydancer.cli.benchmark", "xdance / tiktok protocol: make the rows, prepare, generate (resumable), score"),
+    "batch": ("steadydancer.cli.batch", "every pair of a manifest, models loaded once (torchrun groups, SLURM arrays, resumable)"),
+    "manifest": ("steadydancer.cli.manifest", "write a batch manifest: every image with every video, or given pairs"),
 }
 
 

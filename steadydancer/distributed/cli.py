@@ -42,20 +42,22 @@ def one_error_line() -> Iterator[None]:
         raise
 
 
-def check_distributed_args(args: argparse.Namespace, memory=None) -> int:
+def check_distributed_args(args: argparse.Namespace, memory=None, data_parallel: bool = False) -> int:
     """Everything about a resolved ``args`` that can be checked before joining the process group
     and loading anything (one-line InputError); returns the DiT's head count.
 
     The same checks as a single process makes when it builds its pipeline (each LoRA against a
     meta-device DiT, FP8-matmul hardware, block count) plus what cannot combine with several
     processes (:func:`~steadydancer.distributed.pipeline.check_parallel_memory_options`).
+    ``data_parallel``: ``batch``'s groups of --ulysses_size x --ring_size processes.
     """
     from ..models.loading import read_dit_config
     from ..models.memory import check_memory_options
     from .pipeline import check_parallel_memory_options
 
     num_heads = int(read_dit_config(args.ckpt_dir).get("num_heads", 16))
-    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads)
+    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
+                         data_parallel=data_parallel)
     if args.offload_model:
         raise InputError("--offload_model True: not available with several processes (models stay on the GPUs; "
                          "use --dit_fsdp/--t5_fsdp to save memory)")

@@ -47,17 +47,21 @@ def check_torch_for_fsdp(version: str | None = None) -> None:
                          f"this is torch {version or torch.__version__}: upgrade torch or drop the FSDP flags")
 
 
-def _mesh(device: torch.device):
+def _mesh(device: torch.device, group=None):
+    """The FSDP mesh: all ranks, or the ranks of ``group`` (a ``batch`` group's ProcessGroup)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+    if group is not None:
+        return DeviceMesh.from_group(group, device.type)
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
 def shard_modules(modules: list[nn.Module], device: torch.device | str,
-                  param_dtype: torch.dtype | None = None, root: nn.Module | None = None) -> None:
+                  param_dtype: torch.dtype | None = None, root: nn.Module | None = None, group=None) -> None:
     """Shard each module over all ranks of the default process group (in place), then ``root``
-    (an ancestor of all of them, called through its ``forward``) as the root unit.
+    (an ancestor of all of them, called through its ``forward``) as the root unit. ``group``: shard
+    over that ProcessGroup's ranks only (None: the default group).
 
     Modules are moved to ``device`` first (each rank then keeps its 1/N of every parameter).
     ``param_dtype``: dtype the gathered parameters compute in (None: as stored).
@@ -66,7 +70,7 @@ def shard_modules(modules: list[nn.Module], device: torch.device | str,
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     device = torch.device(device)
-    mesh = _mesh(device)
+    mesh = _mesh(device, group)
     policy = MixedPrecisionPolicy(param_dtype=param_dtype)
     for module in modules:
         module.to(device)
@@ -89,13 +93,14 @@ def call_through_root(model: nn.Module, body: Callable[..., Any], *args: Any, **
         del model.forward
 
 
-def shard_dit(model: nn.Module, device: torch.device | str, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """Shard the DiT's blocks (and its text/time embeddings) over all ranks; the rest moves to
-    ``device`` replicated. Returns the same model object."""
+def shard_dit(model: nn.Module, device: torch.device | str, param_dtype: torch.dtype | None = None,
+              group=None) -> nn.Module:
+    """Shard the DiT's blocks (and its text/time embeddings) over all ranks (or those of ``group``);
+    the rest moves to ``device`` replicated. Returns the same model object."""
     units = list(model.blocks)
     units += [getattr(model, name) for name in ("text_embedding", "time_embedding", "time_projection")
               if isinstance(getattr(model, name, None), nn.Module)]
-    shard_modules(units, device, param_dtype, root=model)
+    shard_modules(units, device, param_dtype, root=model, group=group)
     return model
 
 
@@ -124,13 +129,13 @@ def _share_embedding_module(model: nn.Module, embedding: nn.Module) -> bool:
     return True
 
 
-def shard_text_encoder(text_encoder, device: torch.device | str) -> object:
+def shard_text_encoder(text_encoder, device: torch.device | str, group=None) -> object:
     """Shard a :class:`~steadydancer.encoders.t5.TextEncoder`'s blocks (and token embedding) over
-    all ranks and place it on ``device``. Returns the same encoder object."""
+    all ranks (or those of ``group``) and place it on ``device``. Returns the same encoder object."""
     model = text_encoder.model
     blocks, embedding = _t5_blocks(model)
     if embedding and not _share_embedding_module(model, embedding[0]):
         embedding = []
-    shard_modules(blocks + embedding, device, root=model)
+    shard_modules(blocks + embedding, device, root=model, group=group)
     text_encoder.device = torch.device(device)
     return text_encoder

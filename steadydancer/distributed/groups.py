@@ -1,7 +1,10 @@
-"""Process-group layout for Ulysses x ring sequence parallelism.
+"""Process-group layout for Ulysses x ring sequence parallelism, in one or several data-parallel
+groups (``steadydancer batch``: each group of ``ulysses_size * ring_size`` processes makes its own
+videos).
 
-``world_size = ulysses_size * ring_size``. Global rank ``r`` holds sequence chunk ``r`` (of
-``world_size`` equal chunks of the padded token sequence). Ranks are laid out as in xDiT/yunchang
+Group ``g`` is the consecutive global ranks ``[g*S, (g+1)*S)`` with ``S = ulysses_size * ring_size``
+(data parallelism outermost, as xDiT orders it). Within a group, rank ``r`` (global rank minus
+``g*S``) holds sequence chunk ``r`` (of ``S`` equal chunks of the padded token sequence). Ranks are laid out as in xDiT/yunchang
 ("ulysses low"): the Ulysses groups are runs of consecutive ranks ``[i*U, (i+1)*U)`` and the ring
 groups are strided ``{j, j+U, j+2U, ...}``. After the Ulysses all-to-all, the ranks of Ulysses
 group ``i`` together hold ring block ``i`` (chunks ``i*U .. i*U+U-1``, contiguous in the sequence),
@@ -19,14 +22,15 @@ import torch.distributed as dist
 class SequenceParallelGroups:
     """This rank's place in the Ulysses x ring grid and the process groups it talks in."""
 
-    world_size: int
-    rank: int
+    world_size: int  # processes of this sequence-parallel group (= degree)
+    rank: int  # this process's place in its group (its sequence chunk)
     ulysses_size: int
     ring_size: int
     ulysses_group: object | None = None  # ProcessGroup of this rank's Ulysses group (None if size 1)
     ring_group: object | None = None  # ProcessGroup of this rank's ring group (None if size 1)
     ulysses_ranks: list[int] = field(default_factory=list)  # global ranks, in sequence order
     ring_ranks: list[int] = field(default_factory=list)  # global ranks, in sequence order
+    group: object | None = None  # ProcessGroup of the whole sequence-parallel group (None: the world)
 
     @property
     def ulysses_rank(self) -> int:
@@ -43,22 +47,30 @@ class SequenceParallelGroups:
 
 
 def grid_ranks(world_size: int, ulysses_size: int, ring_size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """All Ulysses groups and all ring groups as lists of global ranks."""
-    if ulysses_size * ring_size != world_size:
-        raise ValueError(f"ulysses_size {ulysses_size} x ring_size {ring_size} != world size {world_size}")
-    ulysses = [list(range(i * ulysses_size, (i + 1) * ulysses_size)) for i in range(ring_size)]
-    ring = [list(range(j, world_size, ulysses_size)) for j in range(ulysses_size)]
+    """All Ulysses groups and all ring groups (of every data-parallel group) as lists of global ranks."""
+    degree = ulysses_size * ring_size
+    if world_size % degree:
+        raise ValueError(f"ulysses_size {ulysses_size} x ring_size {ring_size} does not divide world size {world_size}")
+    ulysses, ring = [], []
+    for base in range(0, world_size, degree):
+        ulysses += [list(range(base + i * ulysses_size, base + (i + 1) * ulysses_size)) for i in range(ring_size)]
+        ring += [list(range(base + j, base + degree, ulysses_size)) for j in range(ulysses_size)]
     return ulysses, ring
 
 
 def make_sequence_parallel_groups(ulysses_size: int, ring_size: int) -> SequenceParallelGroups:
     """Create the Ulysses and ring process groups (a collective: every rank must call it).
 
-    Needs an initialised default process group whose world size is ``ulysses_size * ring_size``.
+    Needs an initialised default process group whose world size is a multiple of
+    ``ulysses_size * ring_size``; each block of that many consecutive ranks is one
+    sequence-parallel group (with a process group of its own when there are several).
     """
     world_size, rank = dist.get_world_size(), dist.get_rank()
+    degree = ulysses_size * ring_size
     ulysses_all, ring_all = grid_ranks(world_size, ulysses_size, ring_size)
-    groups = SequenceParallelGroups(world_size, rank, ulysses_size, ring_size)
+    base = rank - rank % degree
+    groups = SequenceParallelGroups(degree, rank - base, ulysses_size, ring_size)
+    groups.group = make_data_parallel_groups(degree)
     # new_group is collective over the default group: create every group on every rank, same order.
     for ranks in ulysses_all:
         pg = dist.new_group(ranks) if ulysses_size > 1 else None
@@ -69,3 +81,17 @@ def make_sequence_parallel_groups(ulysses_size: int, ring_size: int) -> Sequence
         if rank in ranks:
             groups.ring_group, groups.ring_ranks = pg, ranks
     return groups
+
+
+def make_data_parallel_groups(group_size: int) -> object | None:
+    """The process group of this rank's block of ``group_size`` consecutive ranks (a collective:
+    every rank must call it). None when the block is the whole world (use the default group)."""
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    if group_size == world_size:
+        return None
+    mine = None
+    for base in range(0, world_size, group_size):
+        pg = dist.new_group(list(range(base, base + group_size)))
+        if base <= rank < base + group_size:
+            mine = pg
+    return mine

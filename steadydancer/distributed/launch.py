@@ -22,12 +22,13 @@ import os
 import random
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from ..errors import InputError
-from .groups import SequenceParallelGroups, make_sequence_parallel_groups
+from .groups import SequenceParallelGroups, make_data_parallel_groups, make_sequence_parallel_groups
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,14 @@ class TorchrunEnv:
 
 
 def check_parallel_flags(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool = False, t5_fsdp: bool = False,
-                         world_size: int | None = None, num_heads: int | None = None) -> None:
+                         world_size: int | None = None, num_heads: int | None = None,
+                         data_parallel: bool = False) -> None:
     """Refuse impossible multi-process settings with one line (:class:`InputError`).
 
     ``world_size`` defaults to torchrun's WORLD_SIZE; ``num_heads`` (the DiT's attention heads,
-    from its config.json) is checked against ``ulysses_size`` when given.
+    from its config.json) is checked against ``ulysses_size`` when given. ``data_parallel``
+    (``batch``): the processes form groups of ``ulysses_size x ring_size`` that each make their
+    own videos, so that product must divide the world instead of equal it.
     """
     world_size = TorchrunEnv.read().world_size if world_size is None else world_size
     for flag, value in (("--ulysses_size", ulysses_size), ("--ring_size", ring_size)):
@@ -72,7 +76,15 @@ def check_parallel_flags(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bo
             raise InputError(f"{' and '.join(flags)} {verb} several processes, but this is a single process: "
                              f"{LAUNCH_HINT}")
         return
-    if sequence_parallel and ulysses_size * ring_size != world_size:
+    if data_parallel:
+        group = ulysses_size * ring_size
+        if world_size % group:
+            raise InputError(f"--ulysses_size {ulysses_size} x --ring_size {ring_size} = {group} processes per group "
+                             f"must divide the number of processes ({world_size})")
+        if (dit_fsdp or t5_fsdp) and group == 1:
+            raise InputError("--dit_fsdp/--t5_fsdp shard within a group of --ulysses_size x --ring_size processes; "
+                             "with groups of one process there is nothing to shard (set --ulysses_size > 1)")
+    elif sequence_parallel and ulysses_size * ring_size != world_size:
         raise InputError(f"--ulysses_size {ulysses_size} x --ring_size {ring_size} = {ulysses_size * ring_size} "
                          f"must equal the number of processes ({world_size})")
     if num_heads is not None and num_heads % ulysses_size:
@@ -92,6 +104,8 @@ class DistributedSetup:
     t5_fsdp: bool = False
     groups: SequenceParallelGroups | None = None
     attention_backend: str = "auto"
+    group_size: int = 0  # processes that make one video together (0: the whole world)
+    group: object | None = None  # their ProcessGroup (None: the default group)
 
     @property
     def rank(self) -> int:
@@ -103,8 +117,31 @@ class DistributedSetup:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the process that logs and writes outputs."""
+        """Rank 0: the process that logs (and, in a one-group run, writes the video)."""
         return self.env.rank == 0
+
+    @property
+    def model_group_size(self) -> int:
+        """Processes that make one video together: the whole world, or one ``batch`` group."""
+        return self.group_size or self.world_size
+
+    @property
+    def group_index(self) -> int:
+        """Which data-parallel group this process is in (0 when there is one)."""
+        return self.rank // self.model_group_size
+
+    @property
+    def group_count(self) -> int:
+        return self.world_size // self.model_group_size
+
+    @property
+    def group_leader(self) -> int:
+        """Global rank of this group's first process: it decodes and writes the group's videos."""
+        return self.group_index * self.model_group_size
+
+    @property
+    def is_group_leader(self) -> bool:
+        return self.rank == self.group_leader
 
     @property
     def is_distributed(self) -> bool:
@@ -115,22 +152,45 @@ class DistributedSetup:
         return self.groups is not None
 
     def broadcast_seed(self, seed: int) -> int:
-        """Rank 0's seed on every rank; a negative seed becomes a random one, drawn on rank 0."""
-        if seed < 0 and self.is_main:
+        """The group leader's seed on every rank of the group; a negative seed becomes a random one,
+        drawn by the leader."""
+        if seed < 0 and self.is_group_leader:
             seed = random.randint(0, sys.maxsize)
-        if self.is_distributed:
-            box = [seed]
-            dist.broadcast_object_list(box, src=0)
-            seed = int(box[0])
-        return seed
+        return int(self.broadcast_object(seed))
 
     def broadcast_object(self, value):
-        """Rank 0's ``value`` (any picklable object) on every rank."""
+        """The group leader's ``value`` (any picklable object) on every rank of the group."""
+        if not self.is_distributed or self.model_group_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=self.group_leader, group=self.group)
+        return box[0]
+
+    def broadcast_world(self, make):
+        """``make()`` computed by rank 0 alone and handed to every rank of the run (so that all
+        act on one view of, e.g., which outputs exist)."""
+        value = make() if self.is_main else None
         if not self.is_distributed:
             return value
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather_world(self, value) -> list:
+        """Every rank's ``value``, in rank order, on every rank of the run."""
+        if not self.is_distributed:
+            return [value]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def gather_objects(self, value) -> list:
+        """Every group member's ``value``, in group order, on every rank of the group."""
+        if not self.is_distributed or self.model_group_size == 1:
+            return [value]
+        out = [None] * self.model_group_size
+        dist.all_gather_object(out, value, group=self.group)
+        return out
 
     def prepare_dit(self, model: torch.nn.Module) -> torch.nn.Module:
         """Apply FSDP (``dit_fsdp``) and sequence parallelism (``ulysses_size``/``ring_size``) to
@@ -139,7 +199,7 @@ class DistributedSetup:
         if self.dit_fsdp:
             from .fsdp import shard_dit
 
-            model = shard_dit(model, self.device)
+            model = shard_dit(model, self.device, group=self.group)
         else:
             model = model.to(self.device)
         if self.groups is not None:
@@ -154,9 +214,15 @@ class DistributedSetup:
             return text_encoder
         from .fsdp import shard_text_encoder
 
-        return shard_text_encoder(text_encoder, self.device)
+        return shard_text_encoder(text_encoder, self.device, group=self.group)
 
     def barrier(self) -> None:
+        """Wait for every process of this group."""
+        if self.is_distributed and self.model_group_size > 1:
+            dist.barrier(group=self.group)
+
+    def world_barrier(self) -> None:
+        """Wait for every process of the run."""
         if self.is_distributed:
             dist.barrier()
 
@@ -180,13 +246,17 @@ def process_device(env: TorchrunEnv | None = None) -> torch.device:
 
 
 def init_distributed(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool = False, t5_fsdp: bool = False,
-                     num_heads: int | None = None, attention_backend: str = "auto") -> DistributedSetup:
+                     num_heads: int | None = None, attention_backend: str = "auto",
+                     data_parallel: bool = False, timeout_s: float | None = None) -> DistributedSetup:
     """Check the flags, join the torchrun process group and build the sequence-parallel groups.
 
-    A single process (no torchrun) gets a trivial setup with no process group.
+    A single process (no torchrun) gets a trivial setup with no process group. ``data_parallel``
+    (``batch``): groups of ``ulysses_size x ring_size`` processes, each making its own videos.
+    ``timeout_s``: how long a collective may wait (batch ranks wait for each other's pose stage).
     """
     env = TorchrunEnv.read()
-    check_parallel_flags(ulysses_size, ring_size, dit_fsdp, t5_fsdp, env.world_size, num_heads)
+    check_parallel_flags(ulysses_size, ring_size, dit_fsdp, t5_fsdp, env.world_size, num_heads,
+                         data_parallel=data_parallel)
     if env.world_size == 1:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         return DistributedSetup(env, device)
@@ -197,15 +267,23 @@ def init_distributed(ulysses_size: int = 1, ring_size: int = 1, dit_fsdp: bool =
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
-    groups = None
+        extra = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+                                **extra)
+    group_size = ulysses_size * ring_size if data_parallel else env.world_size
+    groups, group = None, None
     if ulysses_size > 1 or ring_size > 1:
         groups = make_sequence_parallel_groups(ulysses_size, ring_size)
+        group = groups.group
         if attention_backend != "torch" and device.type == "cuda":
             _init_xfuser(env, ulysses_size, ring_size)
-    log.info("rank %d of %d on %s (%s): ulysses %d x ring %d, dit_fsdp %s, t5_fsdp %s", env.rank,
-             env.world_size, device, backend, ulysses_size, ring_size, dit_fsdp, t5_fsdp)
-    return DistributedSetup(env, device, ulysses_size, ring_size, dit_fsdp, t5_fsdp, groups, attention_backend)
+    elif group_size not in (1, env.world_size):
+        group = make_data_parallel_groups(group_size)
+    log.info("rank %d of %d on %s (%s): %d group(s) of %d, ulysses %d x ring %d, dit_fsdp %s, t5_fsdp %s",
+             env.rank, env.world_size, device, backend, env.world_size // group_size, group_size, ulysses_size,
+             ring_size, dit_fsdp, t5_fsdp)
+    return DistributedSetup(env, device, ulysses_size, ring_size, dit_fsdp, t5_fsdp, groups, attention_backend,
+                            group_size=group_size, group=group)
 
 
 def _init_xfuser(env: TorchrunEnv, ulysses_size: int, ring_size: int) -> None:
@@ -217,5 +295,6 @@ def _init_xfuser(env: TorchrunEnv, ulysses_size: int, ring_size: int) -> None:
         log.info("xfuser not importable: using the built-in Ulysses/ring attention")
         return
     init_distributed_environment(rank=env.rank, world_size=env.world_size)
-    initialize_model_parallel(sequence_parallel_degree=env.world_size, ring_degree=ring_size,
-                              ulysses_degree=ulysses_size)
+    degree = ulysses_size * ring_size  # xDiT also orders data parallelism outermost
+    initialize_model_parallel(data_parallel_degree=env.world_size // degree, sequence_parallel_degree=degree,
+                              ring_degree=ring_size, ulysses_degree=ulysses_size)

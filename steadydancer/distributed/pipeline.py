@@ -33,13 +33,13 @@ class DistributedDancerPipeline(DancerPipeline):
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, setup: DistributedSetup, t5_cpu: bool = False,
-                 dit_dtype: torch.dtype | None = None, memory=None) -> None:
+                 dit_dtype: torch.dtype | None = None, memory=None, keep_models: bool = False) -> None:
         if t5_cpu and setup.t5_fsdp:
             raise InputError("--t5_cpu and --t5_fsdp exclude each other: T5 either stays on the CPU or is "
                              "sharded over the GPUs")
         check_parallel_memory_options(memory, dit_fsdp=setup.dit_fsdp, sequence_parallel=setup.sequence_parallel)
         super().__init__(ckpt_dir, device=setup.device, offload_model=False, t5_cpu=t5_cpu,
-                         dit_dtype=dit_dtype, keep_models=False, memory=memory)
+                         dit_dtype=dit_dtype, keep_models=keep_models, memory=memory)
         self.setup = setup
 
     def dit(self):
@@ -51,8 +51,9 @@ class DistributedDancerPipeline(DancerPipeline):
         return self._dit
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
-        """Only rank 0 decodes (it alone writes the video), as the official code; others get None."""
-        return super().decode(latent) if self.setup.is_main else None
+        """Only the group's first rank decodes (it alone writes the video), as the official code's
+        rank 0; others get None."""
+        return super().decode(latent) if self.setup.is_group_leader else None
 
     def text_encoder(self):
         if self._t5 is None:

@@ -43,8 +43,8 @@ def _self_attention_modules(model: nn.Module) -> list[nn.Module]:
 class SequenceParallelDiT(nn.Module):
     """Callable like the DiT (``model(latents, timestep, **conditions)``) but sequence-parallel.
 
-    Every rank of the default process group must call it with the same inputs (the same seed and
-    conditions); every rank returns the full output [B, out_dim, F, h, w].
+    Every rank of its sequence-parallel group (``groups``) must call it with the same inputs (the
+    same seed and conditions); every rank returns the full output [B, out_dim, F, h, w].
     """
 
     def __init__(self, model: nn.Module, groups: SequenceParallelGroups, backend: str = "auto") -> None:
@@ -94,7 +94,7 @@ class SequenceParallelDiT(nn.Module):
         self.attention.valid_length = length
         for block in model.blocks:
             x = block(x, embedding.modulation, local_freqs, embedding.context)
-        x = gather_sequence(x, group=None, dim=1)[:, :length]
+        x = gather_sequence(x, group=self.groups.group, dim=1)[:, :length]
         return model.unembed(x, embedding)
 
 

@@ -87,13 +87,14 @@ def generate_to_file(pipeline: DancerPipeline, *, image: str | os.PathLike, cond
 def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
                  cond_neg_folder: str | os.PathLike, size: str, frame_num: int | None,
                  save_file: str | os.PathLike | None = None,
-                 memory: "MemoryOptions | None" = None) -> tuple[int, int]:
+                 memory: "MemoryOptions | None" = None, checkpoint_verified: bool = False) -> tuple[int, int]:
     """Check every input before any model loads (InputError, one line); returns (max_area, frame_num).
 
     ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold. ``save_file``:
     the output, checked to be writable (None: not checked). The checkpoint folder is verified
     whole (:func:`~steadydancer.pipeline.i2v.verify_checkpoint`); ``memory``: whether the DiT
-    comes from a GGUF/FP8 file instead of the shards.
+    comes from a GGUF/FP8 file instead of the shards; ``checkpoint_verified``: done already (a
+    batch verifies it once, not per row).
     """
     max_area = max_area_for(size)
     if frame_num is not None:
@@ -101,7 +102,8 @@ def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos
     available = check_pose_folders(cond_pos_folder, cond_neg_folder)
     frame_num = resolve_frame_num(frame_num, available, C.DEFAULT_FRAME_NUM, cond_pos_folder)
     load_image(image)  # readable?
-    verify_checkpoint(ckpt_dir, dit_from_other_file=bool(memory and (memory.gguf or memory.dit_fp8_file)))
+    if not checkpoint_verified:
+        verify_checkpoint(ckpt_dir, dit_from_other_file=bool(memory and (memory.gguf or memory.dit_fp8_file)))
     if save_file is not None:
         check_output_file(save_file)
     return max_area, frame_num

@@ -1,0 +1,126 @@
+"""``steadydancer batch``: every pair of a manifest, models loaded once per process; also under
+``torchrun`` (groups of --ulysses_size x --ring_size processes) and as SLURM array jobs
+(``--shard``). See docs/batch.md."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import InputError
+from . import generate
+
+log = logging.getLogger(__name__)
+
+# How long a collective may wait: processes wait for each other's pose stage and model loading.
+COLLECTIVE_TIMEOUT_S = 6 * 3600
+# generate flags that name one video's inputs or output: the manifest and --out set them per row
+PER_ROW_FLAGS = ("image", "cond_pos_folder", "cond_neg_folder", "input_dir", "save_file")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True,
+                        help="CSV or JSON Lines: id, and input_dir or image + video; optional prompt, seed, frame_num")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder: OUT/<id>/<id>.mp4, OUT/<id>/record.json, OUT/summary.json")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="make only part I of N of the manifest (counted from 0; default: from "
+                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a SLURM job array, else all)")
+    pose = parser.add_argument_group("pose stage of rows given as image + video (steadydancer prepare's flags)")
+    pose.add_argument("--align_frame", type=int, default=0,
+                      help="driving frame the limb scales are measured on; earlier frames are dropped")
+    pose.add_argument("--max_frame", type=int, default=300,
+                      help="frames read from the start of each video (official default 300; -1: all)")
+    pose.add_argument("--target_fps", type=float, default=None,
+                      help="resample each video to this frame rate first (default: every frame, the official recipe)")
+    pose.add_argument("--pose_seed", type=int, default=0, help="seed of the negative-stream augmentation")
+    pose.add_argument("--pose_backend", default="auto", choices=["auto", "mediapipe", "onnx", "mmpose"],
+                      help="pose detector (auto: the weights given, else the bundled mediapipe)")
+    pose.add_argument("--dwpose_ckpt", default=None, help="DWPose weights: dw-ll_ucoco_384.onnx or the mmpose .pth")
+    pose.add_argument("--yolox_ckpt", default=None, help="YOLOX-L weights: yolox_l.onnx or the mmdet .pth")
+    pose.add_argument("--detect_resolution", type=int, default=None, help="short side the detector sees")
+    pose.add_argument("--all_people", action="store_true", help="keep, align and draw every person")
+    generate.add_arguments(parser)
+
+
+def prepare_options(args: argparse.Namespace) -> dict:
+    """``prepare_inputs`` keyword arguments from the pose flags (checked: InputError)."""
+    from ..pose.prepare import DEFAULT_DETECT_RESOLUTION, check_max_frame, check_target_fps
+    from ..pose.scripts import weight_args
+
+    max_frame = None if args.max_frame == -1 else args.max_frame
+    check_max_frame(max_frame)
+    check_target_fps(args.target_fps)
+    if args.align_frame < 0:
+        raise InputError(f"--align_frame {args.align_frame}: expected 0 or more")
+    resolution = DEFAULT_DETECT_RESOLUTION if args.detect_resolution is None else args.detect_resolution
+    if resolution <= 0:
+        raise InputError(f"--detect_resolution {resolution}: must be positive")
+    options = dict(align_frame=args.align_frame, max_frame=max_frame, target_fps=args.target_fps,
+                   seed=args.pose_seed, detect_resolution=resolution, all_people=args.all_people)
+    options.update(weight_args(args.dwpose_ckpt, args.yolox_ckpt, args.pose_backend,
+                               "cpu" if args.device == "cpu" else None))
+    return options
+
+
+def check_process_flags(args: argparse.Namespace, memory, group_size: int) -> int:
+    """What the processes' layout allows (one line each); returns the DiT's head count."""
+    from ..distributed.cli import check_distributed_args
+    from ..distributed.launch import process_device
+    from ..models.memory import check_memory_options, dit_config_for
+
+    if group_size > 1:  # a group runs one video together: the torchrun generate rules
+        return check_distributed_args(args, memory, data_parallel=True)
+    check_memory_options(args.ckpt_dir, process_device() if args.device is None else args.device, memory)
+    return int(dit_config_for(args.ckpt_dir, memory).get("num_heads", 16))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distributed.cli import is_torchrun, one_error_line
+
+    if is_torchrun():  # the same bad flag would print one line per process
+        with one_error_line():
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..batch.manifest import parse_shard, read_manifest, shard_rows
+    from ..batch.runner import BatchJob, BatchRunner, check_outputs_writable, print_summary
+    from ..distributed.launch import TorchrunEnv, init_distributed
+    from ..models.memory import memory_options_from_args
+    from ..pipeline.i2v import verify_checkpoint
+
+    for flag in PER_ROW_FLAGS:
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag}: the manifest gives each row's inputs and --out its outputs")
+    generate.check_flags(args, data_parallel=True)
+    if args.ckpt_dir is None:
+        raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
+    sampling = generate.sampling_options_from_args(args)
+    memory = memory_options_from_args(args)
+    shard = parse_shard(args.shard)
+    rows = shard_rows(read_manifest(args.manifest), *shard)
+    job = BatchJob(ckpt_dir=args.ckpt_dir, out=Path(args.out).absolute(), size=args.size, frame_num=args.frame_num,
+                   sampling=sampling, seed=args.base_seed, prompt=args.prompt, memory=memory,
+                   long_video=generate.long_video_options_from_args(args), device=args.device,
+                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, ulysses_size=args.ulysses_size,
+                   ring_size=args.ring_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
+                   prepare=prepare_options(args), manifest=str(Path(args.manifest).absolute()), shard=shard)
+    check_outputs_writable(job, rows)
+    verify_checkpoint(args.ckpt_dir, dit_from_other_file=bool(memory.gguf or memory.dit_fp8_file))
+    env = TorchrunEnv.read()
+    group_size = args.ulysses_size * args.ring_size if env.world_size > 1 else 1
+    num_heads = check_process_flags(args, memory, group_size)
+    if env.rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
+    setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
+                             data_parallel=True, timeout_s=COLLECTIVE_TIMEOUT_S)
+    if setup.is_main and shard != (0, 1):
+        log.info("shard %d/%d: %d rows of %s", shard[0], shard[1], len(rows), args.manifest)
+    summary = BatchRunner(job, setup).run(rows)
+    if setup.is_main:
+        print_summary(summary, job.out)
+    setup.shutdown()
+    return 1 if summary["failed"] else 0
