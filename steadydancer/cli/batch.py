@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pose.add_argument("--detect_resolution", type=int, default=None, help="short side the detector sees")
     pose.add_argument("--all_people", action="store_true", help="keep, align and draw every person")
     generate.add_arguments(parser)
+    for action in parser._actions:  # refused in a batch (see PER_ROW_FLAGS): not in the help
+        if action.dest in PER_ROW_FLAGS:
+            action.help = argparse.SUPPRESS
 
 
 def prepare_options(args: argparse.Namespace) -> dict:
