@@ -1,4 +1,4 @@
-"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark."""
+"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, ui."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "demo": ("steadydancer.cli.demo", "prepare + generate on the bundled sample (tiny random model by default)"),
     "eval": ("steadydancer.cli.eval", "score generated videos: TikTok/HumanVid metrics, VBench-I2V, FVD; report + table + plots"),
     "benchmark": ("steadydancer.cli.benchmark", "xdance / tiktok protocol: make the rows, prepare, generate (resumable), score"),
+    "ui": ("steadydancer.cli.ui", "web UI (Gradio): upload, prepare the poses, generate; models loaded once"),
 }
 
 
