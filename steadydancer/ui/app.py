@@ -123,11 +123,22 @@ class DancerApp:
         return str(path), info
 
 
+# initial values of the settings (build_app's ``defaults`` may change them)
+DEFAULTS = {"align_frame": 0, "frame_count": C.DEFAULT_FRAME_NUM, "target_fps": 0, "augment_seed": 0,
+            "size": DEFAULT_SIZE, "num_frames": 0, "seed": -1, "steps": C.DEFAULT_STEPS, "solver": "unipc",
+            "guidance_scale": 5.0, "condition_guidance_scale": 1.0, "cfg_start": 0.1, "cfg_end": 0.4}
+
+
 def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
-              **from_pretrained: Any) -> gr.Blocks:
-    """The Gradio app (not launched; see :func:`launch`). ``from_pretrained``: the keywords of
+              defaults: dict[str, Any] | None = None, **from_pretrained: Any) -> gr.Blocks:
+    """The Gradio app (not launched; see :func:`launch`). ``defaults``: initial values of the
+    settings (keys of :data:`DEFAULTS`). ``from_pretrained``: the keywords of
     :meth:`SteadyDancerPipeline.from_pretrained` (device, dtype, offload_model, memory options).
     The checkpoint folder is checked here; the models load on the first generation."""
+    unknown = sorted(set(defaults or {}) - set(DEFAULTS))
+    if unknown:
+        raise InputError(f"build_app defaults: unknown settings {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
+    d = {**DEFAULTS, **(defaults or {})}
     app = DancerApp(ckpt_dir, work_dir, **from_pretrained)
     with gr.Blocks(title="SteadyDancer") as demo:
         gr.Markdown("# SteadyDancer\nA reference image + a driving dance video -> a video that starts at the "
@@ -140,11 +151,11 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                     video = gr.Video(label="driving video", height=300)
                 prompt = gr.Textbox(label="prompt (describe the reference image)", lines=2)
                 with gr.Row():
-                    align_frame = gr.Number(label="align frame", value=0, precision=0, minimum=0)
-                    frame_count = gr.Number(label="frame count", value=C.DEFAULT_FRAME_NUM, precision=0, minimum=1)
-                    target_fps = gr.Number(label="target fps (0: every frame, the official recipe)", value=0,
+                    align_frame = gr.Number(label="align frame", value=d["align_frame"], precision=0, minimum=0)
+                    frame_count = gr.Number(label="frame count", value=d["frame_count"], precision=0, minimum=1)
+                    target_fps = gr.Number(label="target fps (0: every frame, the official recipe)", value=d["target_fps"],
                                            minimum=0)
-                    augment_seed = gr.Number(label="augmentation seed", value=0, precision=0)
+                    augment_seed = gr.Number(label="augmentation seed", value=d["augment_seed"], precision=0)
                 prepare_button = gr.Button("Prepare poses", variant="secondary")
                 preview = gr.Video(label="aligned poses: reference | its pose | positive | negative | video | raw pose",
                                    interactive=False)
@@ -154,20 +165,20 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                 gr.Markdown("### 2. Generate")
                 with gr.Row():
                     size = gr.Dropdown(label="size (pixel area)", choices=list(C.SUPPORTED_SIZES),
-                                       value=DEFAULT_SIZE, allow_custom_value=True)
-                    num_frames = gr.Number(label="frames, 4n+1 (0: up to 81)", value=0, precision=0, minimum=0)
-                    seed = gr.Number(label="seed (-1: random)", value=-1, precision=0)
+                                       value=d["size"], allow_custom_value=True)
+                    num_frames = gr.Number(label="frames, 4n+1 (0: up to 81)", value=d["num_frames"], precision=0, minimum=0)
+                    seed = gr.Number(label="seed (-1: random)", value=d["seed"], precision=0)
                 with gr.Row():
-                    steps = gr.Slider(label="steps", minimum=1, maximum=100, step=1, value=C.DEFAULT_STEPS)
-                    solver = gr.Dropdown(label="solver", choices=list(SOLVERS), value="unipc")
+                    steps = gr.Slider(label="steps", minimum=1, maximum=100, step=1, value=d["steps"])
+                    solver = gr.Dropdown(label="solver", choices=list(SOLVERS), value=d["solver"])
                 with gr.Row():
-                    guidance = gr.Number(label="text guidance", value=5.0)
-                    condition_guidance = gr.Number(label="pose guidance", value=1.0)
-                    cfg_start = gr.Number(label="pose CFG from (fraction of steps)", value=0.1)
-                    cfg_end = gr.Number(label="pose CFG to", value=0.4)
+                    guidance = gr.Number(label="text guidance", value=d["guidance_scale"])
+                    condition_guidance = gr.Number(label="pose guidance", value=d["condition_guidance_scale"])
+                    cfg_start = gr.Number(label="pose CFG from (fraction of steps)", value=d["cfg_start"])
+                    cfg_end = gr.Number(label="pose CFG to", value=d["cfg_end"])
                 negative_prompt = gr.Textbox(label="negative prompt (empty: the official one)", lines=1)
                 generate_button = gr.Button("Generate", variant="primary")
-                result = gr.Video(label="result", interactive=False)
+                result = gr.Video(label="result", interactive=False, height=460)
                 result_info = gr.Markdown()
         prepare_button.click(app.prepare, [image, video, prompt, align_frame, frame_count, target_fps, augment_seed],
                              [preview, folder, prompt, pose_info], api_name="prepare",
