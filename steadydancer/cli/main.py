@@ -1,4 +1,4 @@
-"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, batch, manifest."""
+"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, batch, manifest, ui."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "benchmark": ("steadydancer.cli.benchmark", "xdance / tiktok protocol: make the rows, prepare, generate (resumable), score"),
     "batch": ("steadydancer.cli.batch", "every pair of a manifest, models loaded once (torchrun groups, SLURM arrays, resumable)"),
     "manifest": ("steadydancer.cli.manifest", "write a batch manifest: every image with every video, or given pairs"),
+    "ui": ("steadydancer.cli.ui", "web UI (Gradio): upload, prepare the poses, generate; models loaded once"),
 }
 
 

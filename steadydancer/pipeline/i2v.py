@@ -23,6 +23,7 @@ from PIL import Image
 from ..errors import InputError
 from ..models.memory import DTYPES, MemoryOptions, check_memory_options, load_dit_with_options, sampler_passes
 from ..sampling import DiTConditions, sample_dc_cfg
+from ..sampling.dc_cfg import StepCallback
 from ..sampling.schedulers import lcm_noise_seed
 from . import config as C
 from .inputs import first_frame_mask, latent_size, pil_to_tensor, resize_bicubic
@@ -239,11 +240,15 @@ class DancerPipeline:
     def generate(self, image: Image.Image, pose_first: Image.Image, positive: list[Image.Image],
                  negative: list[Image.Image], prompt: str, max_area: int, frame_num: int,
                  sampling: SamplingOptions, seed: int = -1, negative_prompt: str | None = None,
-                 progress: bool = True) -> torch.Tensor:
+                 progress: bool = True, callback: "StepCallback | None" = None,
+                 decode: bool = True) -> torch.Tensor:
         """The video [3, frame_num, H, W] in [-1, 1] (float32, on the CPU; see :meth:`decode`).
 
         ``image``: reference (PIL RGB); ``pose_first``, ``positive``, ``negative``: pose frames
-        already PIL-bicubic-resized to the reference image's size.
+        already PIL-bicubic-resized to the reference image's size. ``callback(idx, timestep,
+        latent)``: called after each sampling step (``sampling.dc_cfg.StepCallback``; may return
+        a replacement latent). ``decode`` False: return the final latent [16, (frame_num-1)//4+1,
+        H/8, W/8] (float32) without the VAE decode.
         """
         if len(positive) != frame_num or len(negative) != frame_num:
             raise ValueError(f"need {frame_num} positive and negative frames, got {len(positive)}, {len(negative)}")
@@ -305,7 +310,7 @@ class DancerPipeline:
                 end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
                 scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
                 passes=sampler_passes(self.memory, sampling.guide_scale),
-                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed))
+                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed), callback=callback)
         del cond, neg_text, neg_pose, noise
         if self.offload_model and self.on_gpu:
             if self.keep_models and getattr(dit, "block_swap", None) is None:
@@ -315,6 +320,8 @@ class DancerPipeline:
             del dit
             gc.collect()
             torch.cuda.empty_cache()
+        if not decode:
+            return latent.float().cpu()
         return self.decode(latent)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:

@@ -46,6 +46,7 @@ from .i2v import resolve_seed
 from .inputs import first_frame_mask, latent_size, load_image, pil_to_tensor, resize_bicubic
 
 if TYPE_CHECKING:
+    from ..sampling.dc_cfg import StepCallback
     from .i2v import DancerPipeline, SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,12 @@ def to_uint8_frames(video: torch.Tensor) -> Iterator[np.ndarray]:
 def sample_context(pipeline: "DancerPipeline", image: Image.Image, pose_first: Image.Image,
                    positive: Sequence[Image.Image], negative: Sequence[Image.Image], prompt: str, max_area: int,
                    frame_num: int, sampling: "SamplingOptions", options: LongVideoOptions, seed: int = -1,
-                   negative_prompt: str | None = None, progress: bool = True) -> torch.Tensor:
-    """The final latent [16, F, lat_h, lat_w] of a context-window run (every rank under torchrun)."""
+                   negative_prompt: str | None = None, progress: bool = True,
+                   callback: "StepCallback | None" = None) -> torch.Tensor:
+    """The final latent [16, F, lat_h, lat_w] of a context-window run (every rank under torchrun).
+
+    ``callback(idx, timestep, latent)`` after each step, with the whole video's latent.
+    """
     shared = prepare_shared(pipeline, image, pose_first, prompt, max_area, frame_num, seed, negative_prompt)
     lat_f = latent_window(frame_num)
     window, overlap = options.latent_window, options.latent_overlap
@@ -332,7 +337,7 @@ def sample_context(pipeline: "DancerPipeline", image: Image.Image, pose_first: I
         conditions.image_condition(start)
     with dit_session(pipeline) as dit:
         return sample_dc_cfg_windowed(dit, noise, conditions.window, plan, window, options.fuse,
-                                      lcm_noise_order=order,
+                                      lcm_noise_order=order, callback=callback,
                                       **_sampler_kwargs(pipeline, sampling, shared.seed, progress))
 
 
@@ -395,14 +400,16 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
                        max_area: int, frame_num: int, sampling: "SamplingOptions", options: LongVideoOptions,
                        seed: int = -1, negative_prompt: str | None = None, progress: bool = True,
                        emit: bool = True,
-                       on_window: Callable[[int, int, tuple], None] | None = None) -> Iterator[np.ndarray]:
+                       on_window: Callable[[int, int, tuple], None] | None = None,
+                       callback: "StepCallback | None" = None) -> Iterator[np.ndarray]:
     """uint8 frames of a chained run, window after window (only one window's float frames held).
 
     Window k covers pixel frames [s_k, s_k + W): its I2V first frame is the reference image (k = 0)
     or the previous window's frame s_k; its pose latents are its own frames encoded on their own;
     ref_x, ref_c, CLIP and text are the video's. Every rank decodes each window (the next window's
     first frame needs it); only ``emit`` ranks yield frames. ``on_window(k, start, conditions)``
-    sees each window's (cond, neg_text, neg_pose) before sampling (tests).
+    sees each window's (cond, neg_text, neg_pose) before sampling (tests). ``callback(idx, timestep,
+    latent)`` after each step of each window, ``idx`` counted over all windows (k * steps + step).
     """
     shared = prepare_shared(pipeline, image, pose_first, prompt, max_area, frame_num, seed, negative_prompt)
     window = options.context_frames
@@ -427,7 +434,12 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
             noise = torch.randn(16, latent_window(window), shared.lat_h, shared.lat_w, dtype=torch.float32,
                                 generator=shared.generator, device=pipeline.device)
             log.info("chain window %d/%d: frames %d-%d", k + 1, len(starts), start, start + window - 1)
+            window_callback = None
+            if callback is not None:
+                def window_callback(idx, t, lat, k=k):
+                    return callback(k * _step_count(sampling) + idx, t, lat)
             latent = sample_dc_cfg(dit, noise, *conditions, on_step=lambda *_: bar.update(1),
+                                   callback=window_callback,
                                    **_sampler_kwargs(pipeline, sampling, shared.seed + k, progress=False))
             del conditions, y, pos, neg, noise
             video = vae.decode(latent.to(pipeline.device), desc=f"VAE decode window {k + 1}").cpu()

@@ -53,3 +53,61 @@ def augment_sequence(poses: list[Pose], seed: int | None = 0) -> tuple[list[Pose
         out.append(augmented)
         factors.append(used)
     return out, factors
+
+
+# -- the same re-shaping on drawn frames (when only pose images are at hand, no keypoints) ---------
+
+# the neck joint (body point 1) is a filled circle of draw.PALETTE[1] in BGR order, so in the
+# RGB frames draw_pose returns (and the JPEGs prepare writes) it is this colour
+NECK_RGB = (0, 85, 255)
+_NECK_TOLERANCE = 40  # per channel: survives JPEG and the bicubic resize of the drawn frames
+
+
+def find_neck(frame: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) pixel position of the neck joint in a drawn pose frame (RGB uint8 [H, W, 3]).
+
+    The largest blob of the neck joint's colour (hand lines of a similar hue are thinner); when
+    there is none, the centroid of the drawn (non-black) pixels; None for an empty frame.
+    """
+    import cv2
+
+    close = np.all(np.abs(frame.astype(np.int16) - np.array(NECK_RGB, np.int16)) <= _NECK_TOLERANCE, axis=-1)
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(close.astype(np.uint8), connectivity=8)
+    if count > 1:
+        best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        return float(centroids[best][0]), float(centroids[best][1])
+    ys, xs = np.nonzero(frame.max(axis=-1) > 40)
+    if len(xs) == 0:
+        return None
+    return float(xs.mean()), float(ys.mean())
+
+
+def augment_frames(frames: list[np.ndarray], seed: int | None = 0) -> list[np.ndarray]:
+    """The negative stream from drawn positive frames (RGB uint8 [H, W, 3] each).
+
+    Per frame the factors are drawn exactly as :func:`augment_sequence` draws them (same
+    generator, same order), and the frame is warped by the same map about its neck
+    (x' = aspect * scale * (x - neck_x) + neck_x, y' = scale * (y - neck_y) + neck_y), so each
+    joint lands where the official augmentation puts it; unlike a redraw from keypoints, the
+    line widths scale too. An empty frame stays as it is. Prefer ``prepare`` (keypoints) when
+    the driving video is at hand.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for frame in frames:
+        rng.uniform(*OFFSET_RANGE[0])
+        rng.uniform(*OFFSET_RANGE[1])
+        scale = float(rng.uniform(*SCALE_RANGE))
+        aspect = float(rng.uniform(*ASPECT_RANGE))
+        neck = find_neck(frame)
+        if neck is None:
+            out.append(frame.copy())
+            continue
+        sx, sy = aspect * scale, scale
+        matrix = np.array([[sx, 0.0, neck[0] * (1 - sx)], [0.0, sy, neck[1] * (1 - sy)]], dtype=np.float64)
+        height, width = frame.shape[:2]
+        out.append(cv2.warpAffine(frame, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)))
+    return out

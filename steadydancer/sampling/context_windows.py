@@ -28,7 +28,7 @@ import torch
 
 from ..progress import progress as progress_bar
 from .conditions import DiTConditions
-from .dc_cfg import DenoiseModel, combine_guidance, pose_cfg_active, run_passes
+from .dc_cfg import DenoiseModel, StepCallback, combine_guidance, pose_cfg_active, run_passes, run_step_callback
 from .schedulers import make_scheduler
 
 SCHEDULES: tuple[str, ...] = ("static", "uniform")
@@ -159,7 +159,8 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
                            passes: Callable[..., list[torch.Tensor]] = run_passes,
                            sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0,
                            lcm_noise_order: torch.Tensor | None = None,
-                           on_window: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                           on_window: Callable[[int, int], None] | None = None,
+                           callback: StepCallback | None = None) -> torch.Tensor:
     """The DC-CFG loop over context windows; returns the final latent [16, F, h, w] (float32).
 
     Every step: for each window start a of ``plan(step)``, the DiT sees the latent frames
@@ -168,7 +169,8 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
     :func:`sample_dc_cfg`) is weighted by :func:`fusion_weights`, and one solver step is taken on
     the fused whole-video prediction. Only one window's tokens are in the DiT at a time.
     ``lcm_noise_order``: FreeNoise order applied to the lcm solver's fresh noise.
-    ``on_window(step, start)`` is called after each window.
+    ``on_window(step, start)`` is called after each window; ``callback`` after each step, as in
+    :func:`sample_dc_cfg` (with the whole video's latent).
     """
     device = torch.device(device) if device is not None else noise.device
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
@@ -204,5 +206,6 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
         latent = latent.to(scheduler_device)
         latent = scheduler.step(fused[None], t, latent[None], return_dict=False)[0][0]
         del fused
+        latent = run_step_callback(callback, idx, t, latent)
     bar.close()
     return latent

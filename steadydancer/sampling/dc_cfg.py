@@ -21,6 +21,23 @@ from .conditions import DiTConditions
 from .schedulers import make_scheduler
 
 
+# callback(step_index, timestep (0..1000), latent [16, F, h, w] after the step) -> None, or a
+# tensor of the same shape that replaces the latent (diffusers' callback_on_step_end semantics)
+StepCallback = Callable[[int, float, torch.Tensor], "torch.Tensor | None"]
+
+
+def run_step_callback(callback: StepCallback | None, idx: int, t: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """Call the step hook after step ``idx``; its returned tensor (if any) becomes the latent."""
+    if callback is None:
+        return latent
+    out = callback(idx, float(t), latent)
+    if out is None:
+        return latent
+    if out.shape != latent.shape:
+        raise ValueError(f"step callback returned a latent of shape {tuple(out.shape)}, expected {tuple(latent.shape)}")
+    return out.to(device=latent.device, dtype=latent.dtype)
+
+
 class DenoiseModel(Protocol):
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
         """latents [B,16,F,h,w], timestep [B] (0..1000) -> flow prediction [B,16,F,h,w]."""
@@ -88,7 +105,8 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
                   num_train_timesteps: int = 1000,
                   passes: Callable[..., list[torch.Tensor]] = run_passes,
                   on_step: Callable[[int, int, int], None] | None = None,
-                  sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0) -> torch.Tensor:
+                  sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0,
+                  callback: "StepCallback | None" = None) -> torch.Tensor:
     """Run the DC-CFG loop from ``noise`` [16,F,h,w] and return the final latent [16,F,h,w] (float32).
 
     ``cond``/``neg_text``/``neg_pose`` are DiTConditions with B=1 (prompt + positive pose,
@@ -97,6 +115,7 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
     guidance and solver arithmetic runs (default: ``device``; the official code uses the CPU
     when it offloads). ``on_step(idx, timestep, passes_run)`` is called after every step.
     ``sample_timesteps``/``solver_seed``: the euler/lcm step list and lcm noise (``make_scheduler``).
+    ``callback(idx, timestep, latent)``: see :data:`StepCallback` (the Python API's step hook).
     """
     device = torch.device(device) if device is not None else noise.device
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
@@ -117,4 +136,5 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
         latent = scheduler.step(guided[None], t, latent[None], return_dict=False)[0][0]
         if on_step is not None:
             on_step(idx, int(t), len(condition_sets))
+        latent = run_step_callback(callback, idx, t, latent)
     return latent

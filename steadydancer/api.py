@@ -1,0 +1,613 @@
+"""The Python API, in diffusers' conventions: :class:`SteadyDancerPipeline` and :func:`prepare_pose`.
+
+    from steadydancer import SteadyDancerPipeline, prepare_pose, export_to_video
+
+    pipe = SteadyDancerPipeline.from_pretrained("SteadyDancer-14B", device="cuda")
+    prepared = prepare_pose("ref.png", "dance.mp4")          # the pose stage (detect, align, draw)
+    video = pipe(prepared, num_frames=81, seed=106060).frames[0]
+    export_to_video(video, "out.mp4")
+
+This module only converts inputs and outputs: the generation itself is
+:meth:`steadydancer.pipeline.i2v.DancerPipeline.generate` (or the long-video functions of
+``steadydancer.pipeline.long_video``), the same code ``steadydancer generate`` runs. See
+docs/python_api.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .pipeline import config as C
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+SOLVERS = ("unipc", "dpm++", "euler", "lcm")
+DEFAULT_API_SIZE = "1024*576"
+# diffusers' name of what a step callback may read and replace
+CALLBACK_TENSOR_INPUTS = ("latents",)
+
+ImageInput = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
+PoseVideoInput = Union[Sequence[ImageInput], np.ndarray, torch.Tensor, str, os.PathLike]
+
+
+# -- input conversion -------------------------------------------------------------------------
+
+def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    """[H, W, 3|4|1] or [H, W], uint8 or float in [0, 1] -> RGB PIL."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InputError(f"{name}: expected an image array [H, W, 3], got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+            raise InputError(f"{name}: unsupported array dtype {array.dtype}")
+        array = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8) \
+            if np.issubdtype(array.dtype, np.floating) else np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def _tensor_to_pil(tensor: torch.Tensor, name: str) -> Image.Image:
+    """[3, H, W] (or [H, W, 3]) uint8, or float in [0, 1] -> RGB PIL."""
+    tensor = tensor.detach().cpu()
+    if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
+        tensor = tensor.permute(1, 2, 0)  # channels first, as torchvision and diffusers
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+    return _array_to_pil(tensor.numpy(), name)
+
+
+def _load_image_file(path: Path, name: str) -> Image.Image:
+    if not path.is_file():
+        raise InputError(f"{name}: file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"{name}: cannot read {path}: not an image file") from None
+
+
+def to_pil_image(value: ImageInput, name: str = "image") -> Image.Image:
+    """One RGB PIL image from a PIL image, an array [H, W, 3] (uint8, or float in [0, 1]), a
+    tensor [3, H, W] (uint8, or float in [0, 1]) or an image file path. InputError naming ``name``."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, (str, os.PathLike)):
+        return _load_image_file(Path(value), name)
+    if isinstance(value, np.ndarray):
+        return _array_to_pil(value, name)
+    if isinstance(value, torch.Tensor):
+        return _tensor_to_pil(value, name)
+    raise InputError(f"{name}: expected a PIL image, an array, a tensor or a file path, got {type(value).__name__}")
+
+
+class FolderFrames(Sequence[Image.Image]):
+    """Pose frames 0000.jpg ... of a folder as RGB PIL images, read only when indexed (a long
+    video's frames are never all in memory)."""
+
+    def __init__(self, folder: str | os.PathLike, count: int | None = None, name: str = "pose_video") -> None:
+        from .pipeline.inputs import count_pose_frames
+
+        self.folder = Path(folder)
+        self.count = count_pose_frames(self.folder, name) if count is None else count
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        return _load_image_file(self.folder / f"{index % self.count:04d}.jpg", self.name)
+
+
+class ResizedFrames(Sequence[Image.Image]):
+    """``frames[i]`` PIL-bicubic-resized to ``size`` (W, H), as the CLI reads pose folders."""
+
+    def __init__(self, frames: Sequence[Image.Image], size: tuple[int, int], count: int) -> None:
+        self.frames, self.size, self.count = frames, size, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        return self.frames[index % self.count].resize(self.size, Image.Resampling.BICUBIC)
+
+
+def to_pose_frames(value: PoseVideoInput, name: str = "pose_video",
+                   max_frames: int | None = None) -> Sequence[Image.Image]:
+    """Pose frames as a sequence of RGB PIL images (not resized).
+
+    ``value``: a list of images (PIL, arrays [H, W, 3], tensors [3, H, W], paths), an array
+    [N, H, W, 3] (uint8, or float in [0, 1]), a tensor [N, 3, H, W] (uint8, or float in
+    [0, 1]), a folder of 0000.jpg ... (read lazily), a prepared folder (its positive/ frames) or
+    a video file (at most ``max_frames`` frames read). InputError naming ``name``.
+    """
+    if isinstance(value, PreparedInputs):
+        return value.positive
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if path.is_dir():
+            if (path / "positive").is_dir() and not (path / "0000.jpg").is_file():
+                path = path / "positive"
+            frames = FolderFrames(path, name=name)
+            if len(frames) == 0:
+                raise InputError(f"{name}: {path}: no pose frames (0000.jpg ...) found")
+            return frames
+        if not path.is_file():
+            raise InputError(f"{name}: not found: {path}")
+        from .pose.video import iter_video
+
+        try:
+            arrays = list(iter_video(path, max_frames))
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        if not arrays:
+            raise InputError(f"{name}: video {path} has no decodable frames")
+        return [Image.fromarray(a) for a in arrays]
+    if isinstance(value, np.ndarray):
+        if value.ndim != 4:
+            raise InputError(f"{name}: expected an array of frames [N, H, W, 3], got shape {tuple(value.shape)}")
+        return [_array_to_pil(frame, name) for frame in value]
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 4:
+            raise InputError(f"{name}: expected a tensor of frames [N, 3, H, W], got shape {tuple(value.shape)}")
+        return [_tensor_to_pil(frame, name) for frame in value]
+    if isinstance(value, FolderFrames):  # already lazy RGB frames (a PreparedInputs' streams)
+        return value
+    if isinstance(value, Sequence):
+        if not value:
+            raise InputError(f"{name}: no frames given")
+        return [to_pil_image(frame, f"{name}[{i}]") for i, frame in enumerate(value)]
+    raise InputError(f"{name}: expected frames (a list of images, an array [N, H, W, 3], a tensor "
+                     f"[N, 3, H, W]), a folder or a video file, got {type(value).__name__}")
+
+
+def _sibling_negative(value: Any) -> Path | None:
+    """The negative/ folder that goes with a prepared folder (or its positive/) given as a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        return None
+    path = Path(value)
+    for candidate in (path / "negative", path.parent / "negative" if path.name == "positive" else None):
+        if candidate is not None and candidate.is_dir() and (candidate / "0000.jpg").is_file():
+            return candidate
+    return None
+
+
+def augment_negative(frames: Sequence[Image.Image], seed: int | None = 0) -> list[Image.Image]:
+    """The negative pose stream made from drawn positive frames by the official augmentation
+    (random aspect 0.6-1.4 and scale 0.7-1.3 about the neck per frame, seeded; see
+    :func:`steadydancer.pose.augment.augment_frames`)."""
+    from .pose.augment import augment_frames
+
+    arrays = augment_frames([np.asarray(frame.convert("RGB")) for frame in frames], seed)
+    return [Image.fromarray(a) for a in arrays]
+
+
+# -- the pose stage ---------------------------------------------------------------------------
+
+@dataclass
+class PreparedInputs:
+    """What the pose stage made: everything the pipeline needs for one video.
+
+    ``image``: the reference (RGB, its own size). ``positive`` / ``negative``: the drawn pose
+    frames (RGB PIL, twice the resized reference size; read lazily from ``folder``), equally
+    many. ``prompt``: the text prompt. ``folder``: the prepared folder (ref_image.png,
+    prompt.txt, positive/, negative/, all.mp4, keypoints.json). ``fps``: the poses' frame rate.
+    """
+
+    image: Image.Image
+    positive: Sequence[Image.Image]
+    negative: Sequence[Image.Image]
+    prompt: str = ""
+    folder: Path | None = None
+    fps: float | None = None
+    _temporary: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "PreparedInputs":
+        """Read a folder written by ``steadydancer prepare`` (frames stay on disk until used)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"prepared folder not found: {folder}")
+        image = _load_image_file(folder / "ref_image.png", "ref_image.png")
+        positive = FolderFrames(folder / "positive", name="positive")
+        negative = FolderFrames(folder / "negative", name="negative")
+        if len(positive) == 0:
+            raise InputError(f"{folder / 'positive'}: no pose frames (0000.jpg ...) found")
+        if len(positive) != len(negative):
+            raise InputError(f"{folder}: positive/ has {len(positive)} frames, negative/ {len(negative)}")
+        prompt_file = folder / "prompt.txt"
+        prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else ""
+        return cls(image=image, positive=positive, negative=negative, prompt=prompt, folder=folder,
+                   fps=_poses_fps(folder))
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    @property
+    def preview(self) -> Path | None:
+        """all.mp4: reference | its pose | positive | negative | video | raw pose, side by side."""
+        return None if self.folder is None else self.folder / "all.mp4"
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """``pipe(**prepared.as_kwargs())``: image, pose_video, negative_pose_video, prompt."""
+        return {"image": self.image, "pose_video": self.positive, "negative_pose_video": self.negative,
+                "prompt": self.prompt}
+
+    def cleanup(self) -> None:
+        """Remove the folder when :func:`prepare_pose` made it in a temporary place."""
+        if self._temporary and self.folder is not None:
+            shutil.rmtree(self.folder.parent, ignore_errors=True)
+            self.folder = None
+
+
+def _poses_fps(folder: Path) -> float | None:
+    import json
+
+    try:
+        return float(json.loads((folder / "keypoints.json").read_text())["driving"]["fps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_pose(image: ImageInput, video: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                 prompt: str | None = None, align_frame: int = 0, max_frame: int | None = 300,
+                 target_fps: float | None = None, seed: int = 0, backend: str = "auto",
+                 detect_resolution: int = 1024, device: str = "cpu", all_people: bool = False,
+                 detector: Any = None, progress: bool = True, **weights: Any) -> PreparedInputs:
+    """The pose stage (``steadydancer prepare``) as a call: detect, align, augment, draw.
+
+    ``image``: the reference (a file path, or a PIL image / array / tensor, saved as PNG first);
+    ``video``: the driving video file. ``out_dir``: the folder to write (new, empty or an earlier
+    prepared folder, whose keypoints.json is reused); None: a new temporary folder (removed by
+    :meth:`PreparedInputs.cleanup`). ``align_frame``: the driving frame the limb scales are
+    measured on (earlier frames are dropped); ``max_frame``: frames read from the start of the
+    video (None: all); ``target_fps``: resample the video first (16 keeps real speed in the
+    16 fps output); ``seed``: the negative-stream augmentation. ``backend`` "auto" uses mediapipe
+    unless DWPose weights are given (``dwpose_onnx=``, ``yolox_onnx=``, ``dwpose_pth=``,
+    ``yolox_pth=``). Returns :class:`PreparedInputs`, which ``pipe(prepared)`` accepts.
+    """
+    from .pose.prepare import prepare_inputs
+
+    unknown = sorted(set(weights) - {"dwpose_onnx", "yolox_onnx", "dwpose_pth", "yolox_pth"})
+    if unknown:
+        raise TypeError(f"prepare_pose() got unexpected keyword arguments: {', '.join(unknown)}")
+    temporary = out_dir is None
+    scratch = Path(tempfile.mkdtemp(prefix="steadydancer-pose-")) if temporary else None
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            image_path = Path(image)
+        else:
+            holder = scratch or Path(tempfile.mkdtemp(prefix="steadydancer-ref-"))
+            image_path = holder / "reference.png"
+            to_pil_image(image, "image").save(image_path)
+        target = scratch / "inputs" if temporary else Path(out_dir)
+        folder = prepare_inputs(image_path, video, target, prompt=prompt, align_frame=align_frame,
+                                max_frame=max_frame, target_fps=target_fps, seed=seed, backend=backend,
+                                detect_resolution=detect_resolution, device=device, all_people=all_people,
+                                detector=detector, progress=progress, **weights)
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    prepared = PreparedInputs.from_folder(folder)
+    prepared._temporary = temporary
+    return prepared
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+@dataclass
+class SteadyDancerPipelineOutput:
+    """``frames``: a batch of one video, as diffusers' video pipelines return it.
+
+    ``output_type`` "pil": ``[[PIL.Image] * N]``; "np": float32 [1, N, H, W, 3] in [0, 1];
+    "pt": float32 [1, N, 3, H, W] in [0, 1]; "latent": float32 [1, 16, (N - 1) // 4 + 1, H / 8, W / 8].
+    ``seed``: the noise seed used (reproduces the video). ``fps``: the frame rate to play it at.
+    """
+
+    frames: Any
+    seed: int
+    fps: int = C.SAMPLE_FPS
+
+
+def _max_area(size: str | int) -> int:
+    """Pixel area of an official size string, or an int area (at least one 16x16 latent patch)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size < 256:
+            raise InputError(f"size {size}: an area in pixels must be at least 256 (16x16)")
+        return size
+    if size not in C.MAX_AREA_CONFIGS:
+        raise InputError(f"size {size!r}: unsupported; supported sizes are {', '.join(C.SUPPORTED_SIZES)} "
+                         "(or an int pixel area)")
+    return C.MAX_AREA_CONFIGS[size]
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r}: expected one of {', '.join(map(str, allowed))}")
+
+
+def _memory_options(memory: Any, dtype: Any, extra: dict[str, Any]):
+    """MemoryOptions from ``memory`` and its fields given as keywords (block swap, LoRA, FP8, ...)."""
+    from .models.memory import MemoryOptions
+
+    names = {f.name for f in fields(MemoryOptions)}
+    unknown = sorted(set(extra) - names)
+    if unknown:
+        raise TypeError(f"from_pretrained() got unexpected keyword arguments: {', '.join(unknown)} "
+                        f"(memory options: {', '.join(sorted(names))})")
+    options = memory or MemoryOptions()
+    updates = dict(extra)
+    for key in ("gguf", "dit_fp8_file"):
+        if updates.get(key) is not None:
+            updates[key] = Path(updates[key])
+    if "loras" in updates:
+        updates["loras"] = [(Path(p), float(s)) for p, s in
+                            ((lora, 1.0) if isinstance(lora, (str, os.PathLike)) else lora
+                             for lora in updates["loras"])]
+    if isinstance(dtype, str):
+        _check_choice("dtype", dtype, ("bf16", "fp16", "fp32", "fp8"))
+        updates["dit_dtype"] = dtype
+    from dataclasses import replace
+
+    return replace(options, **updates)
+
+
+class SteadyDancerPipeline:
+    """SteadyDancer image animation: a reference image + a pose video -> a video.
+
+    Build with :meth:`from_pretrained`; each call runs one generation. The models load on the
+    first call and stay loaded for the next ones (``pipeline``: the underlying
+    :class:`~steadydancer.pipeline.i2v.DancerPipeline`).
+    """
+
+    def __init__(self, pipeline: "DancerPipeline") -> None:  # noqa: F821 (imported lazily)
+        self.pipeline = pipeline
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | os.PathLike, *, device: torch.device | str | None = None,
+                        dtype: torch.dtype | str | None = None, offload_model: bool | None = None,
+                        t5_cpu: bool = False, memory: Any = None, **memory_kwargs: Any) -> "SteadyDancerPipeline":
+        """Check the checkpoint folder (every file, as the CLI does) and make the pipeline; no
+        model is loaded yet (each loads on first use, straight onto its device).
+
+        ``ckpt_dir``: the SteadyDancer-14B folder. ``device``: "cuda", "cuda:N", "cpu" (default
+        CUDA when available; float32 on the CPU). ``dtype``: the DiT's weights, a torch dtype or
+        "bf16" | "fp16" | "fp32" | "fp8" (default bf16 on GPU). ``offload_model``: move each model
+        off the GPU after its stage (default True). ``t5_cpu``: T5 on the CPU. ``memory``: a
+        :class:`~steadydancer.models.memory.MemoryOptions`, or its fields as keywords:
+        ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
+        ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``.
+        """
+        from .pipeline.i2v import DancerPipeline, verify_checkpoint
+
+        options = _memory_options(memory, dtype, memory_kwargs)
+        try:
+            verify_checkpoint(ckpt_dir, dit_from_other_file=bool(options.gguf or options.dit_fp8_file))
+        except InputError as exc:  # name the argument, not the CLI flag
+            raise InputError(str(exc).replace("--ckpt_dir ", "ckpt_dir ")) from None
+        dit_dtype = dtype if isinstance(dtype, torch.dtype) else None
+        pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
+                                  dit_dtype=dit_dtype, keep_models=True, memory=options)
+        return cls(pipeline)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    # -- one generation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, image: "ImageInput | PreparedInputs | None" = None, pose_video: PoseVideoInput | None = None,
+                 negative_pose_video: PoseVideoInput | None = None, prompt: str | None = None,
+                 negative_prompt: str | None = None, num_frames: int | None = None,
+                 size: str | int = DEFAULT_API_SIZE,
+                 num_inference_steps: int = C.DEFAULT_STEPS, guidance_scale: float = 5.0,
+                 condition_guidance_scale: float = 1.0, cfg_window: tuple[float, float] = (0.1, 0.4),
+                 solver: str = "unipc", shift: float | None = None, timesteps: Sequence[float] | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 callback_on_step_end: Callable[..., dict] | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
+                 output_type: str = "pil", return_dict: bool = True, long_video: Any = None,
+                 augment_seed: int | None = 0, progress: bool = True):
+        """Generate one video; returns :class:`SteadyDancerPipelineOutput` (``.frames``).
+
+        ``image``: the reference image (PIL, array [H, W, 3], tensor [3, H, W], path), or a
+        :class:`PreparedInputs` (then ``pose_video``, ``negative_pose_video`` and ``prompt``
+        come from it). ``pose_video``: the positive pose frames (list of images, array
+        [N, H, W, 3], tensor [N, 3, H, W], a folder of 0000.jpg ..., a prepared folder, a video
+        file), resized to the reference size as the CLI does. ``negative_pose_video``: the
+        negative stream, same forms and length; None: a prepared folder's negative/, else made
+        from ``pose_video`` by the official augmentation seeded by ``augment_seed``.
+        ``prompt`` (default: the prepared prompt, else empty) / ``negative_prompt`` (default: the
+        official Chinese one). ``num_frames``: 4n+1, at most the pose frames given (default: up to
+        81). ``size``: output pixel area "W*H" (one of the official sizes; the aspect ratio is the
+        reference's), or an int area in pixels (experiments and tests: the model was trained at
+        the official sizes). ``num_inference_steps``; ``guidance_scale``: text CFG;
+        ``condition_guidance_scale``: pose CFG, active for steps with start < step/N < end of
+        ``cfg_window``. ``solver``: unipc | dpm++ | euler | lcm (``timesteps``: euler/lcm step
+        list on 0..1000). ``shift``: default 5.0 (3.0 at 480p). ``seed`` or ``generator`` (its
+        ``initial_seed()`` is the seed); neither: random (``.seed`` of the output says which).
+        ``callback_on_step_end(pipe, step, timestep, callback_kwargs) -> dict``: after every
+        step, ``callback_kwargs["latents"]`` is the latent [1, 16, F, h, w]; a returned
+        ``{"latents": tensor}`` replaces it. ``output_type``: pil | np | pt | latent (see
+        :class:`SteadyDancerPipelineOutput`). ``long_video``: a
+        :class:`~steadydancer.pipeline.long_video.LongVideoOptions` (default: the CLI's, windows
+        of 81 frames sharing 16 past 81 frames). ``return_dict`` False: ``(frames,)``.
+        """
+        from .pipeline.i2v import SamplingOptions
+        from .pipeline.inputs import latent_size
+        from .pipeline.long_video import LongVideoOptions, check_long_video_options
+
+        # -- everything is checked here, before any model loads --------------------------------
+        if isinstance(image, PreparedInputs):
+            prepared = image
+            if pose_video is not None:
+                raise InputError("pose_video: given twice (the PreparedInputs already holds the pose frames)")
+            image, pose_video = prepared.image, prepared.positive
+            negative_pose_video = prepared.negative if negative_pose_video is None else negative_pose_video
+            prompt = prepared.prompt if prompt is None else prompt
+        if image is None:
+            raise InputError("image: required (a reference image, or the PreparedInputs of prepare_pose)")
+        if pose_video is None:
+            raise InputError("pose_video: required (pose frames, a folder or a video file)")
+        _check_choice("output_type", output_type, OUTPUT_TYPES)
+        _check_choice("solver", solver, SOLVERS)
+        max_area = _max_area(size)
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4):
+            raise InputError(f"num_frames {num_frames}: must be 4n+1 (e.g. 17, 33, 49, 81)")
+        if timesteps is None and num_inference_steps < 1:
+            raise InputError(f"num_inference_steps {num_inference_steps}: must be >= 1")
+        if timesteps is not None and solver not in ("euler", "lcm"):
+            raise InputError(f"timesteps: need solver euler or lcm (got {solver})")
+        if len(cfg_window) != 2 or not 0 <= cfg_window[0] <= cfg_window[1] <= 1:
+            raise InputError(f"cfg_window {tuple(cfg_window)}: expected (start, end) with 0 <= start <= end <= 1")
+        bad_inputs = sorted(set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS))
+        if bad_inputs:
+            raise InputError(f"callback_on_step_end_tensor_inputs: {', '.join(bad_inputs)} not available "
+                             f"(only {', '.join(CALLBACK_TENSOR_INPUTS)})")
+        options = long_video if long_video is not None else LongVideoOptions()
+        try:
+            check_long_video_options(options)
+        except InputError as exc:
+            raise InputError(f"long_video: {exc}") from None
+
+        reference = to_pil_image(image, "image")
+        read_limit = num_frames if num_frames is not None else C.DEFAULT_FRAME_NUM
+        positive = to_pose_frames(pose_video, "pose_video", max_frames=read_limit)
+        if negative_pose_video is None:
+            sibling = _sibling_negative(pose_video)
+            negative = FolderFrames(sibling, name="negative_pose_video") if sibling else None
+        else:
+            negative = to_pose_frames(negative_pose_video, "negative_pose_video", max_frames=read_limit)
+        available = len(positive) if negative is None else min(len(positive), len(negative))
+        if num_frames is None:  # as the CLI: up to 81 frames, the largest 4n+1 the streams hold
+            num_frames = 4 * ((min(available, C.DEFAULT_FRAME_NUM) - 1) // 4) + 1
+        for name, frames in (("pose_video", positive), ("negative_pose_video", negative)):
+            if frames is not None and len(frames) < num_frames:
+                raise InputError(f"{name}: {len(frames)} frames, num_frames {num_frames} needs {num_frames}")
+        if negative is None:
+            log.info("no negative pose stream given: augmenting the positive one (seed %s)", augment_seed)
+            negative = augment_negative(positive[:num_frames], augment_seed)
+        latent_size(reference.height, reference.width, max_area, self.pipeline.patch_size[1:])  # aspect check
+        windowed = options.windowed(num_frames)
+        if windowed and output_type == "latent" and options.mode == "chain":
+            raise InputError("output_type 'latent': not available with long_video mode 'chain' "
+                             "(each window is decoded before the next starts)")
+
+        if generator is not None:
+            seed = int(generator.initial_seed())
+        if seed is None or seed < 0:
+            seed = random.randint(0, sys.maxsize)
+        sampling = SamplingOptions(solver=solver, steps=len(timesteps) if timesteps else num_inference_steps,
+                                   shift=C.default_shift(str(size)) if shift is None else float(shift),
+                                   guide_scale=float(guidance_scale),
+                                   condition_guide_scale=float(condition_guidance_scale),
+                                   st_cond_cfg=float(cfg_window[0]), end_cond_cfg=float(cfg_window[1]),
+                                   timesteps=tuple(float(t) for t in timesteps) if timesteps else None)
+        callback = self._step_hook(callback_on_step_end)
+        # pose frames at the reference size, exactly as pipeline.inputs.read_inputs reads a folder
+        pos = ResizedFrames(positive, reference.size, num_frames)
+        neg = ResizedFrames(negative, reference.size, num_frames)
+        prompt = prompt or ""
+
+        # -- the generation: the same functions as the CLI -------------------------------------
+        if windowed:
+            frames = self._long_video(reference, pos, neg, prompt, negative_prompt, max_area, num_frames,
+                                      sampling, options, seed, progress, callback, output_type)
+        else:
+            frames = self.pipeline.generate(reference, pos[0], list(pos), list(neg), prompt, max_area=max_area,
+                                            frame_num=num_frames, sampling=sampling, seed=seed,
+                                            negative_prompt=negative_prompt, progress=progress,
+                                            callback=callback, decode=output_type != "latent")
+            frames = frames[None] if output_type == "latent" else _convert_video(frames, output_type)
+        return SteadyDancerPipelineOutput(frames=frames, seed=seed) if return_dict else (frames,)
+
+    def _step_hook(self, callback_on_step_end: Callable[..., dict] | None):
+        """diffusers' ``callback_on_step_end(pipe, step, timestep, kwargs) -> dict`` as the sampling
+        loop's ``callback(idx, timestep, latent)`` (latents with the batch axis, as diffusers)."""
+        if callback_on_step_end is None:
+            return None
+
+        def hook(idx: int, timestep: float, latent: torch.Tensor) -> torch.Tensor | None:
+            out = callback_on_step_end(self, idx, timestep, {"latents": latent[None]}) or {}
+            new = out.get("latents") if isinstance(out, dict) else None
+            return None if new is None else new.reshape(latent.shape)
+
+        return hook
+
+    def _long_video(self, reference, pos, neg, prompt, negative_prompt, max_area, num_frames, sampling,
+                    options, seed, progress, callback, output_type):
+        from .pipeline.long_video import long_video_frames, sample_context
+
+        args = (self.pipeline, reference, pos[0], pos, neg, prompt, max_area, num_frames, sampling)
+        kwargs = dict(options=options, seed=seed, negative_prompt=negative_prompt, progress=progress,
+                      callback=callback)
+        if output_type == "latent":
+            return sample_context(*args, **kwargs).float().cpu()[None]
+        uint8 = np.stack(list(long_video_frames(*args, **kwargs)))  # [N, H, W, 3]
+        if output_type == "pil":
+            return [[Image.fromarray(frame) for frame in uint8]]
+        video = torch.from_numpy(uint8).float().div(255)
+        return video[None].numpy() if output_type == "np" else video.permute(0, 3, 1, 2)[None]
+
+
+def _convert_video(video: torch.Tensor, output_type: str):
+    """[3, N, H, W] in [-1, 1] -> the ``output_type`` form (see SteadyDancerPipelineOutput)."""
+    from .pipeline.i2v import video_to_frames
+
+    if output_type == "pil":
+        # the uint8 frames the CLI writes (the official scaling and truncation)
+        return [[Image.fromarray(frame.numpy()) for frame in video_to_frames(video)]]
+    unit = video.clamp(-1, 1).add(1).div(2).float()  # [3, N, H, W] in [0, 1]
+    if output_type == "np":
+        return unit.permute(1, 2, 3, 0).contiguous()[None].numpy()
+    return unit.permute(1, 0, 2, 3).contiguous()[None]
+
+
+def export_to_video(frames: Any, path: str | os.PathLike, fps: float = C.SAMPLE_FPS) -> Path:
+    """Write one video's frames as H.264 mp4 (atomically: the file appears when complete).
+
+    ``frames``: ``output.frames[0]`` of any output type but latent: a list of PIL images, an
+    array [N, H, W, 3] (float in [0, 1] or uint8) or a tensor [N, 3, H, W] (float in [0, 1]).
+    """
+    from .pose.video import write_video
+
+    def uint8(frame: Any) -> np.ndarray:
+        if isinstance(frame, Image.Image):
+            return np.asarray(frame.convert("RGB"))
+        if isinstance(frame, torch.Tensor):
+            frame = frame.detach().cpu().permute(1, 2, 0).numpy()
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:  # the official writer's scaling: truncate, not round
+            frame = (np.clip(frame, 0, 1) * 255).astype(np.uint8)
+        return frame
+
+    iterable: Iterable[Any] = frames
+    write_video(path, (uint8(frame) for frame in iterable), fps=fps)
+    return Path(path)
+
+
+__all__ = ["PreparedInputs", "SteadyDancerPipeline", "SteadyDancerPipelineOutput", "augment_negative",
+           "export_to_video", "prepare_pose", "to_pil_image", "to_pose_frames"]

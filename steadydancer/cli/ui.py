@@ -1,0 +1,38 @@
+"""``steadydancer ui``: the web UI (Gradio) on the Python API; models loaded once, one job at a time."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .generate import str2bool
+
+    parser.add_argument("--ckpt_dir", required=True, help="SteadyDancer-14B checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", type=str2bool, default=False,
+                        help="also serve through a public gradio.live link (default false)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--offload_model", type=str2bool, default=None,
+                        help="move each model off the GPU after its stage (default: True)")
+    parser.add_argument("--t5_cpu", action="store_true", default=False, help="run T5 on the CPU")
+    parser.add_argument("--work_dir", default=None,
+                        help="folder for the prepared poses and the videos (default: a new temporary folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InputError('the web UI needs gradio: pip install -e ".[ui]"') from None
+    from ..ui.app import build_app, launch
+
+    demo = build_app(args.ckpt_dir, work_dir=args.work_dir, device=args.device,
+                     offload_model=args.offload_model, t5_cpu=args.t5_cpu)
+    print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    launch(demo, host=args.host, port=args.port, share=args.share, block=True)
+    return 0
