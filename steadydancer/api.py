@@ -388,7 +388,8 @@ class SteadyDancerPipeline:
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | os.PathLike, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | str | None = None, offload_model: bool | None = None,
-                        t5_cpu: bool = False, memory: Any = None, **memory_kwargs: Any) -> "SteadyDancerPipeline":
+                        t5_cpu: bool = False, memory: Any = None, keep_models: bool = True,
+                        **memory_kwargs: Any) -> "SteadyDancerPipeline":
         """Check the checkpoint folder (every file, as the CLI does) and make the pipeline; no
         model is loaded yet (each loads on first use, straight onto its device).
 
@@ -399,6 +400,8 @@ class SteadyDancerPipeline:
         :class:`~steadydancer.models.memory.MemoryOptions`, or its fields as keywords:
         ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
         ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``.
+        ``keep_models`` False (a one-shot run, the CLI): with offloading the DiT is dropped after
+        sampling instead of parked in host memory.
         """
         from .pipeline.i2v import DancerPipeline, verify_checkpoint
 
@@ -409,7 +412,7 @@ class SteadyDancerPipeline:
             raise InputError(str(exc).replace("--ckpt_dir ", "ckpt_dir ")) from None
         dit_dtype = dtype if isinstance(dtype, torch.dtype) else None
         pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
-                                  dit_dtype=dit_dtype, keep_models=True, memory=options)
+                                  dit_dtype=dit_dtype, keep_models=keep_models, memory=options)
         return cls(pipeline)
 
     @property
@@ -543,6 +546,39 @@ class SteadyDancerPipeline:
                                             callback=callback, decode=output_type != "latent")
             frames = frames[None] if output_type == "latent" else _convert_video(frames, output_type)
         return SteadyDancerPipelineOutput(frames=frames, seed=seed) if return_dict else (frames,)
+
+    def generate_to_file(self, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                         cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike,
+                         size: str = C.DEFAULT_SIZE, frame_num: int | None = None, sampling: Any = None,
+                         seed: int = -1, negative_prompt: str | None = None, long_video: Any = None,
+                         progress: bool = True) -> Path:
+        """Generate from files into an mp4 (16 fps): what ``steadydancer generate`` runs.
+
+        The inputs are those of the command line (reference image, folders of 0000.jpg ...
+        pose frames, the official ``size`` names, a :class:`~steadydancer.pipeline.i2v.SamplingOptions`)
+        and are all checked (InputError) before any model loads; frames stream from disk and
+        into the mp4 window by window, so long videos need no memory for the whole video; the
+        mp4 appears only when complete. ``frame_num`` None: up to 81 (4n+1), as many as the
+        folders hold. Returns the path written.
+        """
+        import time
+
+        from .pipeline.i2v import SamplingOptions
+        from .pipeline.run import check_inputs, generate_to_file
+
+        sampling = sampling or SamplingOptions()
+        pipeline = self.pipeline
+        max_area, frame_num = check_inputs(pipeline.ckpt_dir, image, cond_pos_folder, cond_neg_folder, size,
+                                           frame_num, save_file=save_file, memory=pipeline.memory,
+                                           checkpoint_verified=True)
+        log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
+                 pipeline.device, pipeline.offload_model, pipeline.t5_cpu, frame_num, sampling.solver,
+                 sampling.steps, sampling.shift)
+        return generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                                cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
+                                max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
+                                negative_prompt=negative_prompt, progress=progress, long_video=long_video,
+                                started=time.perf_counter())
 
     def _step_hook(self, callback_on_step_end: Callable[..., dict] | None):
         """diffusers' ``callback_on_step_end(pipe, step, timestep, kwargs) -> dict`` as the sampling

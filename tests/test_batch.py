@@ -294,3 +294,26 @@ def test_a_killed_batch_redoes_only_the_interrupted_row(tmp_path):
     assert (out / "r0" / "r0.mp4").stat().st_mtime_ns == done_before
     assert [_frames(out / f"r{i}" / f"r{i}.mp4") for i in range(3)] == [9, 9, 9]
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
+
+
+def test_a_finished_row_counts_as_done_only_with_the_same_settings(tmp_path):
+    from steadydancer.batch.manifest import BatchRow
+    from steadydancer.batch.runner import BatchJob, row_paths, row_state, write_record
+    from steadydancer.pipeline.i2v import SamplingOptions
+
+    job = BatchJob(ckpt_dir=str(tmp_path), out=tmp_path / "out", sampling=SamplingOptions(
+        solver="euler", steps=2, timesteps=(1000.0, 500.0)), prepare={"max_frame": 300})
+    row = BatchRow("a", input_dir=tmp_path / "prep")
+    paths = row_paths(job.out, row)
+    paths.folder.mkdir(parents=True)
+    paths.mp4.write_bytes(b"video")
+    write_record(paths.record, {"status": "done", "row": row.as_json(), "settings": job.settings(row),
+                                "mp4_bytes": 5})
+    assert row_state(job, row) == ("done", "")  # read back from JSON: the step tuple compares equal
+    job.prepare = {"max_frame": 100}  # pose-stage flags do not concern a prepared folder
+    assert row_state(job, row) == ("done", "")
+    job.sampling = SamplingOptions(solver="euler", steps=2, timesteps=(1000.0, 250.0))
+    assert row_state(job, row) == ("pending", "the manifest row or the settings changed")
+    job.sampling = SamplingOptions(solver="euler", steps=2, timesteps=(1000.0, 500.0))
+    paths.mp4.write_bytes(b"other video")
+    assert row_state(job, row) == ("pending", "its mp4 is missing or changed")

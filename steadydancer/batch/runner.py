@@ -71,11 +71,12 @@ class BatchJob:
     manifest: str = ""
     shard: tuple[int, int] = (0, 1)
 
-    def settings(self) -> dict:
+    def settings(self, row: BatchRow | None = None) -> dict:
         """What a row's video depends on besides its own inputs: a finished row is made again when
-        these changed (flags that only change speed or memory are left out)."""
+        these changed (flags that only change speed or memory are left out; the pose-stage flags
+        count only for rows the batch prepares)."""
         memory = self.memory
-        return {
+        settings = {
             "ckpt_dir": str(Path(self.ckpt_dir).resolve()), "size": self.size, "frame_num": self.frame_num,
             "sampling": asdict(self.sampling) if self.sampling is not None else None, "seed": self.seed,
             "prompt": self.prompt, "negative_prompt": self.negative_prompt,
@@ -84,9 +85,11 @@ class BatchJob:
                 "dit_dtype": memory.dit_dtype, "dit_fp8_file": str(memory.dit_fp8_file or "") or None,
                 "gguf": str(memory.gguf or "") or None, "fp8_matmul": memory.fp8_matmul,
                 "loras": [[str(p), s] for p, s in memory.loras]},
-            "prepare": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(self.prepare.items())
-                        if k not in ("device", "progress")},
         }
+        if row is None or row.needs_prepare:
+            settings["prepare"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(self.prepare.items())
+                                   if k not in ("device", "progress")}
+        return json.loads(json.dumps(settings))  # as a record reads back (tuples become lists)
 
 
 @dataclass
@@ -137,7 +140,7 @@ def row_state(job: BatchJob, row: BatchRow) -> tuple[str, str]:
         return "pending", f"was {record.get('status', 'unknown')}"
     if not paths.mp4.is_file() or paths.mp4.stat().st_size != record.get("mp4_bytes"):
         return "pending", "its mp4 is missing or changed"
-    if record.get("row") != row.as_json() or record.get("settings") != job.settings():
+    if record.get("row") != row.as_json() or record.get("settings") != job.settings(row):
         return "pending", "the manifest row or the settings changed"
     return "done", ""
 
@@ -328,7 +331,7 @@ class BatchRunner:
         return {k: {kk: vv for kk, vv in v.items() if kk != "ok"} for k, v in merged.items() if not v["ok"]}
 
     def _write(self, row: BatchRow, result: dict, **extra: Any) -> None:
-        record = {**result, "row": row.as_json(), "settings": self.job.settings(), "versions": versions(), **extra}
+        record = {**result, "row": row.as_json(), "settings": self.job.settings(row), "versions": versions(), **extra}
         write_record(row_paths(self.job.out, row).record, record)
 
     def generate_row(self, row: BatchRow) -> dict:

@@ -31,27 +31,26 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
                    device: torch.device | str | None = None, negative_prompt: str | None = None,
                    progress: bool = True, memory: "MemoryOptions | None" = None,
                    long_video: "LongVideoOptions | None" = None) -> Path:
-    """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps).
+    """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps):
+    ``steadydancer generate`` in one process, through the Python API
+    (:meth:`steadydancer.api.SteadyDancerPipeline.generate_to_file`).
 
     All inputs are checked (InputError, one line) before any model loads; the mp4 appears only
     when complete. ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold.
     ``long_video``: how more than ``long_video.context_frames`` frames are generated (windows;
     None: one window of any length). Returns the path written.
     """
-    sampling = sampling or SamplingOptions()
-    max_area, frame_num = check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num,
-                                       save_file=save_file, memory=memory)
+    from ..api import SteadyDancerPipeline
 
-    started = time.perf_counter()
-    pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
-                              keep_models=False, memory=memory)
-    log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
-             pipeline.device, pipeline.offload_model, t5_cpu, frame_num, sampling.solver, sampling.steps,
-             sampling.shift)
-    return generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder,
-                            prompt=prompt, save_file=save_file, max_area=max_area, frame_num=frame_num,
-                            sampling=sampling, seed=seed, negative_prompt=negative_prompt, progress=progress,
-                            long_video=long_video, started=started)
+    # every input, the checkpoint included, is checked before the pipeline exists
+    check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num, save_file=save_file,
+                 memory=memory)
+    pipe = SteadyDancerPipeline(DancerPipeline(ckpt_dir, device=device, offload_model=offload_model,
+                                               t5_cpu=t5_cpu, keep_models=False, memory=memory))
+    return pipe.generate_to_file(image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder,
+                                 prompt=prompt, save_file=save_file, size=size, frame_num=frame_num,
+                                 sampling=sampling, seed=seed, negative_prompt=negative_prompt,
+                                 long_video=long_video, progress=progress)
 
 
 def generate_to_file(pipeline: DancerPipeline, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
