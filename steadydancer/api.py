@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 from .pipeline import config as C
+from .pipeline.inputs import LazyFrames
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def to_pil_image(value: ImageInput, name: str = "image") -> Image.Image:
     raise InputError(f"{name}: expected a PIL image, an array, a tensor or a file path, got {type(value).__name__}")
 
 
-class FolderFrames(Sequence[Image.Image]):
+class FolderFrames(LazyFrames):
     """Pose frames 0000.jpg ... of a folder as RGB PIL images, read only when indexed (a long
     video's frames are never all in memory)."""
 
@@ -105,32 +106,18 @@ class FolderFrames(Sequence[Image.Image]):
         self.count = count_pose_frames(self.folder, name) if count is None else count
         self.name = name
 
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
-            raise IndexError(index)
-        return _load_image_file(self.folder / f"{index % self.count:04d}.jpg", self.name)
+    def frame(self, index: int) -> Image.Image:
+        return _load_image_file(self.folder / f"{index:04d}.jpg", self.name)
 
 
-class ResizedFrames(Sequence[Image.Image]):
+class ResizedFrames(LazyFrames):
     """``frames[i]`` PIL-bicubic-resized to ``size`` (W, H), as the CLI reads pose folders."""
 
     def __init__(self, frames: Sequence[Image.Image], size: tuple[int, int], count: int) -> None:
         self.frames, self.size, self.count = frames, size, count
 
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
-            raise IndexError(index)
-        return self.frames[index % self.count].resize(self.size, Image.Resampling.BICUBIC)
+    def frame(self, index: int) -> Image.Image:
+        return self.frames[index].resize(self.size, Image.Resampling.BICUBIC)
 
 
 def to_pose_frames(value: PoseVideoInput, name: str = "pose_video",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -93,6 +94,26 @@ def load_pose_frames(folder: str | os.PathLike, count: int, size: tuple[int, int
         image = load_image(Path(folder) / f"{i:04d}.jpg", "pose frame")
         frames.append(image.resize(size, Image.Resampling.BICUBIC))
     return frames
+
+
+class LazyFrames(Sequence[Image.Image]):
+    """``count`` frames made one at a time by :meth:`frame` when indexed, so that a long video's
+    frames are never all in memory (subclasses say where a frame comes from)."""
+
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        return self.frame(index % self.count)
+
+    def frame(self, index: int) -> Image.Image:
+        raise NotImplementedError
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -43,7 +43,7 @@ from ..sampling.context_windows import (FUSIONS, SCHEDULES, apply_freenoise, fre
                                         latent_window, sample_dc_cfg_windowed, static_windows, window_plan)
 from . import config as C
 from .i2v import resolve_seed
-from .inputs import first_frame_mask, latent_size, load_image, pil_to_tensor, resize_bicubic
+from .inputs import LazyFrames, first_frame_mask, latent_size, load_image, pil_to_tensor, resize_bicubic
 
 if TYPE_CHECKING:
     from ..sampling.dc_cfg import StepCallback
@@ -134,22 +134,15 @@ def plan_diagram(frame_num: int, options: LongVideoOptions, width: int = 72) -> 
     return "\n".join(lines)
 
 
-class PoseFrames(Sequence[Image.Image]):
+class PoseFrames(LazyFrames):
     """Pose frames 0000.jpg ... of a folder, read from disk (and PIL-bicubic-resized to ``size``)
     only when indexed, so a long video's frames are never all in memory."""
 
     def __init__(self, folder: str | os.PathLike, count: int, size: tuple[int, int]) -> None:
         self.folder, self.count, self.size = Path(folder), count, size
 
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
-            raise IndexError(index)
-        image = load_image(self.folder / f"{index % self.count:04d}.jpg", "pose frame")
+    def frame(self, index: int) -> Image.Image:
+        image = load_image(self.folder / f"{index:04d}.jpg", "pose frame")
         return image.resize(self.size, Image.Resampling.BICUBIC)
 
 
