@@ -36,7 +36,6 @@ from .pipeline.inputs import LazyFrames
 log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-SOLVERS = ("unipc", "dpm++", "euler", "lcm")
 DEFAULT_API_SIZE = "1024*576"
 # diffusers' name of what a step callback may read and replace
 CALLBACK_TENSOR_INPUTS = ("latents",)
@@ -318,18 +317,6 @@ class SteadyDancerPipelineOutput:
     fps: int = C.SAMPLE_FPS
 
 
-def _max_area(size: str | int) -> int:
-    """Pixel area of an official size string, or an int area (at least one 16x16 latent patch)."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        if size < 256:
-            raise InputError(f"size {size}: an area in pixels must be at least 256 (16x16)")
-        return size
-    if size not in C.MAX_AREA_CONFIGS:
-        raise InputError(f"size {size!r}: unsupported; supported sizes are {', '.join(C.SUPPORTED_SIZES)} "
-                         "(or an int pixel area)")
-    return C.MAX_AREA_CONFIGS[size]
-
-
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise InputError(f"{name} {value!r}: expected one of {', '.join(map(str, allowed))}")
@@ -448,7 +435,8 @@ class SteadyDancerPipeline:
         """
         from .pipeline.i2v import SamplingOptions
         from .pipeline.inputs import latent_size
-        from .pipeline.long_video import LongVideoOptions, check_long_video_options
+        from .checks import ARG_NAMES, check_generation
+        from .pipeline.long_video import LongVideoOptions
 
         # -- everything is checked here, before any model loads --------------------------------
         if isinstance(image, PreparedInputs):
@@ -463,25 +451,21 @@ class SteadyDancerPipeline:
         if pose_video is None:
             raise InputError("pose_video: required (pose frames, a folder or a video file)")
         _check_choice("output_type", output_type, OUTPUT_TYPES)
-        _check_choice("solver", solver, SOLVERS)
-        max_area = _max_area(size)
-        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4):
-            raise InputError(f"num_frames {num_frames}: must be 4n+1 (e.g. 17, 33, 49, 81)")
-        if timesteps is None and num_inference_steps < 1:
-            raise InputError(f"num_inference_steps {num_inference_steps}: must be >= 1")
-        if timesteps is not None and solver not in ("euler", "lcm"):
-            raise InputError(f"timesteps: need solver euler or lcm (got {solver})")
-        if len(cfg_window) != 2 or not 0 <= cfg_window[0] <= cfg_window[1] <= 1:
-            raise InputError(f"cfg_window {tuple(cfg_window)}: expected (start, end) with 0 <= start <= end <= 1")
         bad_inputs = sorted(set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS))
         if bad_inputs:
             raise InputError(f"callback_on_step_end_tensor_inputs: {', '.join(bad_inputs)} not available "
                              f"(only {', '.join(CALLBACK_TENSOR_INPUTS)})")
+        if len(cfg_window) != 2:
+            raise InputError(f"cfg_window {tuple(cfg_window)}: expected (start, end), fractions of the steps")
+        sampling = SamplingOptions(solver=solver, steps=len(timesteps) if timesteps else num_inference_steps,
+                                   shift=C.default_shift(str(size)) if shift is None else float(shift),
+                                   guide_scale=float(guidance_scale),
+                                   condition_guide_scale=float(condition_guidance_scale),
+                                   st_cond_cfg=float(cfg_window[0]), end_cond_cfg=float(cfg_window[1]),
+                                   timesteps=tuple(float(t) for t in timesteps) if timesteps else None)
         options = long_video if long_video is not None else LongVideoOptions()
-        try:
-            check_long_video_options(options)
-        except InputError as exc:
-            raise InputError(f"long_video: {exc}") from None
+        # the command line's checks, naming the arguments (steadydancer.checks)
+        max_area = check_generation(size, num_frames, sampling, options, names=ARG_NAMES, allow_area=True)
 
         reference = to_pil_image(image, "image")
         read_limit = num_frames if num_frames is not None else C.DEFAULT_FRAME_NUM
@@ -510,12 +494,6 @@ class SteadyDancerPipeline:
             seed = int(generator.initial_seed())
         if seed is None or seed < 0:
             seed = random.randint(0, sys.maxsize)
-        sampling = SamplingOptions(solver=solver, steps=len(timesteps) if timesteps else num_inference_steps,
-                                   shift=C.default_shift(str(size)) if shift is None else float(shift),
-                                   guide_scale=float(guidance_scale),
-                                   condition_guide_scale=float(condition_guidance_scale),
-                                   st_cond_cfg=float(cfg_window[0]), end_cond_cfg=float(cfg_window[1]),
-                                   timesteps=tuple(float(t) for t in timesteps) if timesteps else None)
         callback = self._step_hook(callback_on_step_end)
         # pose frames at the reference size, exactly as pipeline.inputs.read_inputs reads a folder
         pos = ResizedFrames(positive, reference.size, num_frames)

@@ -179,11 +179,13 @@ def test_prepare_pose_feeds_the_pipeline(pipe, tmp_path):
     (dict(num_frames=13), "pose_video: 9 frames, num_frames 13"),
     (dict(image="missing.png"), "image: file not found"),
     (dict(pose_video="no/such/folder"), "pose_video: not found"),
-    (dict(size="100*100"), "size '100*100': unsupported"),
+    (dict(size="100*100"), "size 100*100: unsupported"),
     (dict(output_type="gif"), "output_type 'gif'"),
     (dict(solver="ddim"), "solver 'ddim'"),
     (dict(cfg_window=(0.5, 0.1)), "cfg_window"),
-    (dict(long_video=LongVideoOptions(context_frames=8)), "long_video: --context_frames 8"),
+    (dict(cfg_window=(0.1, 1.5)), "cfg_window[1] 1.5: a fraction of the steps"),
+    (dict(timesteps=[500, 900], solver="euler"), "timesteps 500,900: expected decreasing values"),
+    (dict(long_video=LongVideoOptions(context_frames=8)), "long_video.context_frames 8: must be 4n+1"),
 ])
 def test_bad_input_is_one_line_naming_the_argument_before_any_model_loads(folder, change, words):
     fresh = SteadyDancerPipeline.from_pretrained(tiny_checkpoint(), device="cpu")

@@ -234,3 +234,12 @@ def test_windowed_generation_from_the_command_line(tmp_path, capsys, monkeypatch
     code, _ = _run_cli(argv, capsys)
     frames, fps = read_video(out)
     assert code == 0 and len(frames) == 13 and frames[0].shape == (80, 64, 3)
+
+
+def test_a_pose_cfg_window_outside_the_steps_is_one_line(setup, capsys):
+    """The same check as the Python API's cfg_window (steadydancer.checks)."""
+    _, _, out, base = setup
+    _expect_error(capsys, base + ["--st_cond_cfg", "0.5", "--end_cond_cfg", "0.2"], out, "--end_cond_cfg 0.2",
+                  "0.5 (--st_cond_cfg) to 1")
+    _expect_error(capsys, base + ["--sample_solver", "unipc", "--sample_timesteps", "1000,500"], out,
+                  "--sample_timesteps", "euler or lcm")

@@ -1,5 +1,6 @@
-"""`steadydancer benchmark`: the xdance and tiktok rows, resumable generation, scoring into report.json
-(preparation and generation faked here; the whole path on the tiny checkpoint is a manual run)."""
+"""`steadydancer benchmark`: the xdance and tiktok rows, made by the batch runner (resumable), scored
+into report.json (pose stage, model loading and generation faked here; the batch runner itself runs for
+real in test_batch.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import steadydancer.cli.generate as generate
+import steadydancer.batch.runner as runner
+import steadydancer.pipeline.run as run
 import steadydancer.pipeline.tiny as tiny
 import steadydancer.pose.prepare as prepare
 from steadydancer.cli.main import main
 from steadydancer.pose.video import read_video, write_video
+
+from test_pipeline_support import tiny_checkpoint
 
 
 def _samples(root: Path) -> tuple[Path, Path]:
@@ -37,25 +41,26 @@ def fakes(monkeypatch):
 
     def fake_prepare(image, video, out_dir, prompt=None, **kw):
         calls["prepare"].append((Path(image).name, Path(video).name, prompt, kw))
-        (Path(out_dir) / "positive").mkdir(parents=True)
-        shutil.copy(image, Path(out_dir) / "ref_image.png")
-        shutil.copy(video, Path(out_dir) / "driving_video.mp4")
-        return Path(out_dir)
+        out_dir = Path(out_dir)
+        for stream in ("positive", "negative"):
+            (out_dir / stream).mkdir(parents=True, exist_ok=True)
+            for i in range(17):
+                Image.new("RGB", (24, 32)).save(out_dir / stream / f"{i:04d}.jpg")
+        shutil.copy(image, out_dir / "ref_image.png")
+        shutil.copy(video, out_dir / "driving_video.mp4")
+        return out_dir
 
-    def fake_tiny(out_dir, seed=0):
-        Path(out_dir).mkdir(parents=True)
-        (Path(out_dir) / "config.json").write_text("{}")
-        return Path(out_dir)
-
-    def fake_run(args):
-        calls["generate"].append((args.input_dir, args.save_file, args.frame_num, args.base_seed))
-        frames, fps = read_video(Path(args.input_dir) / "driving_video.mp4")
-        write_video(args.save_file, [np.clip(f.astype(int) + 5, 0, 255).astype(np.uint8) for f in frames], fps)
-        return 0
+    def fake_generate(pipeline, *, image, save_file, frame_num, seed, **kw):
+        calls["generate"].append((str(Path(image).parent), str(save_file), frame_num, seed))
+        frames, fps = read_video(Path(image).parent / "driving_video.mp4")
+        write_video(save_file, [np.clip(f.astype(int) + 5, 0, 255).astype(np.uint8) for f in frames], fps)
+        return Path(save_file)
 
     monkeypatch.setattr(prepare, "prepare_inputs", fake_prepare)
-    monkeypatch.setattr(tiny, "write_tiny_checkpoint", fake_tiny)
-    monkeypatch.setattr(generate, "run", fake_run)
+    ckpt = tiny_checkpoint()  # written once per session; copied where the benchmark writes its own
+    monkeypatch.setattr(tiny, "write_tiny_checkpoint", lambda out_dir, seed=0: shutil.copytree(ckpt, out_dir))
+    monkeypatch.setattr(runner.BatchRunner, "load_models", lambda self: None)
+    monkeypatch.setattr(run, "generate_to_file", fake_generate)
     return calls
 
 
@@ -70,20 +75,21 @@ def test_xdance_every_image_with_every_video_resumes_and_scores(tmp_path, fakes,
     assert ids == ["a__00001", "a__clip2", "b__00001", "b__clip2"]
     assert [row["prompt"] for row in manifest["rows"]] == ["a dancer", None, "a dancer", None]
     assert len(fakes["prepare"]) == 4 and fakes["prepare"][0][3]["max_frame"] == 6
-    # tiny defaults and a fixed seed when no checkpoint is given
-    assert {(g[2], g[3]) for g in fakes["generate"]} == {(17, 0)}
+    # tiny defaults and a fixed seed when no checkpoint is given; each row made once, in OUT/rows/ROW
+    assert sorted((g[2], g[3], Path(g[1]).name) for g in fakes["generate"]) == [(17, 0, f"{i}.mp4") for i in ids]
     assert sorted(p.name for p in (out / "generated").iterdir()) == [f"{i}.mp4" for i in ids]
+    assert (out / "generated" / "a__clip2.mp4").resolve() == out / "rows" / "a__clip2" / "a__clip2.mp4"
     report = json.loads((out / "report.json").read_text())
     assert report["protocol"] == "vbench-i2v" and set(report["videos"]) == set(ids)
     assert report["aggregate"]["temporal_flickering"] is not None
     assert report["videos"]["b__clip2"]["reference"].endswith("b__clip2.mp4")
     assert (out / "report.json").with_suffix(".md").is_file()
-    # a second run generates nothing again
+    # a second run makes only what is missing
     del fakes["generate"][:]
-    (out / "generated" / "a__clip2.mp4").unlink()
+    (out / "rows" / "a__clip2" / "a__clip2.mp4").unlink()
     assert main(argv) == 0
     assert [Path(g[1]).name for g in fakes["generate"]] == ["a__clip2.mp4"]
-    assert len(fakes["prepare"]) == 4   # input folders reused
+    assert len(fakes["prepare"]) == 5   # the pose stage of that row only
 
 
 def test_tiktok_animates_each_video_from_its_first_frame(tmp_path, fakes) -> None:

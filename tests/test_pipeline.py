@@ -10,7 +10,8 @@ from steadydancer.pipeline import config as C
 from steadydancer.pipeline.i2v import DancerPipeline, SamplingOptions, video_to_frames
 from test_pipeline_support import tiny_checkpoint, write_inputs
 
-from steadydancer.pipeline.inputs import (check_frame_num, first_frame_mask, latent_size, read_inputs,
+from steadydancer.checks import check_frame_num
+from steadydancer.pipeline.inputs import (first_frame_mask, latent_size, read_inputs,
                                           resolve_frame_num)
 
 

@@ -67,6 +67,20 @@ def prepare_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def make_job(args: argparse.Namespace, out: Path, manifest: str, prepare: dict, shard: tuple[int, int] = (0, 1)):
+    """The :class:`~steadydancer.batch.runner.BatchJob` of checked generate flags (``batch`` and
+    ``benchmark``): sampling defaults filled, memory and long-video options parsed."""
+    from ..batch.runner import BatchJob
+    from ..models.memory import memory_options_from_args
+
+    return BatchJob(ckpt_dir=args.ckpt_dir, out=Path(out).absolute(), size=args.size, frame_num=args.frame_num,
+                    sampling=generate.sampling_options_from_args(args), seed=args.base_seed, prompt=args.prompt,
+                    memory=memory_options_from_args(args), long_video=generate.long_video_options_from_args(args),
+                    device=args.device, offload_model=args.offload_model, t5_cpu=args.t5_cpu,
+                    ulysses_size=args.ulysses_size, ring_size=args.ring_size, dit_fsdp=args.dit_fsdp,
+                    t5_fsdp=args.t5_fsdp, prepare=prepare, manifest=manifest, shard=shard)
+
+
 def check_process_flags(args: argparse.Namespace, memory, group_size: int) -> int:
     """What the processes' layout allows (one line each); returns the DiT's head count."""
     from ..distributed.cli import check_distributed_args
@@ -90,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..batch.manifest import parse_shard, read_manifest, shard_rows
-    from ..batch.runner import BatchJob, BatchRunner, check_outputs_writable, print_summary
-    from ..distributed.launch import TorchrunEnv, init_distributed
-    from ..models.memory import memory_options_from_args
-    from ..pipeline.i2v import verify_checkpoint
 
     for flag in PER_ROW_FLAGS:
         if getattr(args, flag) is not None:
@@ -101,18 +111,23 @@ def _run(args: argparse.Namespace) -> int:
     generate.check_flags(args, data_parallel=True)
     if args.ckpt_dir is None:
         raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
-    sampling = generate.sampling_options_from_args(args)
-    memory = memory_options_from_args(args)
     shard = parse_shard(args.shard)
     rows = shard_rows(read_manifest(args.manifest), *shard)
-    job = BatchJob(ckpt_dir=args.ckpt_dir, out=Path(args.out).absolute(), size=args.size, frame_num=args.frame_num,
-                   sampling=sampling, seed=args.base_seed, prompt=args.prompt, memory=memory,
-                   long_video=generate.long_video_options_from_args(args), device=args.device,
-                   offload_model=args.offload_model, t5_cpu=args.t5_cpu, ulysses_size=args.ulysses_size,
-                   ring_size=args.ring_size, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
-                   prepare=prepare_options(args), manifest=str(Path(args.manifest).absolute()), shard=shard)
+    job = make_job(args, args.out, str(Path(args.manifest).absolute()), prepare_options(args), shard)
+    summary = run_rows(args, job, rows)
+    return 1 if summary["failed"] else 0
+
+
+def run_rows(args: argparse.Namespace, job, rows: list) -> dict:
+    """Check the outputs, the checkpoint and the process layout, join the process group, make the
+    rows, print the summary (rank 0) and leave the group; returns the summary (every rank)."""
+    from ..batch.runner import BatchRunner, check_outputs_writable, print_summary
+    from ..distributed.launch import TorchrunEnv, init_distributed
+    from ..pipeline.i2v import verify_checkpoint
+
     check_outputs_writable(job, rows)
-    verify_checkpoint(args.ckpt_dir, dit_from_other_file=bool(memory.gguf or memory.dit_fp8_file))
+    memory = job.memory
+    verify_checkpoint(job.ckpt_dir, dit_from_other_file=bool(memory.gguf or memory.dit_fp8_file))
     env = TorchrunEnv.read()
     group_size = args.ulysses_size * args.ring_size if env.world_size > 1 else 1
     num_heads = check_process_flags(args, memory, group_size)
@@ -120,10 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
     setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
                              data_parallel=True, timeout_s=COLLECTIVE_TIMEOUT_S)
-    if setup.is_main and shard != (0, 1):
-        log.info("shard %d/%d: %d rows of %s", shard[0], shard[1], len(rows), args.manifest)
+    if setup.is_main and job.shard != (0, 1):
+        log.info("shard %d/%d: %d rows of %s", job.shard[0], job.shard[1], len(rows), job.manifest)
     summary = BatchRunner(job, setup).run(rows)
     if setup.is_main:
         print_summary(summary, job.out)
     setup.shutdown()
-    return 1 if summary["failed"] else 0
+    return summary

@@ -13,6 +13,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from ..checks import SOLVERS
 from ..errors import InputError
 from ..pipeline import config as C
 
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cond_neg_folder", default=None, help="negative (augmented) pose frames")
     parser.add_argument("--input_dir", default=None,
                         help="prepared input folder: fills --image, --prompt, --cond_pos_folder, --cond_neg_folder")
-    parser.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++", "euler", "lcm"],
+    parser.add_argument("--sample_solver", default="unipc", choices=SOLVERS,
                         help="sampler; euler and lcm are the few-step solvers of step-distillation LoRAs")
     parser.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default 40)")
     parser.add_argument("--sample_shift", type=float, default=None,
@@ -123,17 +124,16 @@ def long_video_options_from_args(args: argparse.Namespace):
 
 
 def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] | None:
-    """``--sample_timesteps`` "1000,750,..." -> floats (each in (0, 1000], decreasing); InputError otherwise."""
+    """``--sample_timesteps`` "1000,750,..." -> floats, checked (:func:`steadydancer.checks.check_timesteps`)."""
+    from ..checks import check_timesteps
+
     if value is None:
         return None
-    if solver not in ("euler", "lcm"):
-        raise InputError(f"--sample_timesteps: needs --sample_solver euler or lcm (got {solver})")
     try:
         steps = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise InputError(f"--sample_timesteps {value}: expected comma-separated numbers, e.g. 1000,750,500,250") from None
-    if not all(0 < t <= C.NUM_TRAIN_TIMESTEPS for t in steps) or any(a <= b for a, b in zip(steps, steps[1:])):
-        raise InputError(f"--sample_timesteps {value}: expected decreasing values in (0, {C.NUM_TRAIN_TIMESTEPS}]")
+    check_timesteps(steps, solver)
     return steps
 
 
@@ -146,12 +146,12 @@ def check_parallel_args(args: argparse.Namespace, data_parallel: bool = False) -
 
 
 def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
-    """The checks that need no file (task, size, prompt extension, multi-GPU, frames, steps): InputError.
-
-    Cheap, so that ``demo`` can run them before its long preparation. ``data_parallel``: see
-    :func:`check_parallel_args`.
+    """The checks that need no file (task, size, prompt extension, multi-GPU, frames, sampling, long
+    video): InputError. Cheap, so that ``demo`` can run them before its long preparation.
+    ``data_parallel``: see :func:`check_parallel_args`. The generation settings go through
+    :func:`steadydancer.checks.check_generation`, as the Python API's arguments do.
     """
-    from ..pipeline.inputs import check_frame_num, max_area_for
+    from ..checks import check_generation, max_area_for
 
     if args.task not in TASKS:
         raise InputError(f"--task {args.task}: only {', '.join(TASKS)} is supported")
@@ -159,15 +159,8 @@ def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
     if args.use_prompt_extend:
         raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
     check_parallel_args(args, data_parallel)
-    if args.frame_num is not None:
-        check_frame_num(args.frame_num)
-    if args.sample_steps is not None and args.sample_steps < 1:
-        raise InputError(f"--sample_steps {args.sample_steps}: must be >= 1")
-    if hasattr(args, "context_frames"):
-        from ..pipeline.long_video import check_long_video_options
-
-        check_long_video_options(long_video_options_from_args(args))
-        parse_sample_timesteps(args.sample_timesteps, args.sample_solver)
+    check_generation(args.size, args.frame_num, sampling_options_from_args(args, fill_defaults=False),
+                     long_video_options_from_args(args) if hasattr(args, "context_frames") else None)
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -240,13 +233,17 @@ def fill_sampling_defaults(args: argparse.Namespace) -> None:
         args.sample_shift = C.default_shift(args.size)
 
 
-def sampling_options_from_args(args: argparse.Namespace):
+def sampling_options_from_args(args: argparse.Namespace, fill_defaults: bool = True):
     """The :class:`~steadydancer.pipeline.i2v.SamplingOptions` of parsed generate flags, with the
-    official defaults filled in (40 steps; shift 5.0, or 3.0 at 832*480 and 480*832)."""
+    official defaults filled in (40 steps; shift 5.0, or 3.0 at 832*480 and 480*832); without
+    ``fill_defaults`` ``args`` is left as it is (unset values read as those defaults)."""
     from ..pipeline.i2v import SamplingOptions
 
-    fill_sampling_defaults(args)
-    sampling = SamplingOptions(solver=args.sample_solver, steps=args.sample_steps, shift=args.sample_shift,
+    if fill_defaults:
+        fill_sampling_defaults(args)
+    steps = C.DEFAULT_STEPS if args.sample_steps is None else args.sample_steps
+    shift = C.default_shift(args.size) if args.sample_shift is None else args.sample_shift
+    sampling = SamplingOptions(solver=args.sample_solver, steps=steps, shift=shift,
                                guide_scale=args.sample_guide_scale,
                                condition_guide_scale=args.condition_guide_scale,
                                st_cond_cfg=args.st_cond_cfg, end_cond_cfg=args.end_cond_cfg,

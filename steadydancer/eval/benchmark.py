@@ -5,22 +5,20 @@
 - ``tiktok``: each video animates its own first frame (HumanVid's TikTok protocol); scored with
   SSIM, PSNR, LPIPS, FID and FVD against the video itself.
 
-Rows whose generated video exists are not generated again, and a prepared input folder is reused,
-so an interrupted run resumes where it stopped. Generation runs row after row through
-``steadydancer generate`` (each row loads the models again); the batch runner of issue 12 will
-keep them loaded.
+The rows are made by the batch runner (``steadydancer batch``, in OUT/rows/ROW/: the prepared poses,
+the video, its record), so the models load once, an interrupted run resumes where it stopped, and
+under torchrun the rows are spread over the processes; the finished videos are then linked as
+OUT/generated/ROW.mp4 for the scoring.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -100,30 +98,37 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def run_benchmark(protocol: str, rows: list[Row], out: Path, generate_args,
-                  prepare: Callable[..., Path], generate: Callable[[object], int],
-                  prepare_kwargs: dict | None = None) -> list[str]:
-    """Prepare and generate every row not done yet; lay out OUT/generated, OUT/reference and OUT/images
-    for :func:`steadydancer.eval.protocols.evaluate`. Returns the ids generated in this run."""
+def batch_rows(rows: list[Row]) -> list:
+    """The rows as :class:`~steadydancer.batch.manifest.BatchRow` (image + video: the batch runs
+    the pose stage)."""
+    from ..batch.manifest import BatchRow
+
+    return [BatchRow(r.id, image=Path(r.image).absolute(), video=Path(r.video).absolute(), prompt=r.prompt)
+            for r in rows]
+
+
+def write_layout(protocol: str, rows: list[Row], out: Path) -> None:
+    """OUT/manifest.json and the links the scoring reads: OUT/reference/ROW.mp4, OUT/images/ROW.*."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "manifest.json") as tmp:
         tmp.write_text(json.dumps({"protocol": protocol, "rows": [asdict(r) for r in rows]}, indent=1))
-    done_now = []
-    for number, row in enumerate(rows, 1):
-        target = out / "generated" / f"{row.id}.mp4"
+    for row in rows:
         _link(Path(row.video), out / "reference" / f"{row.id}.mp4")
         _link(Path(row.image), out / "images" / f"{row.id}{Path(row.image).suffix.lower()}")
-        if target.is_file():
-            log.info("[%d/%d] %s: already generated", number, len(rows), row.id)
-            continue
-        inputs = out / "inputs" / row.id
-        if not (inputs / "positive").is_dir():
-            log.info("[%d/%d] %s: preparing poses", number, len(rows), row.id)
-            prepare(row.image, row.video, inputs, prompt=row.prompt, **(prepare_kwargs or {}))
-        args = copy.deepcopy(generate_args)
-        args.input_dir, args.save_file = str(inputs), str(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log.info("[%d/%d] %s: generating", number, len(rows), row.id)
-        generate(args)
-        done_now.append(row.id)
-    return done_now
+
+
+def collect_generated(rows: list[Row], rows_out: Path, generated: Path) -> list[str]:
+    """Link each finished row's video (``rows_out/ROW/ROW.mp4``, by ``steadydancer batch``) as
+    ``generated/ROW.mp4`` for the scoring; a row without one gets no link. Returns the ids linked."""
+    from ..batch.runner import read_record, row_paths
+
+    linked = []
+    for row in rows:
+        paths = row_paths(rows_out, row)
+        target = generated / f"{row.id}.mp4"
+        if (read_record(paths.record) or {}).get("status") == "done" and paths.mp4.is_file():
+            _link(paths.mp4, target)
+            linked.append(row.id)
+        elif target.is_symlink() or target.exists():
+            target.unlink()
+    return linked

@@ -16,20 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..fileio import check_can_create
-from .config import MAX_AREA_CONFIGS, SUPPORTED_SIZES, VAE_STRIDE
-
-
-def check_frame_num(frame_num: int) -> None:
-    """Frame counts must be 4n+1 (the VAE packs 4 frames per latent frame after the first)."""
-    if frame_num < 1 or (frame_num - 1) % 4:
-        raise InputError(f"--frame_num {frame_num}: must be 4n+1 (e.g. 17, 33, 49, 81)")
-
-
-def max_area_for(size: str) -> int:
-    """Pixel area of an official --size; InputError for others."""
-    if size not in MAX_AREA_CONFIGS:
-        raise InputError(f"--size {size}: unsupported; supported sizes are {', '.join(SUPPORTED_SIZES)}")
-    return MAX_AREA_CONFIGS[size]
+from ..checks import check_frame_num
+from .config import VAE_STRIDE
 
 
 def latent_size(image_height: int, image_width: int, max_area: int, patch: tuple[int, int] = (2, 2),

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..checks import check_long_video_options
 from ..progress import progress as progress_bar
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.schedulers import lcm_noise_seed
-from ..sampling.context_windows import (FUSIONS, SCHEDULES, apply_freenoise, freenoise_order, latent_overlap,
+from ..sampling.context_windows import (apply_freenoise, freenoise_order, latent_overlap,
                                         latent_window, sample_dc_cfg_windowed, static_windows, window_plan)
 from . import config as C
 from .i2v import resolve_seed
@@ -77,20 +77,6 @@ class LongVideoOptions:
     @property
     def latent_overlap(self) -> int:
         return latent_overlap(self.context_overlap)
-
-
-def check_long_video_options(options: LongVideoOptions) -> None:
-    """InputError (one line naming the flag) for windows that cannot be built."""
-    window, overlap = options.context_frames, options.context_overlap
-    if window < 5 or (window - 1) % 4:
-        raise InputError(f"--context_frames {window}: must be 4n+1 with n >= 1 (e.g. 33, 81)")
-    if overlap < 1 or overlap >= window:
-        raise InputError(f"--context_overlap {overlap}: must be at least 1 and less than the window "
-                         f"(--context_frames {window})")
-    for flag, value, allowed in (("--long_video", options.mode, MODES), ("--context_schedule", options.schedule,
-                                 SCHEDULES), ("--context_fuse", options.fuse, FUSIONS)):
-        if value not in allowed:
-            raise InputError(f"{flag} {value}: expected one of {', '.join(allowed)}")
 
 
 def chain_starts(frame_num: int, window: int, overlap: int) -> list[int]:

@@ -13,8 +13,8 @@ import torch
 from ..pose.video import write_video
 from . import config as C
 from .i2v import DancerPipeline, SamplingOptions, verify_checkpoint, video_to_frames
-from .inputs import (check_frame_num, check_output_file, check_pose_folders, load_image, max_area_for,
-                     read_inputs, resolve_frame_num)
+from ..checks import check_frame_num, max_area_for
+from .inputs import check_output_file, check_pose_folders, load_image, read_inputs, resolve_frame_num
 
 if TYPE_CHECKING:
     from ..models.memory import MemoryOptions

@@ -21,6 +21,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..checks import SOLVERS
 from ..errors import InputError
 from ..pipeline import config as C
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 # one queue slot for both steps: the pose stage and the generation share the machine
 QUEUE = "steadydancer"
-SOLVERS = ("unipc", "dpm++", "euler", "lcm")
 DEFAULT_SIZE = "1024*576"
 
 
