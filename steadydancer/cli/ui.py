@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t5_cpu", action="store_true", default=False, help="run T5 on the CPU")
     parser.add_argument("--work_dir", default=None,
                         help="folder for the prepared poses and the videos (default: a new temporary folder)")
+    # the same memory/speed flags as generate (block swap for 24-48 GB cards, FP8/GGUF, LoRA, ...)
+    from ..models.memory import add_memory_arguments
+
+    add_memory_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise InputError('the web UI needs gradio: pip install -e ".[ui]"') from None
+    from ..models.memory import memory_options_from_args
     from ..ui.app import build_app, launch
 
     demo = build_app(args.ckpt_dir, work_dir=args.work_dir, device=args.device,
-                     offload_model=args.offload_model, t5_cpu=args.t5_cpu)
+                     offload_model=args.offload_model, t5_cpu=args.t5_cpu, memory=memory_options_from_args(args))
     print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(demo, host=args.host, port=args.port, share=args.share, block=True)
     return 0
