@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 from .pipeline import config as C
-from .pipeline.inputs import LazyFrames
+from .pipeline.inputs import LazyFrames, PreparedFolder
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +215,15 @@ class PreparedInputs:
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(f"prepared folder not found: {folder}")
-        image = _load_image_file(folder / "ref_image.png", "ref_image.png")
-        positive = FolderFrames(folder / "positive", name="positive")
-        negative = FolderFrames(folder / "negative", name="negative")
+        files = PreparedFolder(folder)
+        image = _load_image_file(files.image, "ref_image.png")
+        positive = FolderFrames(files.positive, name="positive")
+        negative = FolderFrames(files.negative, name="negative")
         if len(positive) == 0:
             raise InputError(f"{folder / 'positive'}: no pose frames (0000.jpg ...) found")
         if len(positive) != len(negative):
             raise InputError(f"{folder}: positive/ has {len(positive)} frames, negative/ {len(negative)}")
-        prompt_file = folder / "prompt.txt"
-        prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else ""
+        prompt = files.prompt() or ""
         return cls(image=image, positive=positive, negative=negative, prompt=prompt, folder=folder,
                    fps=_poses_fps(folder))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import random
 import re
 import shutil
 import sys
@@ -211,26 +212,24 @@ class RowPlan:
 def plan_row(job: BatchJob, row: BatchRow) -> RowPlan:
     """Check a row's inputs (InputError, one line) and fix its prompt, frame count and seed."""
     from ..cli.generate import EXAMPLE_PROMPT
+    from ..pipeline.inputs import PreparedFolder
     from ..pipeline.run import check_inputs
 
-    folder = row.input_dir if row.input_dir is not None else row_paths(job.out, row).inputs
-    if not folder.is_dir():
-        raise InputError(f"input_dir {folder}: folder not found")
-    image, positive, negative = folder / "ref_image.png", folder / "positive", folder / "negative"
+    folder = PreparedFolder(row.input_dir if row.input_dir is not None else row_paths(job.out, row).inputs)
+    if not folder.folder.is_dir():
+        raise InputError(f"input_dir {folder.folder}: folder not found")
     frame_num = row.frame_num if row.frame_num is not None else job.frame_num
-    max_area, frame_num = check_inputs(job.ckpt_dir, image, positive, negative, job.size, frame_num,
-                                       save_file=row_paths(job.out, row).mp4, memory=job.memory,
+    max_area, frame_num = check_inputs(job.ckpt_dir, folder.image, folder.positive, folder.negative, job.size,
+                                       frame_num, save_file=row_paths(job.out, row).mp4, memory=job.memory,
                                        checkpoint_verified=True)
     prompt = row.prompt if row.prompt is not None else job.prompt
     if prompt is None:
-        prompt_file = folder / "prompt.txt"
-        prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else EXAMPLE_PROMPT
+        prompt = folder.prompt()
+        prompt = EXAMPLE_PROMPT if prompt is None else prompt
     seed = row.seed if row.seed is not None else job.seed
     if seed < 0:
-        import random
-
         seed = random.randint(0, sys.maxsize)
-    return RowPlan(str(image), str(positive), str(negative), prompt, max_area, frame_num, seed)
+    return RowPlan(str(folder.image), str(folder.positive), str(folder.negative), prompt, max_area, frame_num, seed)
 
 
 class BatchRunner:
@@ -413,12 +412,12 @@ class BatchRunner:
             "versions": versions(),
         }
         if setup.is_main:
-            summary["all_rows"] = overview(job.out, job)
+            summary["all_rows"] = overview(job.out)
             write_record(job.out / SUMMARY_NAME, summary)
         return summary
 
 
-def overview(out: Path, job: BatchJob) -> dict:
+def overview(out: Path) -> dict:
     """Status counts of every row folder under OUT that has a record (all shards' rows)."""
     counts: dict[str, int] = {}
     for record_path in sorted(Path(out).glob(f"*/{RECORD_NAME}")):

@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.protocols import EvalOptions, evaluate
     from ..eval.report import write_report
     from ..pipeline import config as C
-    from .batch import make_job, run_rows
+    from .batch import PER_ROW_FLAGS, make_job, run_rows
     from .demo import TINY_DEFAULTS
 
-    for flag in ("image", "cond_pos_folder", "cond_neg_folder", "input_dir", "save_file"):
+    for flag in PER_ROW_FLAGS:
         if getattr(args, flag) is not None:
             raise InputError(f"--{flag}: the benchmark sets it for every row")
     if args.max_frame is not None and args.max_frame < 1:

@@ -169,19 +169,22 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.ckpt_dir is None:
         raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
     if args.input_dir is not None:
+        from ..pipeline.inputs import PreparedFolder
+
         folder = Path(args.input_dir)
         if not folder.is_dir():
             raise InputError(f"--input_dir {folder}: folder not found")
-        args.image = args.image or str(folder / "ref_image.png")
-        args.cond_pos_folder = args.cond_pos_folder or str(folder / "positive")
-        args.cond_neg_folder = args.cond_neg_folder or str(folder / "negative")
-        if args.prompt is None and (folder / "prompt.txt").is_file():
-            args.prompt = (folder / "prompt.txt").read_text(encoding="utf-8").strip()
+        prepared = PreparedFolder(folder)
+        args.image = args.image or str(prepared.image)
+        args.cond_pos_folder = args.cond_pos_folder or str(prepared.positive)
+        args.cond_neg_folder = args.cond_neg_folder or str(prepared.negative)
+        if args.prompt is None:
+            args.prompt = prepared.prompt()
             if args.prompt:
-                log.info("prompt from %s: %s", folder / "prompt.txt", args.prompt)
-            else:
+                log.info("prompt from %s: %s", prepared.prompt_file, args.prompt)
+            elif args.prompt is not None:
                 log.warning("%s is empty: generating with an empty prompt (describe the reference image "
-                            "there, or pass --prompt)", folder / "prompt.txt")
+                            "there, or pass --prompt)", prepared.prompt_file)
         _log_pose_speed(folder)
     if args.image is None:
         raise InputError("--image is required (or --input_dir)")

@@ -221,11 +221,6 @@ class DistributedSetup:
         if self.is_distributed and self.model_group_size > 1:
             dist.barrier(group=self.group)
 
-    def world_barrier(self) -> None:
-        """Wait for every process of the run."""
-        if self.is_distributed:
-            dist.barrier()
-
     def shutdown(self) -> None:
         """Leave the process group (after everyone is done)."""
         if self.is_distributed:

@@ -84,6 +84,33 @@ def load_pose_frames(folder: str | os.PathLike, count: int, size: tuple[int, int
     return frames
 
 
+@dataclass(frozen=True)
+class PreparedFolder:
+    """The files generation reads from a folder written by ``steadydancer prepare``."""
+
+    folder: Path
+
+    @property
+    def image(self) -> Path:
+        return self.folder / "ref_image.png"
+
+    @property
+    def positive(self) -> Path:
+        return self.folder / "positive"
+
+    @property
+    def negative(self) -> Path:
+        return self.folder / "negative"
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.folder / "prompt.txt"
+
+    def prompt(self) -> str | None:
+        """The text of prompt.txt (stripped); None when the folder has none."""
+        return self.prompt_file.read_text(encoding="utf-8").strip() if self.prompt_file.is_file() else None
+
+
 class LazyFrames(Sequence[Image.Image]):
     """``count`` frames made one at a time by :meth:`frame` when indexed, so that a long video's
     frames are never all in memory (subclasses say where a frame comes from)."""
