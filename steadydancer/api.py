@@ -324,7 +324,7 @@ def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 def _memory_options(memory: Any, dtype: Any, extra: dict[str, Any]):
     """MemoryOptions from ``memory`` and its fields given as keywords (block swap, LoRA, FP8, ...)."""
-    from .models.memory import MemoryOptions
+    from .options import MemoryOptions
 
     names = {f.name for f in fields(MemoryOptions)}
     unknown = sorted(set(extra) - names)
@@ -371,7 +371,7 @@ class SteadyDancerPipeline:
         CUDA when available; float32 on the CPU). ``dtype``: the DiT's weights, a torch dtype or
         "bf16" | "fp16" | "fp32" | "fp8" (default bf16 on GPU). ``offload_model``: move each model
         off the GPU after its stage (default True). ``t5_cpu``: T5 on the CPU. ``memory``: a
-        :class:`~steadydancer.models.memory.MemoryOptions`, or its fields as keywords:
+        :class:`~steadydancer.options.MemoryOptions`, or its fields as keywords:
         ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
         ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``.
         ``keep_models`` False (a one-shot run, the CLI): with offloading the DiT is dropped after
@@ -430,13 +430,13 @@ class SteadyDancerPipeline:
         step, ``callback_kwargs["latents"]`` is the latent [1, 16, F, h, w]; a returned
         ``{"latents": tensor}`` replaces it. ``output_type``: pil | np | pt | latent (see
         :class:`SteadyDancerPipelineOutput`). ``long_video``: a
-        :class:`~steadydancer.pipeline.long_video.LongVideoOptions` (default: the CLI's, windows
+        :class:`~steadydancer.options.LongVideoOptions` (default: the CLI's, windows
         of 81 frames sharing 16 past 81 frames). ``return_dict`` False: ``(frames,)``.
         """
-        from .pipeline.i2v import SamplingOptions
+        from .options import SamplingOptions
         from .pipeline.inputs import latent_size
-        from .checks import ARG_NAMES, check_generation
-        from .pipeline.long_video import LongVideoOptions
+        from .options import ARG_NAMES, check_generation
+        from .options import LongVideoOptions
 
         # -- everything is checked here, before any model loads --------------------------------
         if isinstance(image, PreparedInputs):
@@ -464,7 +464,7 @@ class SteadyDancerPipeline:
                                    st_cond_cfg=float(cfg_window[0]), end_cond_cfg=float(cfg_window[1]),
                                    timesteps=tuple(float(t) for t in timesteps) if timesteps else None)
         options = long_video if long_video is not None else LongVideoOptions()
-        # the command line's checks, naming the arguments (steadydancer.checks)
+        # the command line's checks, naming the arguments (steadydancer.options)
         max_area = check_generation(size, num_frames, sampling, options, names=ARG_NAMES, allow_area=True)
 
         reference = to_pil_image(image, "image")
@@ -520,30 +520,18 @@ class SteadyDancerPipeline:
         """Generate from files into an mp4 (16 fps): what ``steadydancer generate`` runs.
 
         The inputs are those of the command line (reference image, folders of 0000.jpg ...
-        pose frames, the official ``size`` names, a :class:`~steadydancer.pipeline.i2v.SamplingOptions`)
+        pose frames, the official ``size`` names, a :class:`~steadydancer.options.SamplingOptions`)
         and are all checked (InputError) before any model loads; frames stream from disk and
         into the mp4 window by window, so long videos need no memory for the whole video; the
         mp4 appears only when complete. ``frame_num`` None: up to 81 (4n+1), as many as the
         folders hold. Returns the path written.
         """
-        import time
+        from .pipeline.run import generate_from_files
 
-        from .pipeline.i2v import SamplingOptions
-        from .pipeline.run import check_inputs, generate_to_file
-
-        sampling = sampling or SamplingOptions()
-        pipeline = self.pipeline
-        max_area, frame_num = check_inputs(pipeline.ckpt_dir, image, cond_pos_folder, cond_neg_folder, size,
-                                           frame_num, save_file=save_file, memory=pipeline.memory,
-                                           checkpoint_verified=True)
-        log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
-                 pipeline.device, pipeline.offload_model, pipeline.t5_cpu, frame_num, sampling.solver,
-                 sampling.steps, sampling.shift)
-        return generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
-                                cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
-                                max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
-                                negative_prompt=negative_prompt, progress=progress, long_video=long_video,
-                                started=time.perf_counter())
+        return generate_from_files(self.pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                                   cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file, size=size,
+                                   frame_num=frame_num, sampling=sampling, seed=seed,
+                                   negative_prompt=negative_prompt, long_video=long_video, progress=progress)
 
     def _step_hook(self, callback_on_step_end: Callable[..., dict] | None):
         """diffusers' ``callback_on_step_end(pipe, step, timestep, kwargs) -> dict`` as the sampling
@@ -572,6 +560,28 @@ class SteadyDancerPipeline:
             return [[Image.fromarray(frame) for frame in uint8]]
         video = torch.from_numpy(uint8).float().div(255)
         return video[None].numpy() if output_type == "np" else video.permute(0, 3, 1, 2)[None]
+
+
+def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                   cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike,
+                   size: str = C.DEFAULT_SIZE, frame_num: int | None = None, sampling: Any = None,
+                   seed: int = -1, offload_model: bool | None = None, t5_cpu: bool = False,
+                   device: torch.device | str | None = None, negative_prompt: str | None = None,
+                   progress: bool = True, memory: Any = None, long_video: Any = None) -> Path:
+    """``steadydancer generate`` as one call: check every input (the checkpoint included) before
+    any model loads, make a pipeline that drops each model after use, write the mp4. Same
+    arguments as :func:`steadydancer.pipeline.run.generate_video`; returns the path written."""
+    from .pipeline.i2v import DancerPipeline
+    from .pipeline.run import check_inputs
+
+    check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num, save_file=save_file,
+                 memory=memory)
+    pipe = SteadyDancerPipeline(DancerPipeline(ckpt_dir, device=device, offload_model=offload_model,
+                                               t5_cpu=t5_cpu, keep_models=False, memory=memory))
+    return pipe.generate_to_file(image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder,
+                                 prompt=prompt, save_file=save_file, size=size, frame_num=frame_num,
+                                 sampling=sampling, seed=seed, negative_prompt=negative_prompt,
+                                 long_video=long_video, progress=progress)
 
 
 def _convert_video(video: torch.Tensor, output_type: str):

@@ -56,10 +56,10 @@ def test_refusals_are_one_line_before_loading(setup, capsys, tmp_path, monkeypat
 
 
 def test_flags_reach_the_pipeline(setup, monkeypatch) -> None:
-    import steadydancer.pipeline.run as run
+    import steadydancer.api as api  # the command line runs through the Python API
 
     seen = {}
-    monkeypatch.setattr(run, "generate_video", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(api, "generate_video", lambda **kw: seen.update(kw))
     assert main(generate(setup, "--blocks_on_gpu", "1", "--dit_dtype", "fp8", "--batch_guidance")) == 0
     memory = seen["memory"]
     assert memory.blocks_on_gpu == 1 and memory.dit_dtype == "fp8" and memory.batch_guidance

@@ -212,12 +212,30 @@ def read_pairs(path: Path, images: dict[str, Path], videos: dict) -> list[tuple[
     return pairs
 
 
+def find_videos(folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """Driving videos by id: ``ID.mp4`` files, or ``ID/`` folders holding ``video.mp4`` (and an optional
+    ``prompt.txt``, the layout of the bundled samples)."""
+    from ..eval.protocols import VIDEO_EXTENSIONS
+
+    if not folder.is_dir():
+        raise InputError(f"--videos: folder not found: {folder}")
+    videos: dict[str, tuple[Path, str | None]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
+            videos[entry.stem] = (entry, None)
+        elif entry.is_dir() and (entry / "video.mp4").is_file():
+            prompt_file = entry / "prompt.txt"
+            prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else None
+            videos[entry.name] = (entry / "video.mp4", prompt or None)
+    if not videos:
+        raise InputError(f"--videos: no videos ({', '.join(VIDEO_EXTENSIONS)}, or folders with video.mp4) in {folder}")
+    return videos
+
+
 def make_manifest_rows(images_dir: Path, videos_dir: Path, pairs: str = "all") -> list[dict]:
     """Manifest rows for every image with every video (``pairs`` "all", X-Dance style) or for the
     pairs listed in the file ``pairs``; ids ``<image>__<video>``. No prompt column: the pose stage
     finds each row's prompt (prompt.txt beside the image; the video's only for the same id)."""
-    from ..eval.benchmark import find_videos
-
     images, videos = find_images(Path(images_dir)), find_videos(Path(videos_dir))
     chosen = ([(i, v) for i in images for v in videos] if pairs == "all"
               else read_pairs(Path(pairs), images, videos))

@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from ..checks import SOLVERS
+from ..options import SOLVERS
 from ..errors import InputError
 from ..pipeline import config as C
 
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
     """Windowed generation of videos longer than one window (docs/long_video.md)."""
-    from ..pipeline.long_video import MODES, LongVideoOptions
+    from ..options import MODES, LongVideoOptions
     from ..sampling.context_windows import FUSIONS, SCHEDULES
 
     defaults = LongVideoOptions()
@@ -115,8 +115,8 @@ def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def long_video_options_from_args(args: argparse.Namespace):
-    """The :class:`~steadydancer.pipeline.long_video.LongVideoOptions` of parsed generate flags."""
-    from ..pipeline.long_video import LongVideoOptions
+    """The :class:`~steadydancer.options.LongVideoOptions` of parsed generate flags."""
+    from ..options import LongVideoOptions
 
     return LongVideoOptions(context_frames=args.context_frames, context_overlap=args.context_overlap,
                             mode=args.long_video, schedule=args.context_schedule, fuse=args.context_fuse,
@@ -124,8 +124,8 @@ def long_video_options_from_args(args: argparse.Namespace):
 
 
 def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] | None:
-    """``--sample_timesteps`` "1000,750,..." -> floats, checked (:func:`steadydancer.checks.check_timesteps`)."""
-    from ..checks import check_timesteps
+    """``--sample_timesteps`` "1000,750,..." -> floats, checked (:func:`steadydancer.options.check_timesteps`)."""
+    from ..options import check_timesteps
 
     if value is None:
         return None
@@ -149,9 +149,9 @@ def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
     """The checks that need no file (task, size, prompt extension, multi-GPU, frames, sampling, long
     video): InputError. Cheap, so that ``demo`` can run them before its long preparation.
     ``data_parallel``: see :func:`check_parallel_args`. The generation settings go through
-    :func:`steadydancer.checks.check_generation`, as the Python API's arguments do.
+    :func:`steadydancer.options.check_generation`, as the Python API's arguments do.
     """
-    from ..checks import check_generation, max_area_for
+    from ..options import check_generation, max_area_for
 
     if args.task not in TASKS:
         raise InputError(f"--task {args.task}: only {', '.join(TASKS)} is supported")
@@ -237,10 +237,10 @@ def fill_sampling_defaults(args: argparse.Namespace) -> None:
 
 
 def sampling_options_from_args(args: argparse.Namespace, fill_defaults: bool = True):
-    """The :class:`~steadydancer.pipeline.i2v.SamplingOptions` of parsed generate flags, with the
+    """The :class:`~steadydancer.options.SamplingOptions` of parsed generate flags, with the
     official defaults filled in (40 steps; shift 5.0, or 3.0 at 832*480 and 480*832); without
     ``fill_defaults`` ``args`` is left as it is (unset values read as those defaults)."""
-    from ..pipeline.i2v import SamplingOptions
+    from ..options import SamplingOptions
 
     if fill_defaults:
         fill_sampling_defaults(args)
@@ -257,7 +257,7 @@ def sampling_options_from_args(args: argparse.Namespace, fill_defaults: bool = T
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..pipeline.run import generate_video
+    from ..api import generate_video
 
     args = resolve_args(args)
     sampling = sampling_options_from_args(args)
@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..distributed.cli import is_torchrun, run_distributed
 
     if is_torchrun():  # the memory options are checked against what combines with several processes
-        return run_distributed(args, sampling, memory)
+        return run_distributed(args, sampling, memory, long_video_options_from_args(args))
     generate_video(ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
                    cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=args.save_file,
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,

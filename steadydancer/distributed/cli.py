@@ -81,13 +81,14 @@ def check_distributed_args(args: argparse.Namespace, memory=None, data_parallel:
     return num_heads
 
 
-def run_distributed(args: argparse.Namespace, sampling, memory=None) -> int:
+def run_distributed(args: argparse.Namespace, sampling, memory=None, long_video=None) -> int:
     """Run a resolved generate ``args`` (see ``steadydancer.cli.generate.resolve_args``) on this rank.
 
-    ``memory``: the :class:`~steadydancer.models.memory.MemoryOptions` of ``args`` (parsed here
-    when None and the memory flags are present).
+    ``memory``: the :class:`~steadydancer.options.MemoryOptions` of ``args`` (parsed here
+    when None and the memory flags are present). ``long_video``: the
+    :class:`~steadydancer.options.LongVideoOptions` of ``args`` (the command line parses them:
+    this package does not import ``steadydancer.cli``); None: one window of any length.
     """
-    from ..cli.generate import long_video_options_from_args
     from .pipeline import generate_video_distributed
 
     if memory is None and hasattr(args, "batch_guidance"):  # the memory/speed flags are present
@@ -105,7 +106,7 @@ def run_distributed(args: argparse.Namespace, sampling, memory=None) -> int:
         setup, ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,
         cond_neg_folder=args.cond_neg_folder, prompt=args.prompt, save_file=setup.broadcast_object(args.save_file),
         size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed, t5_cpu=args.t5_cpu,
-        memory=memory, long_video=long_video_options_from_args(args))
+        memory=memory, long_video=long_video)
     setup.shutdown()
     if written is not None:
         print(f"saved {written}")

@@ -17,7 +17,8 @@ import torch
 from ..errors import InputError
 from ..pipeline import config as C
 from ..models.memory import load_dit_with_options
-from ..pipeline.i2v import DancerPipeline, SamplingOptions
+from ..options import SamplingOptions
+from ..pipeline.i2v import DancerPipeline
 from ..pipeline.run import check_inputs, generate_to_file
 from .launch import DistributedSetup
 
@@ -89,10 +90,10 @@ def generate_video_distributed(setup: DistributedSetup, *, ckpt_dir: str | os.Pa
                                seed: int = -1, t5_cpu: bool = False, negative_prompt: str | None = None,
                                progress: bool = True, memory=None, long_video=None) -> Path | None:
     """Multi-process version of :func:`steadydancer.pipeline.run.generate_video` (same inputs;
-    ``memory``: a :class:`~steadydancer.models.memory.MemoryOptions`, see :func:`check_parallel_memory_options`).
+    ``memory``: a :class:`~steadydancer.options.MemoryOptions`, see :func:`check_parallel_memory_options`).
 
     Every rank must call it with the same arguments. Returns the written path on rank 0 and None
-    on the others. ``long_video``: a :class:`~steadydancer.pipeline.long_video.LongVideoOptions`
+    on the others. ``long_video``: a :class:`~steadydancer.options.LongVideoOptions`
     (windows past its ``context_frames``; every rank runs every window, rank 0 decodes and writes).
     """
     sampling = sampling or SamplingOptions()

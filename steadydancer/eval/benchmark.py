@@ -25,7 +25,8 @@ from PIL import Image
 
 from ..errors import InputError
 from ..fileio import atomic_path
-from .protocols import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..batch.manifest import find_videos  # noqa: F401 (also this module's name for it)
+from .protocols import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +39,6 @@ class Row:
     image: str
     video: str
     prompt: str | None
-
-
-def find_videos(folder: Path) -> dict[str, tuple[Path, str | None]]:
-    """Driving videos by id: ``ID.mp4`` files, or ``ID/`` folders holding ``video.mp4`` (and an optional
-    ``prompt.txt``, the layout of the bundled samples)."""
-    if not folder.is_dir():
-        raise InputError(f"--videos: folder not found: {folder}")
-    videos: dict[str, tuple[Path, str | None]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
-            videos[entry.stem] = (entry, None)
-        elif entry.is_dir() and (entry / "video.mp4").is_file():
-            prompt_file = entry / "prompt.txt"
-            prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else None
-            videos[entry.name] = (entry / "video.mp4", prompt or None)
-    if not videos:
-        raise InputError(f"--videos: no videos ({', '.join(VIDEO_EXTENSIONS)}, or folders with video.mp4) in {folder}")
-    return videos
 
 
 def make_rows(protocol: str, videos_dir: Path, images_dir: Path | None, out: Path) -> list[Row]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,34 +27,9 @@ import torch
 from torch import nn
 
 from steadydancer.errors import InputError
+from steadydancer.options import MemoryOptions
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-@dataclass
-class MemoryOptions:
-    """What ``add_memory_arguments`` parses; defaults change nothing."""
-    dit_dtype: str | None = None                     # bf16 | fp16 | fp32 | fp8 (None: pipeline default)
-    dit_fp8_file: Path | None = None
-    gguf: Path | None = None
-    fp8_matmul: bool = False
-    loras: list[tuple[Path, float]] = field(default_factory=list)
-    blocks_on_gpu: int | None = None
-    batch_guidance: bool = False
-    compile: bool = False
-    token_chunk_size: int | None = None
-
-    @property
-    def block_swap(self) -> bool:
-        return self.blocks_on_gpu is not None
-
-    def flags_in_use(self) -> list[str]:
-        """The memory flags that change something (for messages)."""
-        names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
-                 "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
-                 "compile": "--compile", "token_chunk_size": "--token_chunk_size"}
-        used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
-        return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:

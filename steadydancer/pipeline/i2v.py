@@ -14,14 +14,14 @@ import random
 import sys
 import zipfile
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..models.memory import DTYPES, MemoryOptions, check_memory_options, load_dit_with_options, sampler_passes
+from ..models.memory import DTYPES, check_memory_options, load_dit_with_options, sampler_passes
+from ..options import MemoryOptions, SamplingOptions
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.dc_cfg import StepCallback
 from ..sampling.schedulers import lcm_noise_seed
@@ -117,20 +117,6 @@ def resolve_seed(seed: int) -> int:
     seed = random.randint(0, sys.maxsize)
     log.info("seed %d, drawn at random (pass --base_seed %d to reproduce)", seed, seed)
     return seed
-
-
-@dataclass
-class SamplingOptions:
-    """The official sampling flags (defaults: generate_dancer.py's)."""
-
-    solver: str = "unipc"
-    steps: int = C.DEFAULT_STEPS
-    shift: float = 5.0
-    guide_scale: float = 5.0
-    condition_guide_scale: float = 1.5
-    st_cond_cfg: float = 0.1
-    end_cond_cfg: float = 0.4
-    timesteps: tuple[float, ...] | None = None  # euler/lcm: explicit step list (0..1000), e.g. lightx2v's
 
 
 class DancerPipeline:

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..fileio import check_can_create
-from ..checks import check_frame_num
+from ..options import check_frame_num
 from .config import VAE_STRIDE
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checks import check_long_video_options
+from ..options import MODES, LongVideoOptions, check_long_video_options
 from ..progress import progress as progress_bar
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.schedulers import lcm_noise_seed
@@ -47,36 +47,10 @@ from .inputs import LazyFrames, first_frame_mask, latent_size, load_image, pil_t
 
 if TYPE_CHECKING:
     from ..sampling.dc_cfg import StepCallback
-    from .i2v import DancerPipeline, SamplingOptions
+    from ..options import SamplingOptions
+    from .i2v import DancerPipeline
 
 log = logging.getLogger(__name__)
-
-MODES: tuple[str, ...] = ("context", "chain")
-
-
-@dataclass(frozen=True)
-class LongVideoOptions:
-    """How a video longer than ``context_frames`` is generated (pixel frames; the flags' names)."""
-
-    context_frames: int = 81
-    context_overlap: int = 16
-    mode: str = "context"  # context | chain
-    schedule: str = "static"  # static | uniform (context mode)
-    fuse: str = "linear"  # linear | pyramid (context mode)
-    freenoise: bool = True  # context mode
-    color_match: bool = False  # chain mode
-
-    def windowed(self, frame_num: int) -> bool:
-        """Whether ``frame_num`` frames need several windows (else the one-window path runs)."""
-        return frame_num > self.context_frames
-
-    @property
-    def latent_window(self) -> int:
-        return latent_window(self.context_frames)
-
-    @property
-    def latent_overlap(self) -> int:
-        return latent_overlap(self.context_overlap)
 
 
 def chain_starts(frame_num: int, window: int, overlap: int) -> list[int]:

@@ -12,13 +12,12 @@ import torch
 
 from ..pose.video import write_video
 from . import config as C
-from .i2v import DancerPipeline, SamplingOptions, verify_checkpoint, video_to_frames
-from ..checks import check_frame_num, max_area_for
+from ..options import SamplingOptions, check_frame_num, max_area_for
+from .i2v import DancerPipeline, verify_checkpoint, video_to_frames
 from .inputs import check_output_file, check_pose_folders, load_image, read_inputs, resolve_frame_num
 
 if TYPE_CHECKING:
-    from ..models.memory import MemoryOptions
-    from .long_video import LongVideoOptions
+    from ..options import LongVideoOptions, MemoryOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +31,46 @@ def generate_video(*, ckpt_dir: str | os.PathLike, image: str | os.PathLike, con
                    progress: bool = True, memory: "MemoryOptions | None" = None,
                    long_video: "LongVideoOptions | None" = None) -> Path:
     """Generate the video for one input set and write it to ``save_file`` (H.264 mp4, 16 fps):
-    ``steadydancer generate`` in one process, through the Python API
-    (:meth:`steadydancer.api.SteadyDancerPipeline.generate_to_file`).
+    one generation in one process with a pipeline used once (``steadydancer generate`` runs the
+    same through :func:`steadydancer.api.generate_video`).
 
     All inputs are checked (InputError, one line) before any model loads; the mp4 appears only
     when complete. ``frame_num`` None: up to 81 frames (4n+1), as many as the pose folders hold.
     ``long_video``: how more than ``long_video.context_frames`` frames are generated (windows;
     None: one window of any length). Returns the path written.
     """
-    from ..api import SteadyDancerPipeline
-
     # every input, the checkpoint included, is checked before the pipeline exists
     check_inputs(ckpt_dir, image, cond_pos_folder, cond_neg_folder, size, frame_num, save_file=save_file,
                  memory=memory)
-    pipe = SteadyDancerPipeline(DancerPipeline(ckpt_dir, device=device, offload_model=offload_model,
-                                               t5_cpu=t5_cpu, keep_models=False, memory=memory))
-    return pipe.generate_to_file(image=image, cond_pos_folder=cond_pos_folder, cond_neg_folder=cond_neg_folder,
-                                 prompt=prompt, save_file=save_file, size=size, frame_num=frame_num,
-                                 sampling=sampling, seed=seed, negative_prompt=negative_prompt,
-                                 long_video=long_video, progress=progress)
+    pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
+                              keep_models=False, memory=memory)
+    return generate_from_files(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                               cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file, size=size,
+                               frame_num=frame_num, sampling=sampling, seed=seed, negative_prompt=negative_prompt,
+                               long_video=long_video, progress=progress)
+
+
+def generate_from_files(pipeline: DancerPipeline, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                        cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike,
+                        size: str = C.DEFAULT_SIZE, frame_num: int | None = None,
+                        sampling: SamplingOptions | None = None, seed: int = -1,
+                        negative_prompt: str | None = None, long_video: "LongVideoOptions | None" = None,
+                        progress: bool = True) -> Path:
+    """Check the input files (not the checkpoint: ``pipeline`` has it), log the settings and
+    generate into ``save_file``: the body of
+    :meth:`steadydancer.api.SteadyDancerPipeline.generate_to_file`. Returns the path written."""
+    sampling = sampling or SamplingOptions()
+    max_area, frame_num = check_inputs(pipeline.ckpt_dir, image, cond_pos_folder, cond_neg_folder, size,
+                                       frame_num, save_file=save_file, memory=pipeline.memory,
+                                       checkpoint_verified=True)
+    log.info("device %s, offload_model %s, t5_cpu %s, %d frames, solver %s, %d steps, shift %g",
+             pipeline.device, pipeline.offload_model, pipeline.t5_cpu, frame_num, sampling.solver,
+             sampling.steps, sampling.shift)
+    return generate_to_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                            cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
+                            max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
+                            negative_prompt=negative_prompt, progress=progress, long_video=long_video,
+                            started=time.perf_counter())
 
 
 def generate_to_file(pipeline: DancerPipeline, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,

@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..checks import SOLVERS
+from ..options import SOLVERS
 from ..errors import InputError
 from ..pipeline import config as C
 
