@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,13 +28,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .options import (SOLVERS, LongVideoOptions, MemoryOptions, SamplingOptions, check_seed, draw_seed, is_integer,
+                      is_real)
 from .pipeline import config as C
 from .pipeline.inputs import LazyFrames, PreparedFolder
 
 log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-DEFAULT_API_SIZE = "1024*576"
+# One set of defaults for the command line, the API and the UI: the official generate_dancer.py's
+# (SamplingOptions), size 1280*720 included.
+DEFAULT_SAMPLING = SamplingOptions()
+DEFAULT_API_SIZE = C.DEFAULT_SIZE
+DIT_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # diffusers' name of what a step callback may read and replace
 CALLBACK_TENSOR_INPUTS = ("latents",)
 
@@ -292,6 +296,10 @@ def prepare_pose(image: ImageInput, video: str | os.PathLike, out_dir: str | os.
                                 max_frame=max_frame, target_fps=target_fps, seed=seed, backend=backend,
                                 detect_resolution=detect_resolution, device=device, all_people=all_people,
                                 detector=detector, progress=progress, **weights)
+    except InputError as exc:  # the pose stage names the command line's flags: name the arguments
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise _api_names(exc, POSE_FLAG_NAMES) from None
     except BaseException:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -303,9 +311,13 @@ def prepare_pose(image: ImageInput, video: str | os.PathLike, out_dir: str | os.
 
 # -- the pipeline -----------------------------------------------------------------------------
 
+from diffusers.utils import BaseOutput  # noqa: E402 (diffusers is a dependency of the sampling stage)
+
+
 @dataclass
-class SteadyDancerPipelineOutput:
-    """``frames``: a batch of one video, as diffusers' video pipelines return it.
+class SteadyDancerPipelineOutput(BaseOutput):
+    """``frames``: a batch of one video, as diffusers' video pipelines return it (a
+    ``diffusers.utils.BaseOutput``: ``out.frames``, ``out["frames"]``, ``out[0]``, ``out.to_tuple()``).
 
     ``output_type`` "pil": ``[[PIL.Image] * N]``; "np": float32 [1, N, H, W, 3] in [0, 1];
     "pt": float32 [1, N, 3, H, W] in [0, 1]; "latent": float32 [1, 16, (N - 1) // 4 + 1, H / 8, W / 8].
@@ -318,34 +330,170 @@ class SteadyDancerPipelineOutput:
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise InputError(f"{name} {value!r}: expected one of {', '.join(map(str, allowed))}")
 
 
-def _memory_options(memory: Any, dtype: Any, extra: dict[str, Any]):
-    """MemoryOptions from ``memory`` and its fields given as keywords (block swap, LoRA, FP8, ...)."""
-    from .options import MemoryOptions
+def _api_names(exc: InputError, flags: dict[str, str]) -> InputError:
+    """The same one-line error with the command line's flag names replaced by the API's."""
+    text = str(exc)
+    for flag, name in flags.items():
+        text = text.replace(flag, name)
+    return InputError(text)
 
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """``device`` as a torch.device, checked against this machine (None: the default)."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise InputError(f"{name} {device!r}: expected 'cuda', 'cuda:N', 'cpu' or a torch.device")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{name} {device!r}: expected 'cuda', 'cuda:N' or 'cpu'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{name} {device}: no CUDA GPU is visible to this process (use 'cpu')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"{name} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise InputError(f"{name} {device}: only 'cuda', 'cuda:N' and 'cpu' are supported")
+    return device
+
+
+def check_dtype(dtype: Any, name: str = "dtype") -> str | None:
+    """The DiT's weight type as a MemoryOptions name (bf16 | fp16 | fp32 | fp8), or None (default)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DIT_DTYPES:
+            raise InputError(f"{name} {dtype}: expected torch.bfloat16, torch.float16 or torch.float32 "
+                             "(or 'fp8')")
+        return DIT_DTYPES[dtype]
+    _check_choice(name, dtype, ("bf16", "fp16", "fp32", "fp8"))
+    return dtype
+
+
+def _memory_options(memory: Any, dtype: str | None, extra: dict[str, Any]) -> MemoryOptions:
+    """MemoryOptions from ``memory`` and its fields given as keywords (block swap, LoRA, FP8, ...)."""
     names = {f.name for f in fields(MemoryOptions)}
     unknown = sorted(set(extra) - names)
     if unknown:
         raise TypeError(f"from_pretrained() got unexpected keyword arguments: {', '.join(unknown)} "
                         f"(memory options: {', '.join(sorted(names))})")
+    if memory is not None and not isinstance(memory, MemoryOptions):
+        raise InputError(f"memory: expected a steadydancer.options.MemoryOptions, got {type(memory).__name__}")
     options = memory or MemoryOptions()
     updates = dict(extra)
     for key in ("gguf", "dit_fp8_file"):
         if updates.get(key) is not None:
+            if not isinstance(updates[key], (str, os.PathLike)):
+                raise InputError(f"{key}: expected a file path, got {type(updates[key]).__name__}")
             updates[key] = Path(updates[key])
     if "loras" in updates:
-        updates["loras"] = [(Path(p), float(s)) for p, s in
-                            ((lora, 1.0) if isinstance(lora, (str, os.PathLike)) else lora
-                             for lora in updates["loras"])]
-    if isinstance(dtype, str):
-        _check_choice("dtype", dtype, ("bf16", "fp16", "fp32", "fp8"))
+        loras = []
+        for lora in updates["loras"] or []:
+            path, strength = (lora, 1.0) if isinstance(lora, (str, os.PathLike)) else tuple(lora)
+            if not isinstance(path, (str, os.PathLike)) or not is_real(strength):
+                raise InputError(f"loras: expected paths or (path, strength) pairs, got {lora!r}")
+            loras.append((Path(path), float(strength)))
+        updates["loras"] = loras
+    if "blocks_on_gpu" in updates and updates["blocks_on_gpu"] is not None:
+        if not is_integer(updates["blocks_on_gpu"]) or updates["blocks_on_gpu"] < 0:
+            raise InputError(f"blocks_on_gpu {updates['blocks_on_gpu']!r}: expected a whole number >= 0")
+        updates["blocks_on_gpu"] = int(updates["blocks_on_gpu"])
+    if "token_chunk_size" in updates and updates["token_chunk_size"] is not None:
+        if not is_integer(updates["token_chunk_size"]) or updates["token_chunk_size"] < 1:
+            raise InputError(f"token_chunk_size {updates['token_chunk_size']!r}: expected a whole number >= 1")
+        updates["token_chunk_size"] = int(updates["token_chunk_size"])
+    for key in ("fp8_matmul", "batch_guidance", "compile"):
+        if key in updates and not isinstance(updates[key], bool):
+            raise InputError(f"{key} {updates[key]!r}: expected True or False")
+    if dtype is not None:
         updates["dit_dtype"] = dtype
     from dataclasses import replace
 
     return replace(options, **updates)
+
+
+# the command line's flag names in messages that the API shares with it -> the API's argument names
+MEMORY_FLAG_NAMES = {"--ckpt_dir ": "ckpt_dir ", "--lora ": "loras ", "--lora:": "loras:",
+                     "--blocks_on_gpu": "blocks_on_gpu", "--dit_dtype fp8": "dtype 'fp8'", "--dit_dtype": "dtype",
+                     "--fp8_matmul": "fp8_matmul", "--gguf": "gguf", "--dit_fp8_file": "dit_fp8_file",
+                     "--token_chunk_size": "token_chunk_size", "--batch_guidance": "batch_guidance",
+                     "--compile": "compile", "--device": "device"}
+POSE_FLAG_NAMES = {"--align_frame": "align_frame", "--max_frame": "max_frame", "--target_fps": "target_fps",
+                   "--detect_resolution": "detect_resolution", "--backend": "backend", "--seed": "seed",
+                   "--prompt": "prompt", "--image": "image", "--video": "video", "--out": "out_dir"}
+
+
+def _check_real(name: str, value: Any, minimum: float | None = None, maximum: float | None = None) -> None:
+    if not is_real(value) or value != value:  # NaN
+        raise InputError(f"{name} {value!r}: expected a number")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"{minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
+        raise InputError(f"{name} {value}: expected {bounds}")
+
+
+def _check_optional_str(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{name}: expected a string (one prompt for the one video), got {type(value).__name__}")
+
+
+def check_call_arguments(*, prompt: Any, negative_prompt: Any, num_frames: Any, size: Any, num_inference_steps: Any,
+                         guidance_scale: Any, condition_guidance_scale: Any, cfg_window: Any, solver: Any,
+                         shift: Any, timesteps: Any, seed: Any, generator: Any, callback_on_step_end: Any,
+                         callback_on_step_end_tensor_inputs: Any, output_type: Any, return_dict: Any,
+                         long_video: Any, augment_seed: Any, progress: Any) -> None:
+    """The type and range of every documented argument of :meth:`SteadyDancerPipeline.__call__`
+    but the media (checked when read): one-line InputError (a ValueError) before any model
+    loads. numpy numbers count as numbers; bools do not."""
+    _check_optional_str("prompt", prompt)
+    _check_optional_str("negative_prompt", negative_prompt)
+    if num_frames is not None and not is_integer(num_frames):
+        raise InputError(f"num_frames {num_frames!r}: expected a whole number 4n+1 (e.g. 17, 33, 81)")
+    if not (isinstance(size, str) or is_integer(size)):
+        raise InputError(f"size {size!r}: expected an official size name such as '1280*720', or an int pixel area")
+    if not is_integer(num_inference_steps) or num_inference_steps < 1:
+        raise InputError(f"num_inference_steps {num_inference_steps!r}: expected a whole number >= 1")
+    _check_real("guidance_scale", guidance_scale)
+    _check_real("condition_guidance_scale", condition_guidance_scale)
+    if (isinstance(cfg_window, (str, bytes)) or not isinstance(cfg_window, (Sequence, np.ndarray))
+            or len(cfg_window) != 2):
+        raise InputError(f"cfg_window {cfg_window!r}: expected (start, end), fractions of the steps")
+    _check_real("cfg_window[0]", cfg_window[0])  # the range: check_sampling, as the CLI
+    _check_real("cfg_window[1]", cfg_window[1])
+    _check_choice("solver", solver, SOLVERS)
+    if shift is not None:
+        _check_real("shift", shift, minimum=0)
+    if timesteps is not None:
+        if isinstance(timesteps, (str, bytes)) or not isinstance(timesteps, (Sequence, np.ndarray, torch.Tensor)):
+            raise InputError(f"timesteps {timesteps!r}: expected a list of numbers on the 0..1000 scale")
+        for value in timesteps:
+            _check_real("timesteps", value.item() if isinstance(value, torch.Tensor) else value)
+    if seed is not None and not (is_integer(seed) and seed < 0):  # negative: random, as the CLI's -1
+        check_seed(seed, "seed", allow_random=False)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"generator: expected a torch.Generator, got {type(generator).__name__} (or pass seed=)")
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise InputError("callback_on_step_end: expected a function (pipe, step, timestep, callback_kwargs) -> dict")
+    if isinstance(callback_on_step_end_tensor_inputs, str) or not isinstance(callback_on_step_end_tensor_inputs,
+                                                                             (Sequence, set, frozenset)):
+        raise InputError("callback_on_step_end_tensor_inputs: expected a list of names such as ['latents']")
+    bad_inputs = sorted(set(map(str, callback_on_step_end_tensor_inputs)) - set(CALLBACK_TENSOR_INPUTS))
+    if bad_inputs:
+        raise InputError(f"callback_on_step_end_tensor_inputs: {', '.join(bad_inputs)} not available "
+                         f"(only {', '.join(CALLBACK_TENSOR_INPUTS)})")
+    _check_choice("output_type", output_type, OUTPUT_TYPES)
+    if not isinstance(return_dict, bool):
+        raise InputError(f"return_dict {return_dict!r}: expected True or False")
+    if long_video is not None and not isinstance(long_video, LongVideoOptions):
+        raise InputError(f"long_video: expected a steadydancer.options.LongVideoOptions, got {type(long_video).__name__}")
+    if augment_seed is not None:
+        check_seed(augment_seed, "augment_seed", allow_random=False)
+    if progress is not None and not isinstance(progress, bool):
+        raise InputError(f"progress {progress!r}: expected True or False")
 
 
 class SteadyDancerPipeline:
@@ -353,24 +501,30 @@ class SteadyDancerPipeline:
 
     Build with :meth:`from_pretrained`; each call runs one generation. The models load on the
     first call and stay loaded for the next ones (``pipeline``: the underlying
-    :class:`~steadydancer.pipeline.i2v.DancerPipeline`).
+    :class:`~steadydancer.pipeline.i2v.DancerPipeline`). diffusers' conventions where they cost
+    little: ``torch_dtype=``, :meth:`to`, :meth:`enable_model_cpu_offload`,
+    :meth:`set_progress_bar_config`, :attr:`components`, a ``BaseOutput``.
     """
 
     def __init__(self, pipeline: "DancerPipeline") -> None:  # noqa: F821 (imported lazily)
         self.pipeline = pipeline
+        self._progress_bar_config: dict[str, Any] = {}
 
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | os.PathLike, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | str | None = None, offload_model: bool | None = None,
                         t5_cpu: bool = False, memory: Any = None, keep_models: bool = True,
+                        torch_dtype: torch.dtype | str | None = None,
                         **memory_kwargs: Any) -> "SteadyDancerPipeline":
-        """Check the checkpoint folder (every file, as the CLI does) and make the pipeline; no
-        model is loaded yet (each loads on first use, straight onto its device).
+        """Check the checkpoint folder (every file, as the CLI does), the device and the dtype,
+        and make the pipeline; no model is loaded yet (each loads on first use, straight onto its
+        device).
 
         ``ckpt_dir``: the SteadyDancer-14B folder. ``device``: "cuda", "cuda:N", "cpu" (default
-        CUDA when available; float32 on the CPU). ``dtype``: the DiT's weights, a torch dtype or
-        "bf16" | "fp16" | "fp32" | "fp8" (default bf16 on GPU). ``offload_model``: move each model
-        off the GPU after its stage (default True). ``t5_cpu``: T5 on the CPU. ``memory``: a
+        CUDA when available; float32 on the CPU). ``dtype`` (or diffusers' ``torch_dtype``): the
+        DiT's weights, torch.bfloat16 | float16 | float32 or "bf16" | "fp16" | "fp32" | "fp8"
+        (default bf16 on GPU). ``offload_model``: move each model off the GPU after its stage
+        (default True). ``t5_cpu``: T5 on the CPU. ``memory``: a
         :class:`~steadydancer.options.MemoryOptions`, or its fields as keywords:
         ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
         ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``.
@@ -379,15 +533,69 @@ class SteadyDancerPipeline:
         """
         from .pipeline.i2v import DancerPipeline, verify_checkpoint
 
-        options = _memory_options(memory, dtype, memory_kwargs)
+        if not isinstance(ckpt_dir, (str, os.PathLike)):
+            raise InputError(f"ckpt_dir: expected a folder path, got {type(ckpt_dir).__name__}")
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise InputError(f"dtype {dtype} and torch_dtype {torch_dtype}: give one of them")
+        dtype_name = check_dtype(dtype if dtype is not None else torch_dtype,
+                                 "dtype" if dtype is not None else "torch_dtype")
+        device = check_device(device)
+        for name, value in (("offload_model", offload_model), ("t5_cpu", t5_cpu), ("keep_models", keep_models)):
+            if value is not None and not isinstance(value, bool):
+                raise InputError(f"{name} {value!r}: expected True or False")
+        options = _memory_options(memory, dtype_name, memory_kwargs)
         try:
             verify_checkpoint(ckpt_dir, dit_from_other_file=bool(options.gguf or options.dit_fp8_file))
-        except InputError as exc:  # name the argument, not the CLI flag
-            raise InputError(str(exc).replace("--ckpt_dir ", "ckpt_dir ")) from None
-        dit_dtype = dtype if isinstance(dtype, torch.dtype) else None
-        pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
-                                  dit_dtype=dit_dtype, keep_models=keep_models, memory=options)
+            pipeline = DancerPipeline(ckpt_dir, device=device, offload_model=offload_model, t5_cpu=t5_cpu,
+                                      keep_models=keep_models, memory=options)
+        except InputError as exc:  # name the arguments, not the CLI flags
+            raise _api_names(exc, MEMORY_FLAG_NAMES) from None
         return cls(pipeline)
+
+    # -- diffusers' conveniences ------------------------------------------------------------
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The models by diffusers' names (None until loaded: they load on first use)."""
+        p = self.pipeline
+        return {"transformer": p._dit, "vae": p._vae, "text_encoder": p._t5, "image_encoder": p._clip}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SteadyDancerPipeline":
+        """Run on ``device`` from now on (models already loaded move there); ``dtype`` only before
+        the DiT is loaded (its weights are loaded in that type). Returns self, as diffusers."""
+        if isinstance(device, torch.dtype) and dtype is None:  # pipe.to(torch.float16)
+            device, dtype = None, device
+        pipeline = self.pipeline
+        name = check_dtype(dtype) if dtype is not None else None
+        if name is not None:
+            if pipeline._dit is not None:
+                raise InputError("dtype: the DiT is loaded already; pass dtype to from_pretrained")
+            from .models.memory import DTYPES
+
+            pipeline.memory.dit_dtype = name
+            pipeline.dit_dtype = DTYPES.get(name, pipeline.dit_dtype)
+        device = check_device(device)
+        if device is not None and device != pipeline.device:
+            pipeline.device = device
+            pipeline.on_gpu = device.type != "cpu"
+            if not pipeline.on_gpu:  # on the CPU everything runs in float32
+                pipeline.t5_dtype = pipeline.clip_dtype = torch.float32
+                if name is None and pipeline._dit is None:
+                    pipeline.dit_dtype = torch.float32
+            for model in (pipeline._vae, pipeline._dit):
+                if model is not None:
+                    model.to(device)
+        return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """Move each model to the GPU for its stage only (the official --offload_model True)."""
+        if gpu_id is not None or device is not None:
+            self.to(device if device is not None else f"cuda:{gpu_id}")
+        self.pipeline.offload_model = True
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """``disable=True`` turns the progress bars of later calls off (diffusers' method)."""
+        self._progress_bar_config.update(kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -400,14 +608,17 @@ class SteadyDancerPipeline:
                  negative_pose_video: PoseVideoInput | None = None, prompt: str | None = None,
                  negative_prompt: str | None = None, num_frames: int | None = None,
                  size: str | int = DEFAULT_API_SIZE,
-                 num_inference_steps: int = C.DEFAULT_STEPS, guidance_scale: float = 5.0,
-                 condition_guidance_scale: float = 1.0, cfg_window: tuple[float, float] = (0.1, 0.4),
-                 solver: str = "unipc", shift: float | None = None, timesteps: Sequence[float] | None = None,
+                 num_inference_steps: int = DEFAULT_SAMPLING.steps,
+                 guidance_scale: float = DEFAULT_SAMPLING.guide_scale,
+                 condition_guidance_scale: float = DEFAULT_SAMPLING.condition_guide_scale,
+                 cfg_window: tuple[float, float] = (DEFAULT_SAMPLING.st_cond_cfg, DEFAULT_SAMPLING.end_cond_cfg),
+                 solver: str = DEFAULT_SAMPLING.solver, shift: float | None = None,
+                 timesteps: Sequence[float] | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  callback_on_step_end: Callable[..., dict] | None = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = CALLBACK_TENSOR_INPUTS,
                  output_type: str = "pil", return_dict: bool = True, long_video: Any = None,
-                 augment_seed: int | None = 0, progress: bool = True):
+                 augment_seed: int | None = 0, progress: bool | None = None):
         """Generate one video; returns :class:`SteadyDancerPipelineOutput` (``.frames``).
 
         ``image``: the reference image (PIL, array [H, W, 3], tensor [3, H, W], path), or a
@@ -433,10 +644,8 @@ class SteadyDancerPipeline:
         :class:`~steadydancer.options.LongVideoOptions` (default: the CLI's, windows
         of 81 frames sharing 16 past 81 frames). ``return_dict`` False: ``(frames,)``.
         """
-        from .options import SamplingOptions
-        from .pipeline.inputs import latent_size
         from .options import ARG_NAMES, check_generation
-        from .options import LongVideoOptions
+        from .pipeline.inputs import latent_size
 
         # -- everything is checked here, before any model loads --------------------------------
         if isinstance(image, PreparedInputs):
@@ -450,14 +659,17 @@ class SteadyDancerPipeline:
             raise InputError("image: required (a reference image, or the PreparedInputs of prepare_pose)")
         if pose_video is None:
             raise InputError("pose_video: required (pose frames, a folder or a video file)")
-        _check_choice("output_type", output_type, OUTPUT_TYPES)
-        bad_inputs = sorted(set(callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSOR_INPUTS))
-        if bad_inputs:
-            raise InputError(f"callback_on_step_end_tensor_inputs: {', '.join(bad_inputs)} not available "
-                             f"(only {', '.join(CALLBACK_TENSOR_INPUTS)})")
-        if len(cfg_window) != 2:
-            raise InputError(f"cfg_window {tuple(cfg_window)}: expected (start, end), fractions of the steps")
-        sampling = SamplingOptions(solver=solver, steps=len(timesteps) if timesteps else num_inference_steps,
+        check_call_arguments(prompt=prompt, negative_prompt=negative_prompt, num_frames=num_frames, size=size,
+                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             condition_guidance_scale=condition_guidance_scale, cfg_window=cfg_window,
+                             solver=solver, shift=shift, timesteps=timesteps, seed=seed, generator=generator,
+                             callback_on_step_end=callback_on_step_end,
+                             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                             output_type=output_type, return_dict=return_dict, long_video=long_video,
+                             augment_seed=augment_seed, progress=progress)
+        num_frames = None if num_frames is None else int(num_frames)
+        size = int(size) if is_integer(size) else size
+        sampling = SamplingOptions(solver=solver, steps=len(timesteps) if timesteps else int(num_inference_steps),
                                    shift=C.default_shift(str(size)) if shift is None else float(shift),
                                    guide_scale=float(guidance_scale),
                                    condition_guide_scale=float(condition_guidance_scale),
@@ -466,6 +678,8 @@ class SteadyDancerPipeline:
         options = long_video if long_video is not None else LongVideoOptions()
         # the command line's checks, naming the arguments (steadydancer.options)
         max_area = check_generation(size, num_frames, sampling, options, names=ARG_NAMES, allow_area=True)
+        if progress is None:
+            progress = not self._progress_bar_config.get("disable", False)
 
         reference = to_pil_image(image, "image")
         read_limit = num_frames if num_frames is not None else C.DEFAULT_FRAME_NUM
@@ -492,8 +706,7 @@ class SteadyDancerPipeline:
 
         if generator is not None:
             seed = int(generator.initial_seed())
-        if seed is None or seed < 0:
-            seed = random.randint(0, sys.maxsize)
+        seed = draw_seed() if seed is None or seed < 0 else int(seed)
         callback = self._step_hook(callback_on_step_end)
         # pose frames at the reference size, exactly as pipeline.inputs.read_inputs reads a folder
         pos = ResizedFrames(positive, reference.size, num_frames)
@@ -510,7 +723,8 @@ class SteadyDancerPipeline:
                                             negative_prompt=negative_prompt, progress=progress,
                                             callback=callback, decode=output_type != "latent")
             frames = frames[None] if output_type == "latent" else _convert_video(frames, output_type)
-        return SteadyDancerPipelineOutput(frames=frames, seed=seed) if return_dict else (frames,)
+        output = SteadyDancerPipelineOutput(frames=frames, seed=seed)
+        return output if return_dict else output.to_tuple()
 
     def generate_to_file(self, *, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,
                          cond_neg_folder: str | os.PathLike, prompt: str, save_file: str | os.PathLike,
@@ -597,13 +811,32 @@ def _convert_video(video: torch.Tensor, output_type: str):
     return unit.permute(1, 0, 2, 3).contiguous()[None]
 
 
-def export_to_video(frames: Any, path: str | os.PathLike, fps: float = C.SAMPLE_FPS) -> Path:
+def export_to_video(frames: Any, path: str | os.PathLike | None = None, fps: float = C.SAMPLE_FPS, *,
+                    output_video_path: str | os.PathLike | None = None, audio_from: str | os.PathLike | None = None,
+                    audio_start: float = 0.0) -> Path:
     """Write one video's frames as H.264 mp4 (atomically: the file appears when complete).
 
     ``frames``: ``output.frames[0]`` of any output type but latent: a list of PIL images, an
     array [N, H, W, 3] (float in [0, 1] or uint8) or a tensor [N, 3, H, W] (float in [0, 1]).
+    ``path`` or diffusers' ``output_video_path`` (neither: a new temporary .mp4). ``fps``: 16,
+    the rate the model makes (``output.fps``; note that ``diffusers.utils.export_to_video`` writes
+    10 fps unless told). ``audio_from``: a media file whose sound, from ``audio_start`` seconds,
+    goes into the video (right only when the poses were sampled at ``fps``: ``target_fps=16``).
+    Returns the path written.
     """
     from .pose.video import write_video
+
+    if path is not None and output_video_path is not None and Path(path) != Path(output_video_path):
+        raise InputError("export_to_video: give path or output_video_path, not both")
+    path = path if path is not None else output_video_path
+    if path is None:
+        handle, name = tempfile.mkstemp(suffix=".mp4")
+        os.close(handle)
+        path = name
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"output_video_path: expected a file path, got {type(path).__name__}")
+    if not is_real(fps) or not 0 < fps <= 240:
+        raise InputError(f"fps {fps!r}: expected a number in (0, 240]")
 
     def uint8(frame: Any) -> np.ndarray:
         if isinstance(frame, Image.Image):
@@ -616,7 +849,11 @@ def export_to_video(frames: Any, path: str | os.PathLike, fps: float = C.SAMPLE_
         return frame
 
     iterable: Iterable[Any] = frames
-    write_video(path, (uint8(frame) for frame in iterable), fps=fps)
+    write_video(path, (uint8(frame) for frame in iterable), fps=float(fps))
+    if audio_from is not None:
+        from .pipeline.audio import add_audio
+
+        add_audio(path, audio_from, start_s=audio_start)
     return Path(path)
 
 

@@ -1,11 +1,12 @@
 """One error type for bad user input, shown to the user as a single line."""
 
 
-class InputError(Exception):
-    """Bad input from the user (a file, a flag, a folder).
+class InputError(ValueError):
+    """Bad input from the user (a file, a flag, a folder, an API argument).
 
-    The message must name the file or flag and what was expected; the command line
-    prints it as one line (``error: ...``) without a traceback.
+    The message must name the file, flag or argument and what was expected; the command line
+    prints it as one line (``error: ...``) without a traceback. A ValueError, so that
+    ``except ValueError`` around an API call catches it.
     """
 
 

@@ -193,3 +193,51 @@ def check_generation(size: str | int, frame_num: int | None, sampling: SamplingO
     if long_video is not None:
         check_long_video_options(long_video, names)
     return max_area
+
+
+# -- seeds, numbers, defaults -----------------------------------------------------------------
+
+# Random seeds are drawn below 2**53: every such integer survives a JavaScript number (a page, a
+# JSON reader), so a seed shown anywhere can be typed back and reproduces the video. (The official
+# script draws up to sys.maxsize; any seed a user gives is still accepted up to torch's limit.)
+MAX_RANDOM_SEED = 2**53 - 1
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest
+
+
+def draw_seed() -> int:
+    """A random seed in [0, 2**53)."""
+    import random
+
+    return random.randint(0, MAX_RANDOM_SEED)
+
+
+def is_integer(value: object) -> bool:
+    """An int or a numpy integer, not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    import numbers
+
+    return isinstance(value, numbers.Integral)
+
+
+def is_real(value: object) -> bool:
+    """An int, a float or a numpy number, not a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_seed(seed: object, name: str = "--base_seed", allow_random: bool = True) -> None:
+    """A seed is a whole number in [0, 2**64) (torch's range); -1 (``allow_random``) draws one."""
+    if not is_integer(seed):
+        raise InputError(f"{name} {seed!r}: expected a whole number (-1: random)")
+    if (allow_random and int(seed) == -1) or 0 <= int(seed) <= MAX_SEED:
+        return
+    raise InputError(f"{name} {seed}: expected -1 (random) or 0 to 2**64 - 1")
+
+
+def largest_area() -> int:
+    """The largest pixel area of the official sizes (1280*720)."""
+    return max(MAX_AREA_CONFIGS.values())

@@ -203,3 +203,120 @@ def test_from_pretrained_names_a_missing_checkpoint(tmp_path):
         SteadyDancerPipeline.from_pretrained(tmp_path / "nothing")
     with pytest.raises(TypeError, match="blocks_on_gpus"):
         SteadyDancerPipeline.from_pretrained(tiny_checkpoint(), blocks_on_gpus=2)
+
+
+# -- every documented argument: type and range before any model loads ------------------------
+
+WRONG_ARGUMENTS = [
+    ("prompt", ["a", "b"]), ("negative_prompt", 5), ("num_frames", "9"), ("num_frames", 9.0),
+    ("size", 5.5), ("size", None), ("num_inference_steps", 2.5), ("num_inference_steps", "2"),
+    ("num_inference_steps", 0), ("guidance_scale", "abc"), ("guidance_scale", None),
+    ("guidance_scale", float("nan")), ("condition_guidance_scale", "1"), ("cfg_window", 0.5),
+    ("cfg_window", ("a", 0.4)), ("cfg_window", (0.1, 0.2, 0.3)), ("solver", 3), ("shift", "x"), ("shift", -1.0),
+    ("timesteps", "1000"), ("timesteps", ["a"]), ("seed", "abc"), ("seed", 1.5), ("seed", 2**70),
+    ("generator", 5), ("callback_on_step_end", 5), ("callback_on_step_end_tensor_inputs", "latents"),
+    ("callback_on_step_end_tensor_inputs", ["noise"]), ("output_type", 5), ("return_dict", "yes"),
+    ("long_video", {}), ("augment_seed", "x"), ("augment_seed", -3), ("progress", "yes"),
+    ("image", 5), ("pose_video", 5), ("negative_pose_video", 5), ("image", None),
+]
+
+
+@pytest.mark.parametrize("name, value", WRONG_ARGUMENTS, ids=[f"{n}={v!r}" for n, v in WRONG_ARGUMENTS])
+def test_every_argument_of_the_wrong_type_is_one_value_error_line(folder, name, value):
+    fresh = SteadyDancerPipeline.from_pretrained(tiny_checkpoint(), device="cpu")
+    kwargs = dict(image=folder / "ref_image.png", pose_video=folder, num_frames=9, **SMALL)
+    kwargs[name] = value
+    with pytest.raises((ValueError, TypeError)) as info:
+        fresh(**kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message and name.split("[")[0] in message, message
+    assert fresh.pipeline._t5 is fresh.pipeline._dit is fresh.pipeline._vae is fresh.pipeline._clip is None
+
+
+def test_input_error_is_a_value_error_and_numpy_integers_are_numbers(folder):
+    assert issubclass(InputError, ValueError)
+    fresh = SteadyDancerPipeline.from_pretrained(tiny_checkpoint(), device="cpu")
+    # every number is accepted: the first error is the (later) missing image file
+    with pytest.raises(InputError, match="image: file not found"):
+        fresh("missing.png", folder, num_frames=np.int64(5), num_inference_steps=np.int32(2),
+              seed=np.int64(7), guidance_scale=np.float32(4.0), size=np.int64(AREA), progress=False)
+
+
+def test_from_pretrained_checks_device_and_dtype_at_once(tmp_path):
+    ckpt = tiny_checkpoint()
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="^device cuda: no CUDA GPU is visible"):
+            SteadyDancerPipeline.from_pretrained(ckpt, device="cuda")
+    for device in ("tpu", 5):
+        with pytest.raises(InputError, match="^device"):
+            SteadyDancerPipeline.from_pretrained(ckpt, device=device)
+    with pytest.raises(InputError, match=r"^dtype torch.int8: expected torch.bfloat16"):
+        SteadyDancerPipeline.from_pretrained(ckpt, dtype=torch.int8)
+    with pytest.raises(InputError, match="give one of them"):
+        SteadyDancerPipeline.from_pretrained(ckpt, dtype=torch.float16, torch_dtype=torch.float32)
+    with pytest.raises(InputError) as info:
+        SteadyDancerPipeline.from_pretrained(ckpt, device="cpu", loras=[tmp_path / "none.safetensors"])
+    assert str(info.value).startswith("loras ") and "--lora" not in str(info.value)
+    pipe = SteadyDancerPipeline.from_pretrained(ckpt, device="cpu", torch_dtype=torch.float16)
+    assert pipe.pipeline.dit_dtype == torch.float16
+
+
+def test_diffusers_conveniences_before_any_model_loads(tmp_path):
+    pipe = SteadyDancerPipeline.from_pretrained(tiny_checkpoint(), device="cpu", offload_model=False)
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu")
+    assert pipe.to(torch.float16) is pipe and pipe.pipeline.dit_dtype == torch.float16
+    with pytest.raises(InputError, match="^device"):
+        pipe.to("gpu")
+    pipe.enable_model_cpu_offload()
+    assert pipe.pipeline.offload_model is True
+    pipe.set_progress_bar_config(disable=True)
+    assert set(pipe.components) == {"transformer", "vae", "text_encoder", "image_encoder"}
+    assert all(model is None for model in pipe.components.values())  # nothing loaded yet
+
+
+def test_output_is_a_diffusers_base_output(pipe, folder, tmp_path):
+    from diffusers.utils import BaseOutput
+
+    out = pipe(folder / "ref_image.png", folder, num_frames=5, output_type="latent", **SMALL)
+    assert isinstance(out, BaseOutput)
+    assert out[0] is out.frames and out["frames"] is out.frames and out.to_tuple() == (out.frames, 0, 16)
+    frames, seed, fps = pipe(folder / "ref_image.png", folder, num_frames=5, output_type="latent",
+                             return_dict=False, **SMALL)
+    assert torch.equal(frames, out.frames) and seed == 0 and fps == 16
+    # diffusers' keyword for the file; fps checked
+    written = export_to_video([Image.new("RGB", (32, 32))] * 3, output_video_path=tmp_path / "v.mp4")
+    assert written == tmp_path / "v.mp4" and read_video(written)[1] == 16
+    with pytest.raises(InputError, match="fps 0"):
+        export_to_video([Image.new("RGB", (32, 32))], tmp_path / "w.mp4", fps=0)
+
+
+def test_a_random_seed_is_below_2_53():
+    from steadydancer.options import draw_seed
+
+    assert all(0 <= draw_seed() < 2**53 for _ in range(1000))
+
+
+def test_one_set_of_defaults_for_cli_api_and_ui():
+    import argparse
+    import inspect
+
+    from steadydancer.cli.generate import add_arguments
+    from steadydancer.options import SamplingOptions
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cli = parser.parse_args([])
+    api = inspect.signature(SteadyDancerPipeline.__call__).parameters
+    official = SamplingOptions()
+    assert cli.size == api["size"].default == C.DEFAULT_SIZE == "1280*720"
+    assert cli.condition_guide_scale == api["condition_guidance_scale"].default == official.condition_guide_scale == 1.5
+    assert cli.sample_guide_scale == api["guidance_scale"].default == official.guide_scale == 5.0
+    assert (cli.st_cond_cfg, cli.end_cond_cfg) == api["cfg_window"].default == (0.1, 0.4)
+    assert api["num_inference_steps"].default == official.steps == C.DEFAULT_STEPS == 40
+    assert cli.sample_solver == api["solver"].default == "unipc"
+    try:
+        from steadydancer.ui.app import DEFAULTS
+    except ImportError:  # gradio not installed
+        return
+    assert (DEFAULTS["size"], DEFAULTS["condition_guidance_scale"], DEFAULTS["guidance_scale"],
+            DEFAULTS["steps"], DEFAULTS["cfg_start"], DEFAULTS["cfg_end"]) == ("1280*720", 1.5, 5.0, 40, 0.1, 0.4)

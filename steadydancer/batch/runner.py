@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import random
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
+from ..options import draw_seed
 from ..fileio import atomic_path, check_can_create
 from ..pipeline import config as C
 from ..progress import progress as progress_bar
@@ -228,7 +227,7 @@ def plan_row(job: BatchJob, row: BatchRow) -> RowPlan:
         prompt = EXAMPLE_PROMPT if prompt is None else prompt
     seed = row.seed if row.seed is not None else job.seed
     if seed < 0:
-        seed = random.randint(0, sys.maxsize)
+        seed = draw_seed()
     return RowPlan(str(folder.image), str(folder.positive), str(folder.negative), prompt, max_area, frame_num, seed)
 
 

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t5_cpu", action="store_true", default=False, help="run T5 on the CPU")
     parser.add_argument("--save_file", default=None, help="output mp4 (default: a name from task, size, prompt, time)")
     parser.add_argument("--prompt", default=None, help="text prompt (default: the input folder's prompt.txt)")
-    parser.add_argument("--base_seed", type=int, default=-1, help="noise seed; -1 = random")
+    parser.add_argument("--base_seed", type=int, default=-1, help="noise seed, 0 to 2**64-1; -1 = random (drawn below 2**53 and logged)")
     parser.add_argument("--image", default=None, help="reference image")
     parser.add_argument("--cond_pos_folder", default=None, help="positive pose frames 0000.jpg, 0001.jpg, ...")
     parser.add_argument("--cond_neg_folder", default=None, help="negative (augmented) pose frames")
@@ -151,11 +151,12 @@ def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
     ``data_parallel``: see :func:`check_parallel_args`. The generation settings go through
     :func:`steadydancer.options.check_generation`, as the Python API's arguments do.
     """
-    from ..options import check_generation, max_area_for
+    from ..options import check_generation, check_seed, max_area_for
 
     if args.task not in TASKS:
         raise InputError(f"--task {args.task}: only {', '.join(TASKS)} is supported")
     max_area_for(args.size)
+    check_seed(args.base_seed)
     if args.use_prompt_extend:
         raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
     check_parallel_args(args, data_parallel)

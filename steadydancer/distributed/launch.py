@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError
+from ..options import draw_seed
 from .groups import SequenceParallelGroups, make_data_parallel_groups, make_sequence_parallel_groups
 
 log = logging.getLogger(__name__)
@@ -155,7 +154,7 @@ class DistributedSetup:
         """The group leader's seed on every rank of the group; a negative seed becomes a random one,
         drawn by the leader."""
         if seed < 0 and self.is_group_leader:
-            seed = random.randint(0, sys.maxsize)
+            seed = draw_seed()
         return int(self.broadcast_object(seed))
 
     def broadcast_object(self, value):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import random
-import sys
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +19,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..models.memory import DTYPES, check_memory_options, load_dit_with_options, sampler_passes
-from ..options import MemoryOptions, SamplingOptions
+from ..options import MemoryOptions, SamplingOptions, draw_seed
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.dc_cfg import StepCallback
 from ..sampling.schedulers import lcm_noise_seed
@@ -114,7 +112,7 @@ def resolve_seed(seed: int) -> int:
     if seed >= 0:
         log.info("seed %d", seed)
         return seed
-    seed = random.randint(0, sys.maxsize)
+    seed = draw_seed()
     log.info("seed %d, drawn at random (pass --base_seed %d to reproduce)", seed, seed)
     return seed
 
