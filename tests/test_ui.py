@@ -4,6 +4,7 @@ Chromium loading the page (skipped when no `chromium` binary is on PATH)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -25,9 +26,10 @@ from steadydancer.cli.main import main  # noqa: E402
 from steadydancer.pose.video import read_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# generate's inputs after the folder: prompt, negative prompt, frames, size (a pixel area: seconds on
-# a CPU), steps, text and pose guidance, pose CFG window, solver, seed
-SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", 0]
+# generate's inputs: prompt, negative prompt, frames, size (a pixel area: seconds on a CPU), steps, text
+# and pose guidance, pose CFG window, solver, seed (text), long-video window, overlap, mode
+SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context"]
+SEED = SETTINGS.index("0")
 
 
 def _free_port() -> int:
@@ -46,48 +48,176 @@ def served(tmp_path_factory):
     demo.close()
 
 
+def _client(url: str):
+    return gradio_client.Client(url, verbose=False)  # one client: one session
+
+
 @pytest.fixture(scope="module")
 def client(served):
-    return gradio_client.Client(served[1], verbose=False)
+    return _client(served[1])
+
+
+def _prepare(client, count: int, submit: bool = False):
+    assets = demo_assets()
+    call = client.submit if submit else client.predict
+    return call(gradio_client.handle_file(str(assets / "ref_image.png")),
+                gradio_client.handle_file(str(assets / "driving_video.mp4")), "a dancer", 0, count, 0, 0,
+                api_name="/prepare")
 
 
 @pytest.fixture(scope="module")
 def prepared(client):
-    assets = demo_assets()
-    return client.predict(gradio_client.handle_file(str(assets / "ref_image.png")),
-                          gradio_client.handle_file(str(assets / "driving_video.mp4")),
-                          "a dancer", 0, 5, 0, 0, api_name="/prepare")
+    return _prepare(client, 5)
 
 
-def test_api_lists_prepare_and_generate(client):
+def _folder(demo, client) -> Path:
+    """The session's prepared folder, read on the server side (the client never sees it)."""
+    folders = sorted(demo.steadydancer.work_dir.glob("poses-*"), key=lambda p: p.stat().st_mtime)
+    assert folders
+    return folders[-1]
+
+
+def test_api_lists_prepare_and_generate_without_server_paths(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/prepare", "/generate"} <= set(endpoints)
+    assert {"/prepare", "/generate", "/cancel"} <= set(endpoints)
     names = [p["parameter_name"] for p in endpoints["/generate"]["parameters"]]
-    assert names[:2] == ["folder", "prompt"] and "steps" in names and "seed" in names
+    # the prepared folder is session state on the server: not a parameter a client could set
+    assert names[0] == "prompt" and "folder" not in names and "steps" in names and "seed" in names
+    assert not any(name.startswith("/lambda") for name in endpoints)
 
 
-def test_end_to_end_prepare_then_generate(client, prepared):
-    preview, folder, prompt, info = prepared
+def test_end_to_end_prepare_then_generate(served, client, prepared):
+    demo = served[0]
+    preview, prompt, info = prepared
+    work_dir = str(demo.steadydancer.work_dir)
     assert Path(preview).name == "all.mp4" and len(read_video(preview)[0]) == 5
-    assert (Path(folder) / "positive" / "0004.jpg").is_file() and prompt == "a dancer"
-    assert info.startswith("5 pose frames from frame 0")
-    video, line = client.predict(folder, *SETTINGS, api_name="/generate")
+    assert work_dir not in preview and work_dir not in info and prompt == "a dancer"
+    assert info.startswith("5 pose frames from frame 0") and "0.67x" in info  # a 24 fps dance at 16 fps
+    video, line, gallery = client.predict(*SETTINGS, api_name="/generate")
     frames, fps = read_video(video)
     # the 384x672 sample at a 6144-pixel area: latent 12x6 -> 96x48 pixels
     assert len(frames) == 5 and fps == 16 and frames[0].shape == (96, 48, 3)
-    assert line.startswith("5 frames, 48x96, 16 fps, seed 0")
+    assert line.startswith("5 frames, 48x96, 16 fps, seed 0") and work_dir not in video
+    # the finished video and its settings are in the output folder, and in the gallery
+    saved = demo.steadydancer.videos()[0]
+    sidecar = json.loads(saved.with_suffix(".json").read_text())
+    assert sidecar["settings"]["seed"] == "0" and sidecar["settings"]["steps"] == 2
+    assert len(gallery) >= 1 and gallery[0]["caption"] == saved.name
 
 
-def test_input_errors_are_one_line_in_the_page(client, prepared):
-    folder = prepared[1]
-    bad = list(SETTINGS)
-    bad[2] = 8
-    with pytest.raises(gradio_client.exceptions.AppError) as info:
-        client.predict(folder, *bad, api_name="/generate")
-    assert str(info.value) == "num_frames 8: must be 4n+1 (e.g. 17, 33, 49, 81)"
-    # only folders this app prepared are accepted (a client cannot point it elsewhere)
+def test_generate_uses_the_latest_poses_of_its_session(served, client):
+    """The stale-poses race: 9 frames prepared, 5 asked, Prepare, Generate at once -> 5 frames."""
+    assert _prepare(client, 9)[2].startswith("9 pose frames")
+    first = _folder(served[0], client)
+    assert len(list((first / "positive").glob("*.jpg"))) == 9
+    job = _prepare(client, 5, submit=True)
+    while job.status().code.name not in ("IN_QUEUE", "PROCESSING", "FINISHED"):
+        time.sleep(0.01)  # the Prepare request has reached the server's queue (as a click would)
+    settings = list(SETTINGS)
+    settings[2] = 0  # frames: as many as prepared
+    video, line, _ = client.predict(*settings, api_name="/generate")
+    assert job.result(timeout=120)[2].startswith("5 pose frames")
+    assert len(read_video(video)[0]) == 5 and line.startswith("5 frames")
+    assert not first.exists()  # the session's previous poses were removed
+
+
+def test_generate_refuses_while_its_session_prepares(served, client, prepared):
+    app = served[0].steadydancer
+    app._preparing.add(client.session_hash)
+    try:
+        with pytest.raises(gradio_client.exceptions.AppError, match="being prepared"):
+            client.predict(*SETTINGS, api_name="/generate")
+    finally:
+        app._preparing.discard(client.session_hash)
+
+
+def test_a_second_session_cannot_use_or_fetch_the_first_ones_files(served, client, prepared):
+    import httpx
+
+    demo, url = served
+    other = _client(url)
     with pytest.raises(gradio_client.exceptions.AppError, match="prepare the poses first"):
-        client.predict("/etc", *SETTINGS, api_name="/generate")
+        other.predict(*SETTINGS, api_name="/generate")
+    folder = _folder(demo, client)
+    assert len(folder.name) == len("poses-") + 32  # a random name, not a counter and a time
+    for private in (folder / "ref_image.png", folder / "keypoints.json", folder / "positive" / "0000.jpg",
+                    folder / "all.mp4"):
+        assert private.is_file()
+        response = httpx.get(f"{url.rstrip('/')}/gradio_api/file={private}")
+        assert response.status_code == 403, private
+
+
+def test_a_random_seed_from_the_page_reproduces_its_video(client, prepared):
+    settings = list(SETTINGS)
+    settings[SEED] = "-1"
+    video, line, _ = client.predict(*settings, api_name="/generate")
+    seed = line.split("seed ")[1].split(",")[0]
+    assert 0 <= int(seed) < 2**53 and str(int(seed)) == seed
+    settings[SEED] = seed
+    again, line2, _ = client.predict(*settings, api_name="/generate")
+    assert f"seed {seed}," in line2
+    np.testing.assert_array_equal(np.stack(read_video(video)[0]), np.stack(read_video(again)[0]))
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (2, 8, "num_frames 8: must be 4n+1 (e.g. 17, 33, 49, 81)"),
+    (2, None, "frames: enter a number"),
+    (SEED, str(2**70), f"seed {2**70}: expected -1 (random) or 0 to 2**64 - 1"),
+    (SEED, "abc", "seed 'abc': expected a whole number (-1: random)"),
+    (3, "10000000000", "size 10000000000: a pixel area larger than the largest official size (921600 pixels); "
+                       "start the UI with --allow_any_size to allow it"),
+    (5, None, "text guidance: enter a number"),
+])
+def test_input_errors_are_one_line_in_the_page(client, prepared, index, value, message):
+    bad = list(SETTINGS)
+    bad[index] = value
+    with pytest.raises(gradio_client.exceptions.AppError) as info:
+        client.predict(*bad, api_name="/generate")
+    assert str(info.value) == message
+
+
+def test_a_text_file_as_the_image_is_one_line(client, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(gradio_client.exceptions.AppError) as info:
+        client.predict(gradio_client.handle_file(str(text)),
+                       gradio_client.handle_file(str(demo_assets() / "driving_video.mp4")), "", 0, 5, 0, 0,
+                       api_name="/prepare")
+    message = str(info.value)
+    assert message and "\n" not in message and message != "Error"
+
+
+def test_reuse_settings_loads_a_past_videos_settings(served, client, prepared):
+    from steadydancer.ui.app import SETTING_ORDER
+
+    app = served[0].steadydancer
+    settings = list(SETTINGS)
+    settings[SEED], settings[4] = "1234", 3
+    client.predict(*settings, api_name="/generate")
+    values = dict(zip(SETTING_ORDER, app.reuse_settings(0)))  # the newest video
+    assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == 6144
+    with pytest.raises(gr.Error, match="select a video"):
+        app.reuse_settings(None)
+
+
+def test_cancel_stops_between_steps(served, monkeypatch):
+    app = served[0].steadydancer
+    from steadydancer.api import PreparedInputs  # noqa: F401
+
+    state = {"folder": str(_folder(served[0], None))}
+    calls = []
+
+    def fake_call(self, prepared, callback_on_step_end=None, **kwargs):
+        callback_on_step_end(self, 0, 999.0, {})
+        calls.append(0)
+        app.cancel(None)  # the Cancel button, pressed during step 1
+        callback_on_step_end(self, 1, 500.0, {})
+        calls.append(1)
+
+    monkeypatch.setattr(type(app.pipe), "__call__", fake_call)
+    with pytest.raises(gr.Error, match="cancelled"):
+        app.generate(*SETTINGS, state, request=None, progress=lambda *a, **k: None)
+    assert calls == [0]
 
 
 def test_one_job_at_a_time_and_models_loaded_once(served, client, prepared, monkeypatch):
@@ -105,12 +235,41 @@ def test_one_job_at_a_time_and_models_loaded_once(served, client, prepared, monk
         return out
 
     monkeypatch.setattr(type(app.pipe), "__call__", timed)
-    jobs = [client.submit(prepared[1], *SETTINGS, api_name="/generate") for _ in range(2)]
+    jobs = [client.submit(*SETTINGS, api_name="/generate") for _ in range(2)]
     results = [job.result(timeout=120) for job in jobs]
-    assert all(Path(video).is_file() for video, _ in results)
+    assert all(Path(video).is_file() for video, _, _ in results)
     (a0, a1), (b0, b1) = sorted(intervals)
     assert b0 >= a1  # the second job started after the first had finished
     assert pipeline.dit() is dit and app.pipe.pipeline is pipeline
+
+
+def test_port_in_use_is_one_line():
+    from steadydancer.errors import InputError
+    from steadydancer.ui.app import launch
+
+    with socket.socket() as busy, gr.Blocks() as page:
+        gr.Markdown("x")
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError) as info:
+            launch(page, port=port, block=False)
+    assert str(info.value).startswith(f"--port {port}: cannot serve on 127.0.0.1:{port}")
+    assert "\n" not in str(info.value)
+
+
+def test_auth_flag_and_the_warning_without_it():
+    from steadydancer.cli.ui import parse_auth
+    from steadydancer.errors import InputError
+    from steadydancer.ui.app import auth_warning
+
+    assert parse_auth("ann:secret:x") == ("ann", "secret:x") and parse_auth(None) is None
+    with pytest.raises(InputError, match="expected USER:PASS"):
+        parse_auth("ann")
+    assert auth_warning("127.0.0.1", False, None) is None
+    assert "without --auth" in auth_warning("0.0.0.0", False, None)
+    assert "--share" in auth_warning("127.0.0.1", True, None)
+    assert auth_warning("0.0.0.0", True, ("a", "b")) is None
 
 
 def test_ui_without_gradio_says_how_to_install(monkeypatch, capsys):

@@ -3,144 +3,332 @@
 Two steps, each one queued job: *Prepare poses* runs :func:`steadydancer.api.prepare_pose` on the
 uploaded reference image and driving video and shows the side-by-side preview (all.mp4);
 *Generate* runs one :class:`steadydancer.api.SteadyDancerPipeline` (made once per app, its
-models loaded on the first run and kept) on the prepared folder, with a progress bar over the
-sampling steps, and returns the mp4. Both share one queue slot, so two browser tabs never run
-at once. Bad input shows its one-line message in the page (``gr.Error``), never a traceback.
+models loaded on the first run and kept) on the prepared poses, with a progress bar over the
+sampling steps, and returns the mp4. Both share one queue slot, so two jobs never run at once.
+
+Sessions are kept apart: the prepared folder lives in the session's ``gr.State`` (on the server,
+never sent to the browser), under a random name; *Generate* only reads its own session's folder
+and refuses while a *Prepare* of the same session runs. The browser only ever receives copies of
+finished videos (Gradio's cache), never a path of the work folder. Every error is one line in the
+page (``gr.Error``), never a traceback.
+
+Finished videos go to the output folder with a JSON sidecar (``X.json``, key ``settings``) that the
+gallery's *Reuse settings* loads back into the controls.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
+import secrets
+import shutil
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..options import SOLVERS
 from ..errors import InputError
+from ..options import MODES, SOLVERS, LongVideoOptions, SamplingOptions, check_seed, largest_area
 from ..pipeline import config as C
 
 log = logging.getLogger(__name__)
 
 # one queue slot for both steps: the pose stage and the generation share the machine
 QUEUE = "steadydancer"
-DEFAULT_SIZE = "1024*576"
+SETTINGS_KEY = "settings"  # this app's section of a video's JSON sidecar
 
 
-def parse_size(value: str) -> str | int:
-    """An official "W*H" size, or a number: a pixel area (experiments, the tiny test checkpoint)."""
-    value = str(value).strip()
-    return int(value) if value.isdigit() else value
+class Cancelled(Exception):
+    """The session's Cancel button was pressed: the job stops between two sampling steps."""
+
+
+def parse_size(value: Any, allow_any_size: bool = False) -> str | int:
+    """An official "W*H" size, or a number: a pixel area (experiments, the tiny test checkpoint),
+    at most the largest official area unless ``allow_any_size`` (one request must not be able to
+    ask for more memory than the machine has)."""
+    text = "" if value is None else str(value).strip()
+    if not text.isdigit():
+        return text
+    area = int(text)
+    if not allow_any_size and area > largest_area():
+        raise InputError(f"size {area}: a pixel area larger than the largest official size "
+                         f"({largest_area()} pixels); start the UI with --allow_any_size to allow it")
+    return area
+
+
+def number(value: Any, name: str, integer: bool = False, minimum: float | None = None) -> float | int:
+    """A number field's value (a cleared field is None): one line naming the field when it is not a
+    number (or below ``minimum``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{name}: enter a number")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} {value!r}: expected a number") from None
+    if integer:
+        if result != int(result):
+            raise InputError(f"{name} {value}: expected a whole number")
+        result = int(result)
+    if minimum is not None and result < minimum:
+        raise InputError(f"{name} {value}: must be at least {minimum:g}")
+    return result
+
+
+def parse_seed(value: Any) -> int | None:
+    """The seed field (text, so that every digit survives the browser): -1 or empty: random."""
+    text = "" if value is None else str(value).strip()
+    if text in ("", "-1"):
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise InputError(f"seed {text!r}: expected a whole number (-1: random)") from None
+    check_seed(seed, "seed")
+    return seed
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an unexpected error, for the page (the traceback goes to the server log)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class DancerApp:
-    """The app's state: one pipeline, a work folder, the folders it prepared (the only ones
-    *Generate* accepts, so a client cannot point it at other folders of the server)."""
+    """The app's state: one pipeline, a work folder (prepared poses, private), an output folder
+    (finished videos and their settings), and per-session flags (preparing, cancel)."""
 
     def __init__(self, ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
+                 output_dir: str | os.PathLike | None = None, allow_any_size: bool = False,
                  **from_pretrained: Any) -> None:
         from ..api import SteadyDancerPipeline
 
         self.pipe = SteadyDancerPipeline.from_pretrained(ckpt_dir, **from_pretrained)  # checks the files now
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="steadydancer-ui-")).resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.prepared: set[str] = set()
-        self._counter = itertools.count(1)
-        self._lock = threading.Lock()  # the queue already serialises jobs; this guards the counter
+        self.output_dir = Path(output_dir).resolve() if output_dir else self.work_dir / "videos"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.allow_any_size = allow_any_size
+        self._lock = threading.Lock()
+        self._preparing: set[str] = set()  # sessions with a Prepare running
+        self._cancel: dict[str, threading.Event] = {}
 
-    def _next(self, stem: str) -> Path:
+    # -- sessions -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _session(request: gr.Request | None) -> str:
+        return (getattr(request, "session_hash", None) or "no-session") if request is not None else "no-session"
+
+    def _cancel_event(self, session: str) -> threading.Event:
         with self._lock:
-            return self.work_dir / f"{stem}-{next(self._counter):04d}-{int(time.time())}"
+            return self._cancel.setdefault(session, threading.Event())
+
+    def cancel(self, request: gr.Request) -> str:
+        """The Cancel button: the running generation of this session stops after its current step."""
+        self._cancel_event(self._session(request)).set()
+        return "cancelling after the current step ..."
+
+    def _served(self, path: Path, component: gr.components.Component | None) -> str:
+        """A copy of a finished file in Gradio's cache (what the browser may fetch), not our path."""
+        if component is None:
+            return str(path)
+        return component.move_resource_to_block_cache(str(path)) or str(path)
 
     # -- handlers (InputError -> gr.Error: the page shows one line) ---------------------------
 
-    def prepare(self, image: str | None, video: str | None, prompt: str, align_frame: float,
-                frame_count: float, target_fps: float, augment_seed: float) -> tuple[str, str, str, str]:
-        """-> (all.mp4 preview, prepared folder, prompt, one line about the poses)."""
+    def prepare(self, image: str | None, video: str | None, prompt: str, align_frame: Any, frame_count: Any,
+                target_fps: Any, augment_seed: Any, state: dict | None,
+                request: gr.Request = None) -> tuple[str, dict, str, str]:
+        """-> (all.mp4 preview, the session state holding the prepared folder, prompt, one line)."""
         from ..api import prepare_pose
 
+        session = self._session(request)
+        with self._lock:
+            self._preparing.add(session)
         try:
             if not image:
                 raise InputError("reference image: upload one")
             if not video:
                 raise InputError("driving video: upload one")
-            align, count = int(align_frame or 0), int(frame_count or 0)
-            if align < 0:
-                raise InputError(f"align frame {align}: must be 0 or more")
-            if count < 1:
-                raise InputError(f"frame count {count}: must be at least 1")
-            prepared = prepare_pose(image, video, self._next("poses"), prompt=prompt.strip() or None,
+            align = number(align_frame, "align frame", integer=True, minimum=0)
+            count = number(frame_count, "frame count", integer=True, minimum=1)
+            fps = number(target_fps, "target fps", minimum=0) if target_fps not in (None, "") else 0
+            seed = number(augment_seed, "augmentation seed", integer=True, minimum=0)
+            folder = self.work_dir / f"poses-{secrets.token_hex(16)}"  # not guessable
+            prepared = prepare_pose(image, video, folder, prompt=(prompt or "").strip() or None,
                                     align_frame=align, max_frame=align + count,
-                                    target_fps=float(target_fps) if target_fps else None,
-                                    seed=int(augment_seed or 0), progress=False)
+                                    target_fps=float(fps) if fps else None, seed=seed, progress=False)
         except InputError as exc:
             raise gr.Error(str(exc)) from None
-        self.prepared.add(str(prepared.folder))
-        fps = f"{prepared.fps:.4g} fps" if prepared.fps else "the video's rate"
-        info = (f"{len(prepared)} pose frames from frame {align} at {fps}; the video is written at "
-                f"{C.SAMPLE_FPS} fps. Generate makes up to {min(len(prepared), C.DEFAULT_FRAME_NUM)} frames "
-                "(4n+1) unless you ask for more.")
-        return str(prepared.preview), str(prepared.folder), prepared.prompt, info
+        except Exception as exc:  # noqa: BLE001 (anything else: one line in the page, the traceback in the log)
+            log.exception("prepare failed")
+            raise gr.Error(one_line(exc)) from None
+        finally:
+            with self._lock:
+                self._preparing.discard(session)
+        old = (state or {}).get("folder")
+        if old and Path(old).parent == self.work_dir and Path(old) != prepared.folder:
+            shutil.rmtree(old, ignore_errors=True)  # one prepared set per session
+        pose_fps = f"{prepared.fps:.4g} fps" if prepared.fps else "the video's rate"
+        speed = ""
+        if prepared.fps and abs(prepared.fps - C.SAMPLE_FPS) > 1e-3:
+            speed = (f" The video is written at {C.SAMPLE_FPS} fps, so the dance plays at "
+                     f"{C.SAMPLE_FPS / prepared.fps:.2g}x its speed: set target fps {C.SAMPLE_FPS} for real speed "
+                     "(and the driving video's sound).")
+        info = (f"{len(prepared)} pose frames from frame {align} at {pose_fps}. Generate makes up to "
+                f"{min(len(prepared), C.DEFAULT_FRAME_NUM)} frames (4n+1) unless you ask for more.{speed}")
+        # what generate needs, kept on the server: the folder, and for the sound the driving video and
+        # the time of the first pose frame
+        state = {"folder": str(prepared.folder), "video": str(video), "fps": prepared.fps,
+                 "start_s": align / prepared.fps if prepared.fps else 0.0}
+        return self._served(prepared.preview, getattr(self, "preview_component", None)), state, prepared.prompt, info
 
-    def generate(self, folder: str, prompt: str, negative_prompt: str, num_frames: float, size: str,
-                 steps: float, guidance_scale: float, condition_guidance_scale: float, cfg_start: float,
-                 cfg_end: float, solver: str, seed: float,
-                 progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
-        """-> (the mp4, one line: frames, size, seed, time)."""
-        from ..api import PreparedInputs, export_to_video
+    def generate(self, prompt: str, negative_prompt: str, num_frames: Any, size: Any, steps: Any,
+                 guidance_scale: Any, condition_guidance_scale: Any, cfg_start: Any, cfg_end: Any, solver: str,
+                 seed: Any, context_frames: Any, context_overlap: Any, long_video_mode: str, state: dict | None,
+                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:
+        """-> (the mp4, one line: frames, size, seed, time, the gallery)."""
+        from ..api import PreparedInputs
 
         started = time.perf_counter()
+        session = self._session(request)
+        cancel = self._cancel_event(session)
+        cancel.clear()
         try:
-            if not folder or folder not in self.prepared:
+            with self._lock:
+                if session in self._preparing:
+                    raise InputError("the poses are being prepared: generate when step 1 has finished")
+            folder = (state or {}).get("folder")
+            if not folder or not Path(folder).is_dir():
                 raise InputError("prepare the poses first (step 1)")
+            settings = {
+                "prompt": prompt or "", "negative_prompt": (negative_prompt or "").strip(),
+                "num_frames": number(num_frames, "frames", integer=True, minimum=0),
+                "size": parse_size(size, self.allow_any_size),
+                "steps": number(steps, "steps", integer=True, minimum=1),
+                "guidance_scale": number(guidance_scale, "text guidance"),
+                "condition_guidance_scale": number(condition_guidance_scale, "pose guidance"),
+                "cfg_start": number(cfg_start, "pose guidance from"),
+                "cfg_end": number(cfg_end, "pose guidance until"), "solver": solver,
+                "context_frames": number(context_frames, "window frames", integer=True, minimum=5),
+                "context_overlap": number(context_overlap, "window overlap", integer=True, minimum=1),
+                "long_video": long_video_mode,
+            }
+            seed_value = parse_seed(seed)
             prepared = PreparedInputs.from_folder(folder)
-            total = int(steps)
+            total = settings["steps"]
 
             def on_step(pipe, step, timestep, kwargs):
+                if cancel.is_set():
+                    raise Cancelled()
                 progress((step + 1, total), desc="sampling", unit="steps")
                 return {}
 
             progress(0, desc="encoding (the models load on the first run)")
-            out = self.pipe(prepared, prompt=prompt, negative_prompt=negative_prompt.strip() or None,
-                            num_frames=int(num_frames) if num_frames else None, size=parse_size(size),
-                            num_inference_steps=total, guidance_scale=float(guidance_scale),
-                            condition_guidance_scale=float(condition_guidance_scale),
-                            cfg_window=(float(cfg_start), float(cfg_end)), solver=solver,
-                            seed=None if seed is None or int(seed) < 0 else int(seed),
-                            callback_on_step_end=on_step, progress=False)
-        except InputError as exc:
-            raise gr.Error(str(exc)) from None
+            long_video = LongVideoOptions(context_frames=settings["context_frames"],
+                                          context_overlap=settings["context_overlap"], mode=long_video_mode)
+            out = self.pipe(prepared, prompt=settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
+                            num_frames=settings["num_frames"] or None, size=settings["size"],
+                            num_inference_steps=total, guidance_scale=settings["guidance_scale"],
+                            condition_guidance_scale=settings["condition_guidance_scale"],
+                            cfg_window=(settings["cfg_start"], settings["cfg_end"]), solver=solver,
+                            seed=seed_value, callback_on_step_end=on_step, long_video=long_video, progress=False)
+        except Cancelled:
+            raise gr.Error("cancelled") from None
+        except (InputError, ValueError, TypeError) as exc:
+            raise gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001
+            log.exception("generate failed")
+            raise gr.Error(one_line(exc)) from None
         frames = out.frames[0]
-        path = export_to_video(frames, self._next("steadydancer").with_suffix(".mp4"), fps=out.fps)
+        settings["seed"] = str(out.seed)
+        path = self.write_video(frames, out.fps, settings, prepared, state)
         width, height = frames[0].size
         info = (f"{len(frames)} frames, {width}x{height}, {out.fps} fps, seed {out.seed}, "
                 f"{time.perf_counter() - started:.1f} s")
-        return str(path), info
+        return self._served(path, getattr(self, "result_component", None)), info, self.gallery()
+
+    def write_video(self, frames: list, fps: int, settings: dict, prepared: Any, state: dict | None) -> Path:
+        """The finished mp4 in the output folder (atomically) with its settings sidecar; the driving
+        video's sound is carried over when the poses are at the output's rate (real timing)."""
+        from ..api import export_to_video
+        from ..pipeline.sidecar import update_sidecar
+
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        path = self.output_dir / f"steadydancer_{stamp}_{settings['seed']}_{secrets.token_hex(3)}.mp4"
+        audio = None
+        if state and state.get("fps") and abs(float(state["fps"]) - fps) < 1e-3:
+            audio = state.get("video")
+        start = float(state.get("start_s", 0.0)) if audio else 0.0
+        export_to_video(frames, path, fps=fps, audio_from=audio, audio_start=start)
+        update_sidecar(path, **{SETTINGS_KEY: settings})
+        return path
+
+    # -- the gallery --------------------------------------------------------------------------
+
+    def videos(self) -> list[Path]:
+        """The output folder's finished videos, newest first."""
+        found = [p for p in self.output_dir.glob("*.mp4") if not p.name.startswith(".")]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def gallery(self) -> list[tuple[str, str]]:
+        """(served copy, caption) of each past video for the gallery."""
+        component = getattr(self, "gallery_component", None)
+        return [(self._served(p, component), p.name) for p in self.videos()[:48]]
+
+    def reuse_settings(self, index: Any) -> list[Any]:
+        """The settings of the gallery's selected video back into the controls (in SETTING_ORDER)."""
+        from ..pipeline.sidecar import read_sidecar
+
+        videos = self.videos()
+        if index is None or not isinstance(index, (int, float)) or not 0 <= int(index) < len(videos):
+            raise gr.Error("select a video in the gallery first")
+        settings = read_sidecar(videos[int(index)]).get(SETTINGS_KEY)
+        if not isinstance(settings, dict):
+            raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
+        return [settings.get(key, default) for key, default in zip(SETTING_ORDER, (DEFAULTS[k] for k in SETTING_ORDER))]
+
+
+def _defaults() -> dict[str, Any]:
+    """The controls' initial values: the official ones (SamplingOptions, LongVideoOptions: the same
+    defaults as the command line and the Python API)."""
+    sampling, long_video = SamplingOptions(), LongVideoOptions()
+    return {"align_frame": 0, "frame_count": C.DEFAULT_FRAME_NUM, "target_fps": 0, "augment_seed": 0,
+            "prompt": "", "negative_prompt": "", "size": C.DEFAULT_SIZE, "num_frames": 0, "seed": "-1",
+            "steps": sampling.steps, "solver": sampling.solver, "guidance_scale": sampling.guide_scale,
+            "condition_guidance_scale": sampling.condition_guide_scale, "cfg_start": sampling.st_cond_cfg,
+            "cfg_end": sampling.end_cond_cfg, "context_frames": long_video.context_frames,
+            "context_overlap": long_video.context_overlap, "long_video": long_video.mode}
 
 
 # initial values of the settings (build_app's ``defaults`` may change them)
-DEFAULTS = {"align_frame": 0, "frame_count": C.DEFAULT_FRAME_NUM, "target_fps": 0, "augment_seed": 0,
-            "size": DEFAULT_SIZE, "num_frames": 0, "seed": -1, "steps": C.DEFAULT_STEPS, "solver": "unipc",
-            "guidance_scale": 5.0, "condition_guidance_scale": 1.0, "cfg_start": 0.1, "cfg_end": 0.4}
+DEFAULTS = _defaults()
+# the generate settings a sidecar stores, in the order of generate's controls (reuse settings)
+SETTING_ORDER = ("prompt", "negative_prompt", "num_frames", "size", "steps", "guidance_scale",
+                 "condition_guidance_scale", "cfg_start", "cfg_end", "solver", "seed", "context_frames",
+                 "context_overlap", "long_video")
 
 
 def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
-              defaults: dict[str, Any] | None = None, **from_pretrained: Any) -> gr.Blocks:
+              defaults: dict[str, Any] | None = None, output_dir: str | os.PathLike | None = None,
+              allow_any_size: bool = False, **from_pretrained: Any) -> gr.Blocks:
     """The Gradio app (not launched; see :func:`launch`). ``defaults``: initial values of the
-    settings (keys of :data:`DEFAULTS`). ``from_pretrained``: the keywords of
+    settings (keys of :data:`DEFAULTS`). ``output_dir``: where finished videos and their settings
+    go (default: ``videos/`` in the work folder). ``allow_any_size``: accept a pixel area above the
+    largest official size. ``from_pretrained``: the keywords of
     :meth:`SteadyDancerPipeline.from_pretrained` (device, dtype, offload_model, memory options).
     The checkpoint folder is checked here; the models load on the first generation."""
     unknown = sorted(set(defaults or {}) - set(DEFAULTS))
     if unknown:
         raise InputError(f"build_app defaults: unknown settings {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
     d = {**DEFAULTS, **(defaults or {})}
-    app = DancerApp(ckpt_dir, work_dir, **from_pretrained)
+    d["seed"] = str(d["seed"])
+    app = DancerApp(ckpt_dir, work_dir, output_dir=output_dir, allow_any_size=allow_any_size, **from_pretrained)
     with gr.Blocks(title="SteadyDancer") as demo:
+        state = gr.State(None)  # per session, on the server: {"folder": the prepared poses, ...}
         gr.Markdown("# SteadyDancer\nA reference image + a driving dance video -> a video that starts at the "
                     "image and moves as the dancer does. 1. prepare the poses, 2. generate.")
         with gr.Row():
@@ -149,52 +337,120 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                 with gr.Row():
                     image = gr.Image(label="reference image", type="filepath", height=300)
                     video = gr.Video(label="driving video", height=300)
-                prompt = gr.Textbox(label="prompt (describe the reference image)", lines=2)
+                prompt = gr.Textbox(label="prompt", lines=2, value=d["prompt"],
+                                    info="describe the person and the scene of the reference image")
                 with gr.Row():
-                    align_frame = gr.Number(label="align frame", value=d["align_frame"], precision=0, minimum=0)
-                    frame_count = gr.Number(label="frame count", value=d["frame_count"], precision=0, minimum=1)
-                    target_fps = gr.Number(label="target fps (0: every frame, the official recipe)", value=d["target_fps"],
-                                           minimum=0)
-                    augment_seed = gr.Number(label="augmentation seed", value=d["augment_seed"], precision=0)
+                    align_frame = gr.Number(label="align frame", value=d["align_frame"], precision=0, minimum=0,
+                                            info="driving frame whose pose is matched to the reference; "
+                                                 "earlier frames are skipped")
+                    frame_count = gr.Number(label="frame count", value=d["frame_count"], precision=0, minimum=1,
+                                            info="driving frames to read from the align frame on")
+                    target_fps = gr.Number(label="target fps", value=d["target_fps"], minimum=0,
+                                           info=f"{C.SAMPLE_FPS}: real speed (and the video's sound); "
+                                                "0: every frame, the official recipe (a 24 fps dance plays at 0.67x)")
+                    augment_seed = gr.Number(label="augmentation seed", value=d["augment_seed"], precision=0,
+                                             info="seed of the negative (augmented) pose stream")
                 prepare_button = gr.Button("Prepare poses", variant="secondary")
                 preview = gr.Video(label="aligned poses: reference | its pose | positive | negative | video | raw pose",
                                    interactive=False)
                 pose_info = gr.Markdown()
-                folder = gr.Textbox(label="prepared folder", visible=False)
             with gr.Column():
                 gr.Markdown("### 2. Generate")
                 with gr.Row():
-                    size = gr.Dropdown(label="size (pixel area)", choices=list(C.SUPPORTED_SIZES),
-                                       value=d["size"], allow_custom_value=True)
-                    num_frames = gr.Number(label="frames, 4n+1 (0: up to 81)", value=d["num_frames"], precision=0, minimum=0)
-                    seed = gr.Number(label="seed (-1: random)", value=d["seed"], precision=0)
+                    size = gr.Dropdown(label="size", choices=list(C.SUPPORTED_SIZES), value=d["size"],
+                                       allow_custom_value=True,
+                                       info="output area width*height; the shape follows the reference image")
+                    num_frames = gr.Number(label="frames", value=d["num_frames"], precision=0, minimum=0,
+                                           info="4n+1 (17, 33, 81 ...); 0: as many as prepared, up to 81")
+                    seed = gr.Textbox(label="seed", value=d["seed"],
+                                      info="-1: random; the seed used is shown under the video")
                 with gr.Row():
-                    steps = gr.Slider(label="steps", minimum=1, maximum=100, step=1, value=d["steps"])
-                    solver = gr.Dropdown(label="solver", choices=list(SOLVERS), value=d["solver"])
+                    steps = gr.Slider(label="steps", minimum=1, maximum=100, step=1, value=d["steps"],
+                                      info="denoising steps: fewer is faster, 40 is the official")
+                    solver = gr.Dropdown(label="solver", choices=list(SOLVERS), value=d["solver"],
+                                         info="unipc: official; euler/lcm: for step-distillation LoRAs")
                 with gr.Row():
-                    guidance = gr.Number(label="text guidance", value=d["guidance_scale"])
-                    condition_guidance = gr.Number(label="pose guidance", value=d["condition_guidance_scale"])
-                    cfg_start = gr.Number(label="pose CFG from (fraction of steps)", value=d["cfg_start"])
-                    cfg_end = gr.Number(label="pose CFG to", value=d["cfg_end"])
-                negative_prompt = gr.Textbox(label="negative prompt (empty: the official one)", lines=1)
-                generate_button = gr.Button("Generate", variant="primary")
+                    guidance = gr.Number(label="text guidance", value=d["guidance_scale"],
+                                         info="how strongly the prompt is followed")
+                    condition_guidance = gr.Number(label="pose guidance", value=d["condition_guidance_scale"],
+                                                   info="how strongly the poses are followed")
+                    cfg_start = gr.Number(label="pose guidance from", value=d["cfg_start"],
+                                          info="fraction of the steps (0 to 1) where it starts")
+                    cfg_end = gr.Number(label="pose guidance until", value=d["cfg_end"],
+                                        info="fraction of the steps where it ends")
+                negative_prompt = gr.Textbox(label="negative prompt", lines=1, value=d["negative_prompt"],
+                                             info="what to avoid; empty: the official one")
+                with gr.Accordion("long videos (more frames than one window)", open=False):
+                    with gr.Row():
+                        context_frames = gr.Number(label="window frames", value=d["context_frames"], precision=0,
+                                                   info="frames the model sees at once, 4n+1")
+                        context_overlap = gr.Number(label="window overlap", value=d["context_overlap"], precision=0,
+                                                    info="frames shared by neighbouring windows")
+                        long_video_mode = gr.Dropdown(label="mode", choices=list(MODES), value=d["long_video"],
+                                                      info="context: all windows every step (the paper's); "
+                                                           "chain: one window after another")
+                with gr.Row():
+                    generate_button = gr.Button("Generate", variant="primary")
+                    cancel_button = gr.Button("Cancel", variant="stop")
                 result = gr.Video(label="result", interactive=False, height=460)
                 result_info = gr.Markdown()
-        prepare_button.click(app.prepare, [image, video, prompt, align_frame, frame_count, target_fps, augment_seed],
-                             [preview, folder, prompt, pose_info], api_name="prepare",
-                             concurrency_limit=1, concurrency_id=QUEUE)
-        generate_button.click(app.generate, [folder, prompt, negative_prompt, num_frames, size, steps, guidance,
-                                             condition_guidance, cfg_start, cfg_end, solver, seed],
-                              [result, result_info], api_name="generate", concurrency_limit=1,
-                              concurrency_id=QUEUE)
+        gr.Markdown("### Past videos\nSaved in the output folder with their settings; select one and "
+                    "*Reuse settings* to load them into step 2.")
+        gallery = gr.Gallery(label="past videos", columns=6, height=260, allow_preview=True,
+                             value=app.gallery)
+        selected = gr.State(None)
+        with gr.Row():
+            reuse_button = gr.Button("Reuse settings", variant="secondary")
+            refresh_button = gr.Button("Refresh", variant="secondary")
+        app.preview_component, app.result_component, app.gallery_component = preview, result, gallery
+
+        settings = [prompt, negative_prompt, num_frames, size, steps, guidance, condition_guidance, cfg_start,
+                    cfg_end, solver, seed, context_frames, context_overlap, long_video_mode]
+        # Generate waits while this session prepares: the button is off until Prepare has finished
+        prepare_event = prepare_button.click(lambda: gr.update(interactive=False), None, generate_button,
+                                             queue=False, api_visibility="private")
+        prepare_event.then(app.prepare, [image, video, prompt, align_frame, frame_count, target_fps, augment_seed,
+                                         state], [preview, state, prompt, pose_info], api_name="prepare",
+                           concurrency_limit=1, concurrency_id=QUEUE).then(
+            lambda: gr.update(interactive=True), None, generate_button, queue=False, api_visibility="private")
+        generate_button.click(app.generate, [*settings, state], [result, result_info, gallery], api_name="generate",
+                              concurrency_limit=1, concurrency_id=QUEUE)
+        cancel_button.click(app.cancel, None, result_info, api_name="cancel", queue=False)
+
+        def on_select(event: gr.SelectData):
+            return event.index
+
+        gallery.select(on_select, None, selected, queue=False, api_visibility="private")
+        reuse_button.click(app.reuse_settings, selected, settings, queue=False, api_visibility="private")
+        refresh_button.click(app.gallery, None, gallery, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
     demo.steadydancer = app  # tests and launch() reach the app's state through the Blocks
     return demo
 
 
+def auth_warning(host: str, share: bool, auth: tuple[str, str] | None) -> str | None:
+    """The line to warn with when the page is reachable beyond this machine without a password."""
+    if auth is not None or not (share or host not in ("127.0.0.1", "localhost", "::1")):
+        return None
+    where = "a public gradio.live link (--share)" if share else f"{host} (the network)"
+    return (f"serving on {where} without --auth: anyone who reaches it can run jobs on this machine and see "
+            "the gallery; pass --auth USER:PASS")
+
+
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           block: bool = True) -> str:
-    """Serve ``demo``; returns its local URL (``block`` False: return at once, serving in a thread)."""
-    _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                            allowed_paths=[str(demo.steadydancer.work_dir)], quiet=not block)
+           block: bool = True, auth: tuple[str, str] | None = None) -> str:
+    """Serve ``demo``; returns its local URL (``block`` False: return at once, serving in a thread).
+
+    Nothing of the work or output folder is served directly (no ``allowed_paths``): the browser
+    gets cached copies of finished videos only. ``auth``: (user, password) asked by the page.
+    A port in use is one line (InputError)."""
+    warning = auth_warning(host, share, auth)
+    if warning:
+        log.warning(warning)
+    try:
+        _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                                quiet=not block, auth=auth)
+    except OSError as exc:
+        raise InputError(f"--port {port}: cannot serve on {host}:{port} ({one_line(exc)}); "
+                         "pick another port") from None
     return url
