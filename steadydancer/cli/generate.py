@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample_timesteps", default=None,
                         help="euler/lcm only: the step list on the 0..1000 scale, e.g. 1000,750,500,250 "
                              "(lightx2v's); replaces --sample_steps")
+    parser.add_argument("--audio", default=None, metavar="FILE",
+                        help="put this file's sound (the driving video's) into the output; in time with the "
+                             "dance when the poses were prepared with --target_fps 16")
+    parser.add_argument("--audio_start", type=float, default=0.0, metavar="SECONDS",
+                        help="where in --audio the sound starts (the time of the first pose frame; default 0)")
     add_long_video_arguments(parser)
     # multi-GPU: under torchrun (see steadydancer/distributed and docs/multi_gpu.md)
     multi = parser.add_argument_group("multi-GPU (official flags; launch with torchrun --nproc_per_node=N)")
@@ -160,6 +165,8 @@ def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:
     if args.use_prompt_extend:
         raise InputError("--use_prompt_extend: prompt extension is not supported; pass the prompt you want")
     check_parallel_args(args, data_parallel)
+    if data_parallel and getattr(args, "audio", None) is not None:
+        raise InputError("--audio: one video's sound; not available for a batch of videos")
     check_generation(args.size, args.frame_num, sampling_options_from_args(args, fill_defaults=False),
                      long_video_options_from_args(args) if hasattr(args, "context_frames") else None)
 
@@ -189,6 +196,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         _log_pose_speed(folder)
     if args.image is None:
         raise InputError("--image is required (or --input_dir)")
+    check_audio_args(args)
     if args.prompt is None:
         log.info("no --prompt given: using the official example prompt")
         args.prompt = EXAMPLE_PROMPT
@@ -196,6 +204,40 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.save_file is None:
         args.save_file = default_save_file(args)
     return args
+
+
+def check_audio_args(args: argparse.Namespace) -> None:
+    """--audio must be a readable file with sound; a warning when the poses' rate is not the video's."""
+    if getattr(args, "audio", None) is None:
+        return
+    from ..pipeline.audio import has_audio
+
+    if not Path(args.audio).is_file():
+        raise InputError(f"--audio {args.audio}: file not found")
+    if not has_audio(args.audio):
+        raise InputError(f"--audio {args.audio}: no sound stream in it")
+    if args.audio_start < 0:
+        raise InputError(f"--audio_start {args.audio_start:g}: must be 0 or more")
+    fps = _pose_fps(Path(args.input_dir)) if args.input_dir else None
+    if fps is not None and abs(fps - C.SAMPLE_FPS) > 1e-3:
+        log.warning("--audio: the poses are %.4g fps but the video plays at %d fps, so the sound will not be in "
+                    "time with the dance (prepare with --target_fps %d)", fps, C.SAMPLE_FPS, C.SAMPLE_FPS)
+
+
+def add_audio_if_asked(args: argparse.Namespace, written: str | Path) -> None:
+    """After the mp4 is complete: mux --audio's sound into it (in place, atomically)."""
+    if getattr(args, "audio", None) is None:
+        return
+    from ..pipeline.audio import add_audio
+
+    add_audio(written, args.audio, start_s=args.audio_start)
+
+
+def _pose_fps(folder: Path) -> float | None:
+    try:
+        return float(json.loads((folder / "keypoints.json").read_text())["driving"]["fps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _log_pose_speed(folder: Path) -> None:
@@ -274,5 +316,6 @@ def _run(args: argparse.Namespace) -> int:
                    size=args.size, frame_num=args.frame_num, sampling=sampling, seed=args.base_seed,
                    offload_model=args.offload_model, t5_cpu=args.t5_cpu, device=args.device, memory=memory,
                    long_video=long_video_options_from_args(args))
+    add_audio_if_asked(args, args.save_file)
     print(f"saved {args.save_file}")
     return 0

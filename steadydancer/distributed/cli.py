@@ -109,5 +109,9 @@ def run_distributed(args: argparse.Namespace, sampling, memory=None, long_video=
         memory=memory, long_video=long_video)
     setup.shutdown()
     if written is not None:
+        if getattr(args, "audio", None):  # rank 0, the mp4 complete: its sound (checked by the CLI)
+            from ..pipeline.audio import add_audio
+
+            add_audio(written, args.audio, start_s=args.audio_start)
         print(f"saved {written}")
     return 0
