@@ -220,6 +220,28 @@ def test_cancel_stops_between_steps(served, monkeypatch):
     assert calls == [0]
 
 
+def test_the_driving_videos_sound_at_real_timing(served, tmp_path):
+    """Poses prepared at 16 fps (real timing): the video carries the driving video's sound; at the
+    official every-frame rate (24 fps here) it does not (it would drift)."""
+    import shutil as _shutil
+
+    from test_audio import _tone_video
+
+    from steadydancer.pipeline.audio import add_audio, has_audio
+
+    driving = tmp_path / "dance.mp4"
+    _shutil.copyfile(demo_assets() / "driving_video.mp4", driving)
+    assert add_audio(driving, _tone_video(tmp_path / "tone.mp4"))
+    client = _client(served[1])
+    assets = demo_assets()
+    _, _, info = client.predict(gradio_client.handle_file(str(assets / "ref_image.png")),
+                                gradio_client.handle_file(str(driving)), "a dancer", 0, 5, 16, 0,
+                                api_name="/prepare")
+    assert "at 16 fps" in info and "0.67x" not in info
+    client.predict(*SETTINGS, api_name="/generate")
+    assert has_audio(served[0].steadydancer.videos()[0])
+
+
 def test_one_job_at_a_time_and_models_loaded_once(served, client, prepared, monkeypatch):
     demo, _ = served
     app = demo.steadydancer
