@@ -1,9 +1,9 @@
-"""Screenshot of `steadydancer ui` after a run, for the README (docs/images/ui.png).
+"""Screenshot of `steadydancer ui` after two runs, for the README (docs/images/ui.png).
 
 Serves the app on a tiny random checkpoint (the video is noise; the page is the real one), then
 drives headless Chromium over the DevTools protocol on a pipe (no extra Python package): upload
-the bundled sample, click *Prepare poses*, wait for the preview, click *Generate*, wait for the
-result, screenshot. Needs gradio and a `chromium` binary (Debian: apt-get install -y chromium).
+the bundled sample, click *Prepare poses*, wait for the preview, click *Generate* twice, wait for
+the result and the two videos in the gallery of past videos, screenshot. Needs gradio and a `chromium` binary (Debian: apt-get install -y chromium).
 
     python scripts/ui_screenshot.py docs/images/ui.png [--width 1280 --height 1500 --max_kb 300]
 """
@@ -103,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--height", type=int, default=1900)
     parser.add_argument("--max_kb", type=int, default=300, help="downscale until the PNG is this small")
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -148,7 +148,11 @@ def main() -> int:
         tools.wait_for("document.body.innerText.includes('pose frames from frame')", 180, "the pose stage")
         click(tools, "Generate")
         tools.wait_for("document.body.innerText.includes('fps, seed')", 300, "the generation")
-        time.sleep(2)  # let the result video show its first frame
+        videos = tools.evaluate("document.querySelectorAll('video').length")
+        time.sleep(1)
+        click(tools, "Generate")  # a second video for the gallery
+        tools.wait_for(f"document.querySelectorAll('video').length > {videos}", 300, "the second generation")
+        time.sleep(3)  # let the videos show their first frames
         shot = tools.send("Page.captureScreenshot", format="png")["data"]
     finally:
         tools.close()
