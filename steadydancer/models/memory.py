@@ -216,7 +216,7 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
         check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
     from steadydancer.models.lora import apply_lora
     for path, strength in options.loras:
-        apply_lora(model, path, strength)
+        apply_lora(model, path, strength, compute_dtype=compute)
     if options.token_chunk_size is not None:
         for block in model.blocks:
             block.token_chunk_size = options.token_chunk_size
