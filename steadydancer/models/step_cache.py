@@ -122,14 +122,12 @@ def write_cache_ratios(path: str | os.PathLike, ratios: dict[str, list[float]], 
     return path
 
 
-def _register_block_metadata() -> None:
-    """Tell diffusers' cache hooks how our DiTBlock is called (once)."""
+def _register_block_metadata(block_class: type) -> None:
+    """Tell diffusers' cache hooks how our DiTBlock (or FSDP's subclass of it) is called (once)."""
     from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
-    from steadydancer.models.dit import DiTBlock
-
     try:
-        TransformerBlockRegistry.get(DiTBlock)
+        TransformerBlockRegistry.get(block_class)
         return
     except ValueError:
         pass
@@ -137,7 +135,7 @@ def _register_block_metadata() -> None:
                                         hidden_states_argument_name="x")
     # first_block_cache.py asks for "hidden_states" by that name: both names are argument 0
     metadata._cached_parameter_indices = {"x": 0, "hidden_states": 0, "e": 1, "freqs": 2, "context": 3}
-    TransformerBlockRegistry.register(DiTBlock, metadata)
+    TransformerBlockRegistry.register(block_class, metadata)
 
 
 class StepCache:
@@ -150,7 +148,10 @@ class StepCache:
     def __init__(self, model: nn.Module, options: StepCacheOptions, steps: int) -> None:
         from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, apply_first_block_cache, apply_mag_cache
 
-        _register_block_metadata()
+        from diffusers.utils.torch_utils import unwrap_module
+
+        for block_class in {type(unwrap_module(block)) for block in model.blocks}:
+            _register_block_metadata(block_class)
         self.model, self.options, self.steps = model, options, steps
         self.forwards = self.skipped = 0
         self.per_pass_ratios: dict[str, list[float]] = {}
@@ -251,11 +252,10 @@ def cached_passes(cache: StepCache, skip_negative_text: bool = False) -> Callabl
     once per step). Batched guidance does not combine with it: one batched forward would share
     one skip decision between the passes.
     """
-    from steadydancer.sampling.dc_cfg import run_passes
-
     seen: list[float] = []
 
-    def run(model, latent: torch.Tensor, timestep: torch.Tensor, conditions: Sequence, out_device) -> list[torch.Tensor]:
+    def run(model, latent: torch.Tensor, timestep: torch.Tensor, conditions: Sequence, out_device,
+            window: int = 0) -> list[torch.Tensor]:
         value = float(timestep.reshape(-1)[0])
         if not seen or seen[-1] != value:
             seen.append(value)
@@ -264,13 +264,25 @@ def cached_passes(cache: StepCache, skip_negative_text: bool = False) -> Callabl
         for index, cond in enumerate(conditions):
             if skip_negative_text and index == 1:
                 continue
-            with cache.pass_context(PASS_NAMES[index], step):
-                outputs[index] = run_passes(model, latent, timestep, [cond], out_device)[0]
+            with cache.pass_context(PASS_NAMES[index], step, window):   # as sampling's run_passes, one pass
+                outputs[index] = model(latent[None], timestep, **cond.as_kwargs())[0].to(device=out_device)
         if skip_negative_text:
             outputs[1] = outputs[0]
         return [outputs[i] for i in range(len(conditions))]
 
     return run
+
+
+# The ratios of the last calibration run in this process (calibrate-cache reads them after the
+# generation: the sampler owns the StepCache, the command only sees the finished video).
+_last_calibration: dict[str, list[float]] = {}
+
+
+def take_calibration() -> dict[str, list[float]]:
+    """Pass name -> ratios measured by the last calibration run (emptied by reading)."""
+    ratios = dict(_last_calibration)
+    _last_calibration.clear()
+    return ratios
 
 
 @contextmanager
@@ -288,4 +300,7 @@ def step_cache_session(model: nn.Module, options: StepCacheOptions | None, steps
         yield cached_passes(cache, skip_negative_text), cache
     finally:
         cache.remove()
+        if options.calibrate:
+            _last_calibration.clear()
+            _last_calibration.update(cache.calibration_ratios())
         log.info(cache.summary())
