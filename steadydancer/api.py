@@ -527,7 +527,8 @@ class SteadyDancerPipeline:
         (default True). ``t5_cpu``: T5 on the CPU. ``memory``: a
         :class:`~steadydancer.options.MemoryOptions`, or its fields as keywords:
         ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
-        ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``.
+        ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``,
+        ``step_cache="magcache"|"fbcache"``, ``cache_threshold=``, ``cache_ratios=`` (docs/speed.md).
         ``keep_models`` False (a one-shot run, the CLI): with offloading the DiT is dropped after
         sampling instead of parked in host memory.
         """

@@ -84,6 +84,23 @@ class MemoryOptions:
     batch_guidance: bool = False
     compile: bool = False
     token_chunk_size: int | None = None
+    # step caching (models/step_cache.py): none | magcache | fbcache, its threshold, MagCache's ratios file
+    step_cache: str = "none"
+    cache_threshold: float | None = None
+    cache_ratios: Path | None = None
+    attention: str | None = None                     # auto | sage | flash3 | flash2 | sdpa (None: auto)
+
+    def step_cache_options(self):
+        """The StepCacheOptions for the samplers (None without a step cache)."""
+        if self.step_cache == "none":
+            return None
+        from steadydancer.models.step_cache import StepCacheOptions, read_cache_ratios
+
+        if self.step_cache == "calibrate":      # steadydancer calibrate-cache: measure, skip nothing
+            return StepCacheOptions(calibrate=True)
+
+        ratios = read_cache_ratios(self.cache_ratios) if self.cache_ratios is not None else None
+        return StepCacheOptions(self.step_cache, self.cache_threshold, ratios)
 
     @property
     def block_swap(self) -> bool:
@@ -93,8 +110,10 @@ class MemoryOptions:
         """The memory flags that change something (for messages)."""
         names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
                  "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
-                 "compile": "--compile", "token_chunk_size": "--token_chunk_size"}
+                 "compile": "--compile", "token_chunk_size": "--token_chunk_size",
+                 "cache_threshold": "--cache_threshold", "cache_ratios": "--cache_ratios", "attention": "--attention"}
         used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
+        used += [f"--step_cache {self.step_cache}"] if self.step_cache != "none" else []
         return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used
 
 

@@ -106,3 +106,18 @@ def test_sampler_passes_skip_negative_text_only_at_guidance_one() -> None:
     sampler_passes(None, 5.0)(model, latent, t, sets, torch.device("cpu"))
     sampler_passes(MemoryOptions(batch_guidance=True), 1.0)(model, latent, t, sets, torch.device("cpu"))
     assert calls == [1, 1, 1, 2]
+
+
+def test_run_time_lora_factors_follow_the_compute_dtype_under_block_swap(ckpt, tmp_path) -> None:
+    """Block swap loads the DiT into host memory: the LoRA factors of its FP8 layers must still be
+    the compute dtype (bf16), not float32."""
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "l.safetensors"
+    save_file({"diffusion_model.blocks.1.ffn.2.lora_A.weight": torch.randn(2, 64),
+               "diffusion_model.blocks.1.ffn.2.lora_B.weight": torch.randn(32, 2)}, str(lora))
+    model = load_dit_with_options(ckpt, "cpu", torch.bfloat16, MemoryOptions(
+        dit_dtype="fp8", loras=[(lora, 0.5)], blocks_on_gpu=1))
+    layer = model.blocks[1].ffn[2]
+    assert isinstance(layer, FP8Linear)
+    assert layer.lora_down.dtype == layer.lora_up.dtype == torch.bfloat16

@@ -193,3 +193,83 @@ def test_scale_of_the_wrong_size_is_one_line(tmp_path, layer: str) -> None:
     with pytest.raises(InputError, match=rf"bad_scale\.safetensors: {layer}\.scale_weight has 3 values, "
                                          r"expected 1 or one per output row"):
         load_fp8_scaled(fresh, path)
+
+
+class WithAttention(Toy):
+    """A Toy with a parameter-level weight (``cross_attn.in_proj_weight``), as the FAAU has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cross_attn = nn.MultiheadAttention(32, 4)
+
+
+@pytest.mark.parametrize("spelling", ["in_proj_scale_weight", "in_proj_weight_scale"])
+def test_parameter_level_scale_is_applied_on_load(tmp_path, spelling: str) -> None:
+    """Kijai names a parameter's scale key.replace("weight", "scale_weight"): for the FAAU's
+    in_proj_weight that is in_proj_scale_weight, which must be read, not refused."""
+    torch.manual_seed(0)
+    model = WithAttention()
+    state = {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
+    weight = model.cross_attn.in_proj_weight.detach()
+    scale = weight.abs().amax() / 448
+    state["model.diffusion_model.cross_attn.in_proj_weight"] = (weight / scale).to(FP8_DTYPE)
+    state[f"model.diffusion_model.cross_attn.{spelling}"] = scale.reshape(1)
+    path = tmp_path / "kijai_in_proj.safetensors"
+    save_file(state, str(path))
+    with torch.device("meta"):
+        fresh = WithAttention()
+    load_fp8_scaled(fresh, path, dtype=torch.float32)
+    assert fresh.cross_attn.in_proj_weight.dtype == torch.float32
+    # scale applied: a 1-ulp-of-e4m3 error, not a factor of 1/scale
+    assert rel(fresh.cross_attn.in_proj_weight, weight) < LAYER_TOL
+
+
+def test_parameter_level_scale_without_its_parameter_is_refused(tmp_path) -> None:
+    state = dict(Toy().state_dict())
+    state["cross_attn.in_proj_scale_weight"] = torch.ones(1)
+    path = tmp_path / "stray_scale.safetensors"
+    save_file(state, str(path))
+    with torch.device("meta"):
+        fresh = Toy()
+    with pytest.raises(InputError, match=r"stray_scale\.safetensors: not a SteadyDancer DiT fp8 file.*"
+                                         r"cross_attn\.in_proj_scale_weight"):
+        load_fp8_scaled(fresh, path)
+
+
+def test_nvfp4_described_only_in_the_header_is_refused_by_format(tmp_path) -> None:
+    """ComfyUI's newer files describe quantised layers in __metadata__["_quantization_metadata"]
+    (comfy/utils.py convert_old_quants); an nvfp4 layer there carries weight_scale_2, and the
+    refusal must name the format, not the unexpected tensor."""
+    import json
+
+    state = dict(Toy().state_dict())
+    name = "blocks.0.ffn.0"
+    out_features, in_features = state[f"{name}.weight"].shape
+    state[f"{name}.weight"] = torch.zeros(out_features, in_features // 2, dtype=torch.uint8)
+    state[f"{name}.weight_scale"] = torch.ones(out_features, in_features // 16).to(FP8_DTYPE)
+    state[f"{name}.weight_scale_2"] = torch.ones(())
+    path = tmp_path / "nvfp4.safetensors"
+    save_file(state, str(path), metadata={"_quantization_metadata": json.dumps(
+        {"format_version": "1.0", "layers": {name: {"format": "nvfp4"}}})})
+    with torch.device("meta"):
+        fresh = Toy()
+    with pytest.raises(InputError, match=r"nvfp4\.safetensors: the header's _quantization_metadata says "
+                                         r"blocks\.0\.ffn\.0 is 'nvfp4'; only the float8 formats"):
+        load_fp8_scaled(fresh, path)
+
+
+def test_float8_formats_in_the_header_load(tmp_path) -> None:
+    import json
+
+    torch.manual_seed(0)
+    model = Toy()
+    quantize_model_fp8(model)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    layers = {k[:-len(".weight")]: {"format": "float8_e4m3fn"} for k, v in state.items() if v.dtype == FP8_DTYPE}
+    path = tmp_path / "header_fp8.safetensors"
+    save_file(state, str(path), metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    with torch.device("meta"):
+        fresh = Toy()
+    load_fp8_scaled(fresh, path, dtype=torch.float32)
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(fresh(x), model(x))

@@ -325,16 +325,28 @@ def _fp8_layer(in_features: int = 64, out_features: int = 48, per_row: bool = Fa
     return layer, linear
 
 
+def _row_wise_scaled_mm_on_cpu(a, b, scale_a, scale_b, out_dtype, **_ignored):
+    """What row-wise ``_scaled_mm`` computes (scales [M, 1] and [1, N]), in float32 on the CPU.
+
+    torch 2.11 (the device image) runs only per-tensor scales on the CPU (an internal assert in
+    aten/native/Blas.cpp); row-wise CPU support came after its branch cut. Row-wise calls are
+    therefore emulated here on every torch version, so the test checks our arguments, not the op."""
+    assert scale_a.shape == (a.shape[0], 1) and scale_b.shape == (1, b.shape[1])
+    assert a.dtype == b.dtype == torch.float8_e4m3fn and b.stride(0) == 1    # column-major weight
+    return ((a.float() * scale_a) @ (b.float() * scale_b)).to(out_dtype)
+
+
 def _recording_scaled_mm(monkeypatch, as_tuple: bool = False) -> list[dict]:
-    """torch._scaled_mm replaced by the real op (CPU has one) that records its arguments and, like
-    torch < 2.5, optionally returns (out, amax)."""
+    """torch._scaled_mm replaced by the real op (CPU has one, per-tensor scales only on torch 2.11)
+    that records its arguments and, like torch < 2.5, optionally returns (out, amax)."""
     real, calls = torch._scaled_mm, []
 
     def scaled_mm(a, b, **kwargs):
         calls.append({"a_shape": tuple(a.shape), **{k: v for k, v in kwargs.items()
                                                     if k in ("use_fast_accum", "out_dtype")},
                       "scale_a": tuple(kwargs["scale_a"].shape), "scale_b": tuple(kwargs["scale_b"].shape)})
-        out = real(a, b, **kwargs)
+        per_tensor = kwargs["scale_a"].numel() == 1 and kwargs["scale_b"].numel() == 1
+        out = real(a, b, **kwargs) if per_tensor or a.is_cuda else _row_wise_scaled_mm_on_cpu(a, b, **kwargs)
         return (out, out.float().abs().amax()) if as_tuple else out
 
     monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)

@@ -176,3 +176,51 @@ def test_unreadable_lora_file_is_one_line(tmp_path, name: str) -> None:
     path.write_bytes(b"not a tensor file at all")
     with pytest.raises(InputError, match=rf"^--lora .*{name}: not a readable LoRA file"):
         read_lora(path, ["blocks.0.self_attn.q"])
+
+
+def test_locon_mid_factor_is_composed_into_the_delta(tmp_path) -> None:
+    """LoCon's .lora_mid.weight (taken with its pair by lightx2v's loader) is the Tucker middle
+    factor: delta = up @ mid @ down for a linear layer."""
+    model = tiny_dit()
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(7)
+    name = "blocks.1.ffn.0"
+    weight = model.get_submodule(name).weight
+    down = torch.randn(RANK, weight.shape[1], generator=g) * 0.3
+    mid = torch.randn(RANK, RANK, generator=g)
+    up = torch.randn(weight.shape[0], RANK, generator=g) * 0.3
+    reference.get_submodule(name).weight.data += 0.5 * (2.0 / RANK) * (up @ mid @ down)
+    apply_lora(model, write(tmp_path / "locon.safetensors", {
+        f"lora_unet_{name.replace('.', '_')}.lora_down.weight": down,
+        f"lora_unet_{name.replace('.', '_')}.lora_mid.weight": mid,
+        f"lora_unet_{name.replace('.', '_')}.lora_up.weight": up,
+        f"lora_unet_{name.replace('.', '_')}.alpha": torch.tensor(2.0)}), strength=0.5)
+    assert torch.allclose(run(model), run(reference), rtol=1e-5, atol=1e-6)
+
+
+def test_locon_mid_of_the_wrong_rank_is_one_line(tmp_path) -> None:
+    model = tiny_dit()
+    name = "blocks.1.ffn.0"
+    weight = model.get_submodule(name).weight
+    with pytest.raises(InputError, match=r"blocks\.1\.ffn\.0\.lora_mid\.weight \(3, 3\) does not fit"):
+        apply_lora(model, write(tmp_path / "bad_mid.safetensors", {
+            f"{name}.lora_down.weight": torch.zeros(RANK, weight.shape[1]),
+            f"{name}.lora_mid.weight": torch.zeros(3, 3),
+            f"{name}.lora_up.weight": torch.zeros(weight.shape[0], RANK)}))
+
+
+def test_run_time_factors_are_kept_in_the_compute_dtype(tmp_path) -> None:
+    """With block swap the quantised layers sit in host memory when the LoRA is applied: the
+    factors must still be the compute dtype (bf16), not float32 (twice the copy traffic)."""
+    model = tiny_dit()
+    quantize_model_fp8(model)
+    tensors = lora_tensors(tiny_dit())
+    state = {f"{n}.lora_A.weight": d for n, (d, u) in tensors.items()}
+    state.update({f"{n}.lora_B.weight": u for n, (d, u) in tensors.items()})
+    state["blocks.0.self_attn.o.diff"] = torch.randn(32, 32) * 0.1
+    apply_lora(model, write(tmp_path / "lora.safetensors", state), compute_dtype=torch.bfloat16)
+    for name in TARGETS:
+        layer = model.get_submodule(name)
+        assert layer.weight.device.type == "cpu"
+        assert layer.lora_down.dtype == layer.lora_up.dtype == torch.bfloat16
+    assert model.get_submodule("blocks.0.self_attn.o").lora_delta.dtype == torch.bfloat16

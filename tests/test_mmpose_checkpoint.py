@@ -86,3 +86,20 @@ def test_strict_loading_names_every_kind_of_mismatch_in_one_line(tmp_path) -> No
     assert "\n" not in line and "missing 1.bias" in line and "unexpected head.extra" in line
     assert "shape 0.weight (5, 3) vs (4, 3)" in line
     assert torch.equal(model[0].weight, before)
+
+
+def test_yolox_ema_buffers_are_skipped_as_mmdet_does(tmp_path) -> None:
+    """mmdet 2.x YOLOX checkpoints carry ema_<name> copies (mmdetection #6156, #7936)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = dict(model.state_dict())
+    state.update({"ema_" + k.replace(".", "_"): torch.full_like(v, 7) for k, v in model.state_dict().items()})
+    path = tmp_path / "yolox_l.pth"
+    write_mmengine_checkpoint(path, state)
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    load_strict(fresh, read_mm_checkpoint(path, "--yolox_ckpt"), path, "--yolox_ckpt")
+    assert torch.equal(fresh[0].weight, model[0].weight)            # the model's tensors, not the EMA's
+    # an ema_ name that shadows no model tensor is still refused
+    state["ema_head_extra"] = torch.zeros(1)
+    with pytest.raises(InputError, match="unexpected ema_head_extra"):
+        load_strict(fresh, state, path, "--yolox_ckpt")

@@ -1,4 +1,4 @@
-"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, batch, manifest, ui."""
+"""``steadydancer`` command: subcommands prepare, generate, demo, eval, benchmark, batch, manifest, ui, calibrate-cache."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "batch": ("steadydancer.cli.batch", "every pair of a manifest, models loaded once (torchrun groups, SLURM arrays, resumable)"),
     "manifest": ("steadydancer.cli.manifest", "write a batch manifest: every image with every video, or given pairs"),
     "ui": ("steadydancer.cli.ui", "web UI (Gradio): upload, prepare the poses, generate; models loaded once"),
+    "calibrate-cache": ("steadydancer.cli.calibrate_cache",
+                        "measure MagCache's magnitude ratios of a checkpoint and schedule (--step_cache magcache)"),
 }
 
 

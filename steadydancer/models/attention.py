@@ -1,4 +1,4 @@
-"""Attention kernels: flash-attn 3, flash-attn 2 or torch SDPA, whichever applies.
+"""Attention kernels: SageAttention, flash-attn 3, flash-attn 2 or torch SDPA, whichever applies.
 
 Every caller uses the [B, L, heads, head_dim] layout (the one the flash kernels take natively).
 The backend is picked per call: flash kernels need a CUDA tensor in float16/bfloat16 and a
@@ -7,10 +7,16 @@ compile only some head sizes (64, 128 and 256 in every release; Dao-AILab/flash-
 so auto mode gives it only those and other sizes (the parity models' 32) to flash-attn 2 or SDPA;
 a head size a flash build still refuses at run time is remembered and sent to the next backend.
 
-Force a backend with the environment variable ``STEADYDANCER_ATTENTION`` (auto, flash3, flash2,
-sdpa) or with :func:`set_attention_backend` / :func:`attention_backend` (tests, benchmarks).
-A forced flash backend that is not installed or not applicable raises instead of silently
-falling back, so a benchmark never measures something other than what it asked for.
+Force a backend with the environment variable ``STEADYDANCER_ATTENTION`` (auto, sage, flash3,
+flash2, sdpa), ``--attention`` or with :func:`set_attention_backend` / :func:`attention_backend`.
+A forced backend that is not installed or not applicable raises instead of silently falling
+back, so a benchmark never measures something other than what it asked for.
+
+SageAttention (thu-ml/SageAttention, the ``sageattention`` package; ``sageattn(q, k, v,
+tensor_layout="NHD")`` picks its kernel by the GPU's compute capability) quantises Q and K to INT8
+and is not exact: auto mode tries it first only when it is installed and applies (a CUDA
+capability >= 8.0, fp16/bf16, head_dim 64, 96 or 128); otherwise :func:`sage_refusal` says why in
+one line and auto mode goes on to flash-attn 3, flash-attn 2, SDPA.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "flash3", "flash2", "sdpa")
+BACKENDS = ("auto", "sage", "flash3", "flash2", "sdpa")
 ENV_VAR = "STEADYDANCER_ATTENTION"
 
 try:  # flash-attn 3 (Hopper) installs this module
@@ -38,6 +44,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     _fa2 = None
 
+try:  # SageAttention (optional; thu-ml/SageAttention)
+    import sageattention as _sage
+except ImportError:  # pragma: no cover - depends on the machine
+    _sage = None
+
+# Head sizes SageAttention's kernels take (the DiT's is 128); its kernels need Ampere or newer.
+SAGE_HEAD_SIZES = frozenset({64, 96, 128})
+SAGE_MIN_CAPABILITY = (8, 0)
+
 _forced: str | None = None
 
 # Head sizes every flash-attn 3 build compiles; others (96, 192, ...) depend on the build.
@@ -48,7 +63,26 @@ _refused: set[tuple[str, int, torch.dtype]] = set()
 
 def available_backends() -> list[str]:
     """Backends importable on this machine, best first (SDPA is always there)."""
-    return [name for name, mod in (("flash3", _fa3), ("flash2", _fa2)) if mod is not None] + ["sdpa"]
+    return [name for name, mod in (("sage", _sage), ("flash3", _fa3), ("flash2", _fa2)) if mod is not None] + ["sdpa"]
+
+
+def sage_refusal(device: torch.device | str, dtype: torch.dtype | None = None, head_dim: int | None = None) -> str | None:
+    """Why SageAttention cannot run here (one line), or None when it can. ``dtype``/``head_dim``:
+    also check a query's (None: the device alone)."""
+    device = torch.device(device)
+    if _sage is None:
+        return "the sageattention package is not installed (pip install sageattention)"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"SageAttention needs an NVIDIA GPU; the device is {device.type}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < SAGE_MIN_CAPABILITY:
+        return (f"SageAttention needs CUDA capability >= {SAGE_MIN_CAPABILITY[0]}.{SAGE_MIN_CAPABILITY[1]}; "
+                f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
+    if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+        return f"SageAttention takes fp16/bf16 tensors, not {dtype}"
+    if head_dim is not None and head_dim not in SAGE_HEAD_SIZES:
+        return f"SageAttention takes head_dim {sorted(SAGE_HEAD_SIZES)}, not {head_dim}"
+    return None
 
 
 def set_attention_backend(name: str | None) -> None:
@@ -87,6 +121,8 @@ def _flash_applicable(q: torch.Tensor) -> bool:
 def _auto_candidates(q: torch.Tensor) -> list[str]:
     """Backends auto mode tries for a query like ``q``, best first (SDPA last, always)."""
     names = []
+    if _sage is not None and q.is_cuda and sage_refusal(q.device, q.dtype, q.shape[-1]) is None:
+        names.append("sage")
     if _flash_applicable(q):
         head_dim = q.shape[-1]
         if _fa3 is not None and head_dim in FA3_HEAD_SIZES:
@@ -102,6 +138,10 @@ def select_backend(q: torch.Tensor) -> str:
     name = _requested_backend()
     if name == "auto":
         return _auto_candidates(q)[0]
+    if name == "sage":
+        reason = sage_refusal(q.device, q.dtype, q.shape[-1])
+        if reason is not None:
+            raise RuntimeError(f"attention backend sage was forced but {reason}")
     if name in ("flash3", "flash2"):
         module = _fa3 if name == "flash3" else _fa2
         if module is None:
@@ -113,6 +153,8 @@ def select_backend(q: torch.Tensor) -> str:
 
 
 def _run_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if backend == "sage":   # [B, L, heads, head_dim] is SageAttention's "NHD" layout
+        return _sage.sageattn(q, k.to(q.dtype), v.to(q.dtype), tensor_layout="NHD", is_causal=False)
     if backend == "flash3":
         out = _fa3.flash_attn_func(q, k.to(q.dtype), v.to(q.dtype))
         # some flash-attn 3 releases return (out, softmax_lse)

@@ -3,7 +3,12 @@
 Accepted key layouts (any of the prefixes ``diffusion_model.``, ``model.diffusion_model.``,
 ``transformer.``, ``base_model.model.``):
   - PEFT:   ``blocks.N.self_attn.q.lora_A.weight`` / ``.lora_B.weight`` (``.weight`` optional)
-  - LoRA:   ``blocks.N.self_attn.q.lora_down.weight`` / ``.lora_up.weight`` (+ ``.alpha``)
+  - LoRA:   ``blocks.N.self_attn.q.lora_down.weight`` / ``.lora_up.weight`` (+ ``.alpha``), and
+            LoCon's ``.lora_mid.weight`` (LyCORIS's Tucker middle factor, [rank, rank, *kernel]),
+            which lightx2v's loader also takes with its pair (``lightx2v/utils/lora_loader.py``
+            @ 0d6b494, STANDARD pattern); it is composed into the down factor,
+            ``down'[r, i, k] = sum_s mid[r, s, k] down[s, i]``, as ComfyUI's
+            ``weight_adapter/lora.py`` does, so ``up @ down'`` is the layer's delta
   - kohya:  ``lora_unet_blocks_N_self_attn_q.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``
   - full deltas, as lightx2v ships them: ``<module>.diff`` (weight), ``<module>.diff_b`` and
     ``.lora_B.bias`` (bias), ``blocks.N.diff_m`` (the block's modulation), ``<module>.<param>.diff``
@@ -41,7 +46,7 @@ DIFFUSERS_NAMES = [
 ]
 SUFFIXES = {  # key ending -> role
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_A": "down", ".lora_B": "up",
-    ".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha",
+    ".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha", ".lora_mid.weight": "mid",
     ".diff": "diff", ".diff_b": "diff_b", ".diff_m": "diff_m",
     ".lora_B.bias": "diff_b", ".lora_up.bias": "diff_b",
 }
@@ -52,6 +57,7 @@ class LoraWeights:
     """The LoRA tensors aimed at one module (by its name in the model)."""
     down: torch.Tensor | None = None      # [rank, in, ...]
     up: torch.Tensor | None = None        # [out, rank, ...]
+    mid: torch.Tensor | None = None       # LoCon/Tucker [rank, rank, *kernel]; folded into down on read
     alpha: float | None = None
     diff: torch.Tensor | None = None      # full weight delta
     diff_b: torch.Tensor | None = None    # bias delta
@@ -146,7 +152,23 @@ def read_lora(path: str | Path, module_names: list[str], param_names: set[str] =
     for name, entry in result.items():
         if (entry.down is None) != (entry.up is None):
             raise InputError(f"--lora {path}: {name} has only one of its two low-rank matrices")
+        if entry.mid is not None:
+            entry.down, entry.mid = _fold_mid(entry, path, name), None
     return result
+
+
+def _fold_mid(entry: LoraWeights, path: Path, name: str) -> torch.Tensor:
+    """LoCon's middle factor folded into the down factor: mid [r, s, *k] x down [s, in, 1...]
+    -> down' [r, in, *k] (float32), so that ``up @ down'`` is the layer's delta."""
+    mid, down = entry.mid.float(), entry.down
+    if down is None or mid.dim() < 2 or mid.shape[1] != down.shape[0]:
+        raise InputError(f"--lora {path}: {name}.lora_mid.weight {tuple(mid.shape)} does not fit its "
+                         f"lora_down {None if down is None else tuple(down.shape)} (expected [rank, rank, ...])")
+    down2d = down.float().reshape(down.shape[0], -1)
+    if down.dim() > 2 and down2d.shape[1] != down.shape[1]:
+        raise InputError(f"--lora {path}: {name}.lora_down.weight {tuple(down.shape)} with a lora_mid must "
+                         f"have a 1x1 kernel")
+    return torch.einsum("rs...,si->ri...", mid, down2d)
 
 
 def _runtime_lora_hook(module: nn.Module, args, output):
@@ -158,8 +180,13 @@ def _runtime_lora_hook(module: nn.Module, args, output):
     return output
 
 
-def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int:
+def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0,
+               compute_dtype: torch.dtype | None = None) -> int:
     """Apply one LoRA file to ``model`` at ``strength``, in place; returns the layers changed.
+
+    ``compute_dtype``: the dtype of the run-time factors kept for quantised layers (the DiT's
+    compute dtype, so that block swap copies bf16, not float32, factors); None: bfloat16 on CUDA,
+    float32 elsewhere.
 
     Checks every target and shape before changing anything, so a LoRA that does not fit leaves
     the model untouched and raises InputError naming the file and the first mismatch.
@@ -213,21 +240,23 @@ def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
                 if delta is not None:
                     weight.data = (weight.float() + strength * delta.to(weight.device)).to(weight.dtype)
             else:
-                _add_runtime_lora(module, entry, strength, shape)
+                _add_runtime_lora(module, entry, strength, shape, compute_dtype)
             if entry.diff_b is not None:
                 bias = module.bias
                 bias.data = (bias.float() + strength * entry.diff_b.float().to(bias.device)).to(bias.dtype)
     return len(plans)
 
 
-def _add_runtime_lora(module: nn.Module, entry: LoraWeights, strength: float, shape: torch.Size) -> None:
+def _add_runtime_lora(module: nn.Module, entry: LoraWeights, strength: float, shape: torch.Size,
+                      compute_dtype: torch.dtype | None = None) -> None:
     """Add ``up(down(x))`` and/or ``delta @ x`` to a quantised linear's output at run time.
 
     A second LoRA on the same layer stacks its ranks onto ``lora_down``/``lora_up`` and sums its
     full delta into ``lora_delta`` (one dense [out, in] matrix, not a rank-``in`` pair).
     """
     device = module.weight.device
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # block swap keeps the layer in host memory at this point: the device alone cannot tell the dtype
+    dtype = compute_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if not hasattr(module, "lora_delta"):
         for name in ("lora_down", "lora_up", "lora_delta"):
             module.register_buffer(name, None, persistent=False)

@@ -10,6 +10,8 @@ Flags (``add_memory_arguments``):
   --batch_guidance                 run a step's guidance passes as one batched forward
   --token_chunk_size TOKENS        run each block's per-token work over at most TOKENS tokens at a time
   --compile                        torch.compile each transformer block
+  --step_cache none|magcache|fbcache  skip DiT forwards (--cache_threshold X, --cache_ratios FILE)
+  --attention auto|sage|flash3|flash2|sdpa  attention kernel (sage: SageAttention, optional)
 
 Order of work in ``load_dit_with_options``: load (streamed, in the stored low precision where
 asked) -> LoRA -> token chunking -> block swap -> compile. With a block count, the model is loaded to the host and
@@ -19,6 +21,7 @@ only the resident blocks and the two swap slots go to the GPU.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -30,6 +33,8 @@ from steadydancer.errors import InputError
 from steadydancer.options import MemoryOptions
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+log = logging.getLogger(__name__)
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +63,18 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                        help="long videos: run each block's per-token work (norms, projections, "
                             "cross-attention, feed-forward) over at most TOKENS tokens at a time, only the "
                             "self-attention kernel over all; about halves a block's activation peak; e.g. 8192")
+    # speed: step caching (docs/speed.md)
+    group.add_argument("--step_cache", default="none", choices=["none", "magcache", "fbcache"],
+                       help="skip DiT forwards the previous step predicts (diffusers' MagCache / first-block "
+                            "cache hooks, one cache per guidance pass); the log ends with how many were skipped")
+    group.add_argument("--cache_threshold", type=float, default=None, metavar="X",
+                       help="step cache threshold (default magcache 0.06, fbcache 0.05; 0 skips nothing)")
+    group.add_argument("--attention", default=None, choices=["auto", "sage", "flash3", "flash2", "sdpa"],
+                       help="attention kernel (default auto: SageAttention when installed and the GPU takes it, "
+                            "else flash-attn 3, flash-attn 2, SDPA); a forced one that cannot run stops with the reason")
+    group.add_argument("--cache_ratios", default=None, metavar="FILE",
+                       help="MagCache magnitude ratios (steadydancer calibrate-cache, or "
+                            "configs/magcache/wan21_i2v_14b_480p.json as a starting point)")
 
 
 def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
@@ -86,10 +103,27 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
     if token_chunk_size is not None and token_chunk_size < 1:
         raise InputError(f"--token_chunk_size: expected a number of tokens >= 1, got {token_chunk_size}")
     loras = [parse_lora_arg(value) for value in getattr(args, "lora", None) or []]
+    step_cache = getattr(args, "step_cache", None) or "none"
+    cache_threshold = getattr(args, "cache_threshold", None)
+    cache_ratios = Path(args.cache_ratios) if getattr(args, "cache_ratios", None) else None
+    if step_cache != "none" or cache_threshold is not None or cache_ratios is not None:
+        from steadydancer.models.step_cache import check_step_cache_options, read_cache_ratios
+
+        check_step_cache_options(step_cache, cache_threshold, cache_ratios)
+        if cache_ratios is not None:
+            read_cache_ratios(cache_ratios)              # unreadable: one line now, not after loading
+        if step_cache == "fbcache" and getattr(args, "ulysses_size", 1) * getattr(args, "ring_size", 1) > 1:
+            raise InputError("--step_cache fbcache with sequence parallelism: each process would decide from its "
+                             "own share of the tokens; use --step_cache magcache (its decisions need no tokens)")
+        if getattr(args, "batch_guidance", False):
+            raise InputError("--step_cache with --batch_guidance: the cache keeps one state per guidance pass, "
+                             "which needs the passes as separate forwards; drop --batch_guidance")
     return MemoryOptions(dit_dtype=dit_dtype, dit_fp8_file=dit_fp8_file, gguf=gguf, fp8_matmul=fp8_matmul,
                          loras=loras, blocks_on_gpu=blocks_on_gpu,
                          batch_guidance=bool(getattr(args, "batch_guidance", False)),
-                         compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size)
+                         compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size,
+                         step_cache=step_cache, cache_threshold=cache_threshold, cache_ratios=cache_ratios,
+                         attention=getattr(args, "attention", None))
 
 
 def dit_weights_shapes(options: MemoryOptions) -> dict[str, tuple[int, ...]] | None:
@@ -137,6 +171,13 @@ def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str
     from steadydancer.models.block_swap import check_blocks_on_gpu
     from steadydancer.models.lora import apply_lora
 
+    if options.step_cache != "calibrate" and (options.step_cache != "none" or options.cache_threshold is not None
+                                               or options.cache_ratios is not None):   # the Python API's path
+        from steadydancer.models.step_cache import check_step_cache_options
+
+        check_step_cache_options(options.step_cache, options.cache_threshold, options.cache_ratios)
+        options.step_cache_options()                     # reads the ratios file: one line if unreadable
+    check_attention_option(options.attention, device)
     if options.blocks_on_gpu is None and not options.fp8_matmul and not options.loras:
         return  # nothing to check: no meta model to build
     model = _meta_model(Path(ckpt_dir), options)
@@ -147,6 +188,36 @@ def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str
         check_fp8_matmul_supported(device)
     for path, strength in options.loras:
         apply_lora(model, path, strength)
+
+
+def check_attention_option(attention: str | None, device: torch.device | str) -> None:
+    """One-line InputError for a forced attention kernel that cannot run on ``device``."""
+    from steadydancer.models import attention as kernels
+
+    if attention in (None, "auto", "sdpa"):
+        return
+    if attention == "sage":
+        reason = kernels.sage_refusal(device)
+        if reason is not None:
+            raise InputError(f"--attention sage: {reason}; use --attention auto (flash-attn or SDPA)")
+        return
+    if attention not in kernels.available_backends():
+        raise InputError(f"--attention {attention}: its package is not installed "
+                         f"(available here: {', '.join(kernels.available_backends())})")
+
+
+def apply_attention_option(attention: str | None, device: torch.device | str) -> None:
+    """Select the attention kernel for this process; in auto mode on a GPU, say in one line why
+    SageAttention is not used when it is installed but refused."""
+    from steadydancer.models import attention as kernels
+
+    if attention is not None:
+        kernels.set_attention_backend(attention)
+    if attention in (None, "auto") and kernels._sage is not None:
+        reason = kernels.sage_refusal(device)
+        if reason is not None and torch.device(device).type == "cuda":
+            log.warning("attention: SageAttention not used: %s; using %s", reason,
+                        ", ".join(b for b in kernels.available_backends() if b != "sage"))
 
 
 def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | str,
@@ -188,9 +259,10 @@ def load_dit_with_options(ckpt_dir: str | os.PathLike, device: torch.device | st
         model = load_dit(ckpt_dir, device=load_device, dtype=compute)
     if options.blocks_on_gpu is not None:
         check_blocks_on_gpu(options.blocks_on_gpu, len(model.blocks))
+    apply_attention_option(options.attention, device)
     from steadydancer.models.lora import apply_lora
     for path, strength in options.loras:
-        apply_lora(model, path, strength)
+        apply_lora(model, path, strength, compute_dtype=compute)
     if options.token_chunk_size is not None:
         for block in model.blocks:
             block.token_chunk_size = options.token_chunk_size

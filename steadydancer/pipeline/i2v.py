@@ -294,7 +294,8 @@ class DancerPipeline:
                 end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
                 scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
                 passes=sampler_passes(self.memory, sampling.guide_scale),
-                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed), callback=callback)
+                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed), callback=callback,
+                step_cache=self.memory.step_cache_options())
         del cond, neg_text, neg_pose, noise
         if self.offload_model and self.on_gpu:
             if self.keep_models and getattr(dit, "block_swap", None) is None:

@@ -252,7 +252,8 @@ def _sampler_kwargs(pipeline: "DancerPipeline", sampling: "SamplingOptions", see
                 device=pipeline.device, scheduler_device=pipeline.offload_device,
                 num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
                 passes=sampler_passes(pipeline.memory, sampling.guide_scale),
-                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed))
+                sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed),
+                step_cache=pipeline.memory.step_cache_options())
 
 
 def to_uint8_frames(video: torch.Tensor) -> Iterator[np.ndarray]:

@@ -160,7 +160,8 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
                            sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0,
                            lcm_noise_order: torch.Tensor | None = None,
                            on_window: Callable[[int, int], None] | None = None,
-                           callback: StepCallback | None = None) -> torch.Tensor:
+                           callback: StepCallback | None = None, step_cache=None,
+                           _passes_take_window: bool = False) -> torch.Tensor:
     """The DC-CFG loop over context windows; returns the final latent [16, F, h, w] (float32).
 
     Every step: for each window start a of ``plan(step)``, the DiT sees the latent frames
@@ -170,8 +171,21 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
     the fused whole-video prediction. Only one window's tokens are in the DiT at a time.
     ``lcm_noise_order``: FreeNoise order applied to the lcm solver's fresh noise.
     ``on_window(step, start)`` is called after each window; ``callback`` after each step, as in
-    :func:`sample_dc_cfg` (with the whole video's latent).
+    :func:`sample_dc_cfg` (with the whole video's latent). ``step_cache`` (StepCacheOptions):
+    as in :func:`sample_dc_cfg`, with one cache context per guidance pass and window start.
     """
+    if step_cache is not None and step_cache.enabled:
+        from ..models.step_cache import step_cache_session
+
+        steps_run = len(sample_timesteps) if sample_timesteps else steps
+        with step_cache_session(model, step_cache, steps_run, passes,
+                                skip_negative_text=guide_scale == 1.0) as (cached, _):
+            return sample_dc_cfg_windowed(
+                model, noise, window_conditions, plan, window, fuse, solver, steps, shift, guide_scale,
+                condition_guide_scale, st_cond_cfg, end_cond_cfg, progress, device=device,
+                scheduler_device=scheduler_device, num_train_timesteps=num_train_timesteps, passes=cached,
+                sample_timesteps=sample_timesteps, solver_seed=solver_seed, lcm_noise_order=lcm_noise_order,
+                on_window=on_window, callback=callback, _passes_take_window=True)
     device = torch.device(device) if device is not None else noise.device
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
     scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device,
@@ -194,7 +208,8 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
             cond, neg_text, neg_pose = window_conditions(start)
             condition_sets = [cond, neg_text] + ([neg_pose] if with_pose else [])
             part = latent[:, start:start + window].to(device)
-            preds = passes(model, part, timestep, condition_sets, scheduler_device)
+            preds = (passes(model, part, timestep, condition_sets, scheduler_device, window=start)
+                     if _passes_take_window else passes(model, part, timestep, condition_sets, scheduler_device))
             guided = combine_guidance(preds[0], preds[1], preds[2] if with_pose else None,
                                       guide_scale, condition_guide_scale)
             del preds, part

@@ -12,13 +12,16 @@ implementation can replace that one function without touching the loop.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 
 from ..progress import progress as progress_bar
 from .conditions import DiTConditions
 from .schedulers import make_scheduler
+
+if TYPE_CHECKING:
+    from ..models.step_cache import StepCacheOptions
 
 
 # callback(step_index, timestep (0..1000), latent [16, F, h, w] after the step) -> None, or a
@@ -106,7 +109,8 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
                   passes: Callable[..., list[torch.Tensor]] = run_passes,
                   on_step: Callable[[int, int, int], None] | None = None,
                   sample_timesteps: Sequence[float] | None = None, solver_seed: int = 0,
-                  callback: "StepCallback | None" = None) -> torch.Tensor:
+                  callback: "StepCallback | None" = None,
+                  step_cache: "StepCacheOptions | None" = None) -> torch.Tensor:
     """Run the DC-CFG loop from ``noise`` [16,F,h,w] and return the final latent [16,F,h,w] (float32).
 
     ``cond``/``neg_text``/``neg_pose`` are DiTConditions with B=1 (prompt + positive pose,
@@ -116,7 +120,20 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
     when it offloads). ``on_step(idx, timestep, passes_run)`` is called after every step.
     ``sample_timesteps``/``solver_seed``: the euler/lcm step list and lcm noise (``make_scheduler``).
     ``callback(idx, timestep, latent)``: see :data:`StepCallback` (the Python API's step hook).
+    ``step_cache``: MagCache / first-block cache on ``model``'s blocks for this run, one cache
+    context per guidance pass (models/step_cache.py); its summary line is logged at the end.
     """
+    if step_cache is not None and step_cache.enabled:
+        from ..models.step_cache import step_cache_session
+
+        steps_run = len(sample_timesteps) if sample_timesteps else steps
+        with step_cache_session(model, step_cache, steps_run, passes,
+                                skip_negative_text=guide_scale == 1.0) as (cached, _):
+            return sample_dc_cfg(model, noise, cond, neg_text, neg_pose, solver, steps, shift, guide_scale,
+                                 condition_guide_scale, st_cond_cfg, end_cond_cfg, progress, device=device,
+                                 scheduler_device=scheduler_device, num_train_timesteps=num_train_timesteps,
+                                 passes=cached, on_step=on_step, sample_timesteps=sample_timesteps,
+                                 solver_seed=solver_seed, callback=callback)
     device = torch.device(device) if device is not None else noise.device
     scheduler_device = torch.device(scheduler_device) if scheduler_device is not None else device
     scheduler, timesteps = make_scheduler(solver, steps, shift, num_train_timesteps, device=device,

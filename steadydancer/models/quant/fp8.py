@@ -12,6 +12,14 @@ File layouts read by :func:`load_fp8_scaled` (what Kijai's WanVideoWrapper and C
   (``{"format": "float8_e4m3fn"}``) per layer; only the float8 formats are read.
 - unscaled fp8 files (float8 weights, no scales: scale 1) and float8 tensors that cannot carry a
   ``<module>.scale_weight`` (the FAAU's ``in_proj_weight``).
+- parameter-level scales, as Kijai's quantiser names them (``key.replace("weight", "scale_weight")``,
+  ComfyUI-WanVideoWrapper ``nodes_model_loading.py`` @ ee982da): the FAAU's
+  ``condition_embedding_align.cross_attn.in_proj_weight`` gets ``...cross_attn.in_proj_scale_weight``
+  (or ``...in_proj_weight_scale``); such a tensor is dequantised with its scale on load.
+- ComfyUI's header-level description ``__metadata__["_quantization_metadata"]`` (JSON
+  ``{"layers": {layer: {"format": ...}}}``, turned into ``.comfy_quant`` markers by
+  ``comfy/utils.py::convert_old_quants`` @ 2ba5cc8): read like the markers, so that an nvfp4 file is
+  refused by its format rather than by its unexpected ``weight_scale_2`` tensors.
 ``scale_input`` / ``input_scale`` tensors are ignored (inputs are scaled dynamically).
 
 Only the ``nn.Linear`` layers inside the transformer blocks stay FP8 (``FP8Linear``): every
@@ -39,6 +47,10 @@ FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SPELLINGS = {".weight_scale": ".scale_weight", ".input_scale": ".scale_input"}
 COMFY_QUANT_SUFFIX = ".comfy_quant"
 COMFY_FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+COMFY_HEADER_METADATA_KEY = "_quantization_metadata"
+# Parameter-level scale spellings (a parameter named "<p>_weight", not a module's "weight"):
+# Kijai: "<p>_scale_weight"; the ".weight_scale" family: "<p>_weight_scale"
+PARAMETER_SCALE_SUFFIXES = ("_scale_weight", "_weight_scale")
 
 
 def check_fp8_matmul_supported(device: torch.device | str) -> None:
@@ -230,6 +242,49 @@ def canonical_name(key: str) -> str:
     return key
 
 
+def parameter_scale_target(name: str) -> str | None:
+    """The parameter a parameter-level scale belongs to (``a.in_proj_scale_weight`` ->
+    ``a.in_proj_weight``), or None for any other name (module-level ``.scale_weight`` included)."""
+    module_name, _, leaf = name.rpartition(".")
+    for suffix in PARAMETER_SCALE_SUFFIXES:
+        if leaf.endswith(suffix) and len(leaf) > len(suffix):
+            target = leaf[:-len(suffix)] + "_weight"
+            return f"{module_name}.{target}" if module_name else target
+    return None
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` string map of a .safetensors header ({} when absent)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+    except (OSError, struct.error, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .safetensors file ({exc})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def header_quant_formats(path: Path) -> dict[str, str]:
+    """Layer -> format from ComfyUI's ``_quantization_metadata`` header entry ({} when absent)."""
+    import json
+
+    raw = read_safetensors_metadata(path).get(COMFY_HEADER_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        layers = json.loads(raw)["layers"]
+        # a layer's entry is {"format": ...}; some writers store the bare format string
+        return {str(layer): str(conf["format"] if isinstance(conf, dict) else conf)
+                for layer, conf in layers.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{path}: the header's {COMFY_HEADER_METADATA_KEY} is not ComfyUI's "
+                         f"quantisation description (JSON with 'layers')") from None
+
+
 def _set_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
     from steadydancer.models.loading import assign_tensor
 
@@ -274,11 +329,23 @@ class Fp8FileLayout:
         self.keys: dict[str, str] = {}
         self.ignored: list[str] = []
         self.float8: set[str] = set()       # our names of the float8 tensors
+        # our parameter name -> the file's name of its parameter-level scale (Kijai's in_proj_scale_weight)
+        self.parameter_scales: dict[str, str] = {}
+        for layer, fmt in header_quant_formats(path).items():
+            if fmt not in COMFY_FLOAT8_FORMATS:
+                raise InputError(f"{path}: the header's {COMFY_HEADER_METADATA_KEY} says {layer} is "
+                                 f"{fmt!r}; only the float8 formats {', '.join(COMFY_FLOAT8_FORMATS)} "
+                                 f"are supported")
         descriptors = []
         for file_key, entry in self.entries.items():
             name = canonical_name(file_key)
             if name in MARKER_KEYS or name.endswith(".scale_input"):
                 self.ignored.append(file_key)
+            elif parameter_scale_target(strip_prefix(file_key)) is not None:
+                target = parameter_scale_target(strip_prefix(file_key))
+                if target in self.parameter_scales:
+                    raise InputError(f"{path}: {self.parameter_scales[target]} and {file_key} are the same scale")
+                self.parameter_scales[target] = file_key
             elif name.endswith(COMFY_QUANT_SUFFIX):
                 self.ignored.append(file_key)
                 descriptors.append(file_key)
@@ -360,6 +427,8 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
     folded = {f"{name}.scale_weight" for name in scaled - fp8_modules}
     unexpected = sorted(set(keys) - set(expected) - folded)
     missing = sorted(set(expected) - set(keys) - {f"{name}.scale_weight" for name in fp8_modules})
+    unexpected += sorted(layout.parameter_scales[name] for name in layout.parameter_scales
+                         if name not in expected or name not in keys)
     if unexpected or missing:
         detail = "; ".join(part for part in (f"unexpected {unexpected[:3]}" if unexpected else "",
                                              f"missing {missing[:3]}" if missing else "") if part)
@@ -390,6 +459,11 @@ def load_fp8_scaled(model: nn.Module, path: str | Path, device: torch.device | s
                 if scale.numel() > 1:  # one scale per output row / channel
                     scale = scale.reshape(-1, *([1] * (tensor.dim() - 1)))
                 tensor = tensor.float() * scale
+            elif key in layout.parameter_scales:     # Kijai's in_proj_scale_weight: one number or per row
+                scale_key = layout.parameter_scales[key]
+                scale = _checked_scale(read_safetensors_tensor(handle, layout.entries[scale_key]),
+                                       tensor.shape[0], path, scale_key)
+                tensor = tensor.float() * scale.reshape(-1, *([1] * (tensor.dim() - 1)))
             if tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             _set_tensor(model, key, tensor.to(device))

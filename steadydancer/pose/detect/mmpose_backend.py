@@ -191,8 +191,15 @@ def _names(names: list[str], limit: int = 3) -> str:
 
 def load_strict(model, state: dict, path: Path, flag: str) -> None:
     """Put ``state`` into ``model`` only if every name and shape matches; else one InputError line
-    naming what is missing, unexpected and of another shape (no parameter is left random)."""
+    naming what is missing, unexpected and of another shape (no parameter is left random).
+
+    mmdet 2.x YOLOX checkpoints also hold the EMA copies of mmdet's ExpMomentumEMAHook as buffers
+    ``ema_<name with dots as underscores>`` (mmdetection #6156, #7936); mmdet's own loader skips
+    them (a non-strict load's warning), so they are dropped here when they shadow a model tensor.
+    """
     expected = model.state_dict()
+    ema_copies = {"ema_" + name.replace(".", "_") for name in expected}
+    state = {key: value for key, value in state.items() if key not in ema_copies}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     reshaped = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"

@@ -1,0 +1,62 @@
+"""--step_cache through `steadydancer generate` and `steadydancer calibrate-cache` on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steadydancer.cli.main import main
+from test_pipeline_support import write_inputs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from steadydancer.pipeline.tiny import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("cache_cli")
+    ckpt = write_tiny_checkpoint(root / "ckpt", seed=0)
+    write_inputs(root / "in", 5, ref_size=(40, 56), pose_size=(40, 56))
+    return root, ckpt
+
+
+def argv(setup, command: str, *flags: str) -> list[str]:
+    root, ckpt = setup
+    return [command, "--ckpt_dir", str(ckpt), "--input_dir", str(root / "in"), "--frame_num", "5",
+            "--size", "832*480", "--sample_steps", "4", "--device", "cpu", "--prompt", "dance", *flags]
+
+
+def one_error_line(capsys, args) -> str:
+    assert main(args) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_refusals_are_one_line(setup, capsys, tmp_path):
+    out = str(tmp_path / "o.mp4")
+    assert "--step_cache magcache needs --cache_ratios FILE" in one_error_line(
+        capsys, argv(setup, "generate", "--step_cache", "magcache", "--save_file", out))
+    assert "drop --batch_guidance" in one_error_line(
+        capsys, argv(setup, "generate", "--step_cache", "fbcache", "--batch_guidance", "--save_file", out))
+    assert "--cache_ratios: cannot read" in one_error_line(
+        capsys, argv(setup, "generate", "--step_cache", "magcache", "--cache_ratios", str(tmp_path / "no.json"),
+                     "--save_file", out))
+    assert "calibrate-cache measures an uncached run" in one_error_line(
+        capsys, argv(setup, "calibrate-cache", "--step_cache", "fbcache", "--out", str(tmp_path / "r.json")))
+
+
+def test_calibrate_then_generate_with_magcache_logs_the_skipped_forwards(setup, tmp_path, capsys):
+    ratios = tmp_path / "ratios.json"
+    assert main(argv(setup, "calibrate-cache", "--out", str(ratios))) == 0
+    written = json.loads(ratios.read_text())
+    assert written["steps"] == 4 and len(written["passes"]["cond"]) == 4
+    capsys.readouterr()
+    out = tmp_path / "cached.mp4"
+    assert main(argv(setup, "generate", "--step_cache", "magcache", "--cache_ratios", str(ratios),
+                     "--cache_threshold", "10", "--save_file", str(out))) == 0
+    log = capsys.readouterr().out
+    line = [ln for ln in log.splitlines() if "step cache:" in ln]
+    assert len(line) == 1 and out.is_file()
+    skipped, total = [int(w) for w in line[0].split("step cache:")[1].split() if w.isdigit()]
+    assert 0 < skipped < total
