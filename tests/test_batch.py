@@ -240,6 +240,12 @@ def test_batch_checks_every_output_before_work(tmp_path, monkeypatch, capsys):
     assert "cannot write in" in err and str(read_only) in err
     assert not (read_only / "out").exists()
 
+    for bad_id in ("summary.json", "x" * 245):  # a reserved name; an id whose temporary mp4 name passes 255 bytes
+        (tmp_path / "bad.csv").write_text(f"id,input_dir\na,prep\n{bad_id},prep\n")
+        assert main([*base, "--manifest", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --manifest {tmp_path / 'bad.csv'} line 3: id") and "\n" not in err, err
+
     for flag in ("--image", "--save_file", "--input_dir"):
         assert main([*base, "--out", str(tmp_path / "o2"), flag, "x"]) == 2
         assert "the manifest gives each row's inputs" in capsys.readouterr().err

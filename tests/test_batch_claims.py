@@ -124,3 +124,30 @@ def test_batch_refuses_groups_across_nodes_before_any_model_loads(tmp_path, monk
                  str(tiny_checkpoint()), "--ulysses_size", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: groups of 4 processes") and "LOCAL_WORLD_SIZE" in err and "\n" not in err
+
+
+def test_the_queue_skips_held_rows_and_rows_finished_elsewhere(tmp_path, caplog):
+    """What a group's leader takes next: the first row nobody holds and nobody made or failed since
+    its run looked at the rows; a row another worker holds is left to it (logged once)."""
+    from steadydancer.batch.manifest import BatchRow
+    from steadydancer.batch.runner import BatchJob, BatchRunner, row_paths, write_record
+
+    job = BatchJob(ckpt_dir=str(tmp_path), out=tmp_path / "out", claim_timeout=60)
+    rows = [BatchRow(name, input_dir=tmp_path / name) for name in ("a", "b", "c", "d")]
+    for row in rows:
+        row_paths(job.out, row).folder.mkdir(parents=True)
+    other = Claim(row_paths(job.out, rows[0]).folder, 60, "row a")  # another worker works on a
+    assert other.acquire()
+    write_record(row_paths(job.out, rows[1]).record, {"status": "failed", "attempt": "old"})
+    mine = BatchRunner(job, setup=None, progress=False)
+    caplog.set_level(logging.INFO, logger="steadydancer")
+    queue = [(rows[0], None), (rows[1], "old"), (rows[2], None), (rows[3], None)]
+    assert mine._take_next(queue) == "b"  # a is held; b failed before this run began: tried again
+    assert "row a: held by host" in caplog.text and mine.elsewhere == {"a": mine.elsewhere["a"]}
+    mine.claim.release()
+    # meanwhile another run made c: not made again
+    write_record(row_paths(job.out, rows[2]).record, {"status": "done", "attempt": "theirs"})
+    assert mine._take_next(queue) == "d" and mine.elsewhere["c"] == "handled by another worker meanwhile"
+    assert mine._take_next(queue) is None
+    mine.claim.release()
+    other.release()
