@@ -151,3 +151,31 @@ def test_the_queue_skips_held_rows_and_rows_finished_elsewhere(tmp_path, caplog)
     assert mine._take_next(queue) is None
     mine.claim.release()
     other.release()
+
+
+def test_summary_json_gives_each_rows_true_status(tmp_path):
+    from steadydancer.batch.manifest import BatchRow
+    from steadydancer.batch.runner import BatchJob, merge_summary, row_paths, write_record
+
+    job = BatchJob(ckpt_dir=str(tmp_path), out=tmp_path / "out", claim_timeout=60, manifest="m.csv")
+    rows = {name: BatchRow(name, input_dir=tmp_path / name) for name in ("held", "dead", "bad", "new")}
+    for row in rows.values():
+        row_paths(job.out, row).folder.mkdir(parents=True)
+    holder = Claim(row_paths(job.out, rows["held"]).folder, 60, "row held")
+    assert holder.acquire()
+    write_record(row_paths(job.out, rows["held"]).record, {"status": "running", "stage": "generate"})
+    write_record(row_paths(job.out, rows["dead"]).record, {"status": "running", "stage": "prepare"})
+    write_record(row_paths(job.out, rows["bad"]).record, {"status": "failed", "stage": "inputs", "reason": "no poses"})
+    write_record(job.out / "summary.d" / "r1.json", {"manifest": "m.csv", "done": 0})
+    write_record(job.out / "summary.d" / "r2.json", {"manifest": "other.csv", "done": 3})
+    summary = merge_summary(job, list(rows.values()))
+    holder.release()
+    status = summary["row_status"]
+    assert status["held"]["status"] == "running" and f"pid {os.getpid()}" in status["held"]["by"]
+    assert status["dead"] == {"status": "interrupted", "stage": "prepare"}
+    assert status["bad"]["status"] == "failed" and summary["failures"] == {"bad": "inputs: no poses"}
+    assert status["new"] == {"status": "pending"}
+    assert summary["status"] == {"running": 1, "interrupted": 1, "failed": 1, "pending": 1}
+    assert list(summary["runs"]) == ["r1"]  # only this manifest's runs
+    assert json.loads((job.out / "summary.json").read_text()) == summary
+    assert not (job.out / ".summary.claim").exists()

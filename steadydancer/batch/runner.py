@@ -383,7 +383,10 @@ class BatchRunner:
                      "taking the next free row", self.run_id, len(rows), len(skipped), len(pending),
                      setup.group_count, setup.model_group_size)
             for row, (state, why, _) in zip(rows, scan):
-                if state == "pending" and why != "new":
+                holder = live_claim(job, row) if state == "pending" else None
+                if holder is not None:
+                    log.info("row %s: being made by %s", row.id, holder.describe())
+                elif state == "pending" and why != "new":
                     log.info("row %s: to be made again (%s)", row.id, why)
         by_id = {row.id: row for row, _ in pending}
         queue = list(pending)
@@ -570,15 +573,21 @@ def _handled_elsewhere(job: BatchJob, row: BatchRow, attempt_at_start: str | Non
     return now != (attempt_at_start or "") and record.get("status") in ("done", "failed")
 
 
+def live_claim(job: BatchJob, row: BatchRow):
+    """The row's claim when a worker holds it now (heartbeat within --claim_timeout), else None."""
+    folder = row_paths(job.out, row).folder
+    claim = read_claim(folder / CLAIM_NAME) if folder.is_dir() else None
+    return claim if claim is not None and claim.silent_s <= job.claim_timeout else None
+
+
 def row_status(job: BatchJob, row: BatchRow) -> dict:
     """A row's true status for summary.json: done or failed (from its record), running (a live
     claim), interrupted (a record saying running with no live claim), pending (never started)."""
     paths = row_paths(job.out, row)
     record = read_record(paths.record) or {}
     status = record.get("status", "pending")
-    claim = read_claim(paths.folder / CLAIM_NAME) if paths.folder.is_dir() else None
-    live = claim is not None and claim.silent_s <= job.claim_timeout
-    if live:
+    claim = live_claim(job, row)
+    if claim is not None:
         entry = {"status": "running", "by": claim.describe()}
     elif status == "running":
         entry = {"status": "interrupted", "stage": record.get("stage")}
