@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True,
                         help="CSV or JSON Lines: id, and input_dir or image + video; optional prompt, seed, frame_num")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: OUT/<id>/<id>.mp4, OUT/<id>/record.json, OUT/summary.json")
+                        help="output folder: OUT/<id>/<id>.mp4, OUT/<id>/record.json, OUT/summary.json (every row's "
+                             "status), OUT/summary.d/ (each run's own); any number of runs may share it")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="make only part I of N of the manifest (counted from 0), or 'slurm': this SLURM "
                              "array task's part; default: every row, shared with any other run on --out through "
