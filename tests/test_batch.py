@@ -4,8 +4,10 @@ broken rows (one process and under torchrun), resuming, groups of sequence-paral
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +17,7 @@ import numpy as np
 import pytest
 from test_pipeline_support import tiny_checkpoint, write_inputs
 
-from steadydancer.batch.manifest import (make_manifest_rows, parse_shard, read_manifest, shard_rows,
-                                         split_between_groups, write_manifest)
+from steadydancer.batch.manifest import make_manifest_rows, parse_shard, read_manifest, shard_rows, write_manifest
 from steadydancer.distributed.testing import free_port
 from steadydancer.errors import InputError
 from steadydancer.pose.video import read_video
@@ -60,6 +61,10 @@ def test_manifest_csv_and_json_lines(tmp_path):
     ("image,video\ni.png,v.mp4\n", ["first line must name the columns"]),
     ('{"id": "a", "input_dir": "p"\n', ["line 1", "not a JSON object"]),
     ("id,input_dir\n", ["no rows"]),
+    ("id,input_dir\nok,p\nsummary.json,p\n", ["line 3", "'summary.json' is reserved"]),
+    ("id,input_dir\nSummary.d,p\n", ["line 2", "is reserved"]),
+    ("id,input_dir\nok,p\nOK,p\n", ["id ok and id OK on lines 2 and 3", "without case"]),
+    ("id,input_dir\n" + "x" * 201 + ",p\n", ["line 2", "201 characters is too long", "at most 200"]),
 ])
 def test_bad_manifests_are_one_line_naming_the_place(tmp_path, text, words):
     path = _manifest(tmp_path / ("m.jsonl" if text.startswith("{") else "m.csv"), text)
@@ -71,26 +76,32 @@ def test_bad_manifests_are_one_line_naming_the_place(tmp_path, text, words):
         assert word in message, message
 
 
-def test_shards_and_groups_take_every_row_exactly_once():
+def test_shards_take_every_row_exactly_once():
     rows = list(range(11))
     parts = [shard_rows(rows, i, 4) for i in range(4)]
     assert sorted(r for part in parts for r in part) == rows
-    groups = [split_between_groups(parts[1], g, 2) for g in range(2)]
-    assert sorted(r for g in groups for r in g) == parts[1] and not set(groups[0]) & set(groups[1])
 
 
 def test_shard_flag_and_slurm_array_variables():
     assert parse_shard("2/5", {}) == (2, 5)
-    assert parse_shard(None, {}) == (0, 1)
-    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
-    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4",
-                              "SLURM_ARRAY_TASK_MIN": "1"}) == (3, 4)
-    assert parse_shard("1/2", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}) == (1, 2)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) is None  # the queue
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4",
+                                 "SLURM_ARRAY_TASK_MIN": "1"}) == (3, 4)
+    # --array=0-12:4: tasks 0, 4, 8, 12 are parts 0..3 of 4
+    stepped = {"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "4"}
+    assert [parse_shard("slurm", {**stepped, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 4, 8, 12)] == \
+        [(0, 4), (1, 4), (2, 4), (3, 4)]
+    # sbatch --array=2 (one task re-run): part 0 of 1, the whole manifest (the claims keep it safe)
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "1",
+                                 "SLURM_ARRAY_TASK_MIN": "2"}) == (0, 1)
     for bad, word in (("4/4", "0 <= I < N"), ("1of2", "expected I/N"), ("0/0", "does not exist")):
         with pytest.raises(InputError, match=word):
             parse_shard(bad, {})
-    with pytest.raises(InputError, match="SLURM_ARRAY_TASK_MIN"):
-        parse_shard(None, {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"})
+    with pytest.raises(InputError, match="not a SLURM job array"):
+        parse_shard("slurm", {})
+    with pytest.raises(InputError, match="does not exist"):
+        parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4"})
 
 
 def test_manifest_command_cross_product_and_given_pairs(samples_dir, tmp_path, capsys):
@@ -135,9 +146,11 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in out.glob("*/*.mp4")}
 
 
-def test_batch_one_process_good_raw_and_broken_rows_then_resume(tmp_path, samples_dir, monkeypatch, capsys):
+def test_batch_one_process_good_raw_and_broken_rows_then_resume(tmp_path, samples_dir, monkeypatch, capsys, caplog):
     from steadydancer.cli.main import main
     from steadydancer.pipeline import run
+
+    caplog.set_level(logging.INFO, logger="steadydancer")
 
     monkeypatch.setattr(run, "max_area_for", lambda size: 64 * 96)
     manifest = _batch_rows(tmp_path, samples_dir)
@@ -160,21 +173,41 @@ def test_batch_one_process_good_raw_and_broken_rows_then_resume(tmp_path, sample
     assert records["broken"]["stage"] == "prepare" and "broken.png" in records["broken"]["reason"]
     assert records["a"]["settings"]["sampling"]["steps"] == 2 and "torch" in records["a"]["versions"]
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["done"], summary["skipped"], summary["failed"]) == (3, 0, 1)
-    assert list(summary["model_load_s"]) == ["0"] and summary["all_rows"] == {"done": 3, "failed": 1}
-    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    assert summary["status"] == {"done": 3, "failed": 1} and summary["rows"] == 4
+    assert {k: v["status"] for k, v in summary["row_status"].items()} == {"a": "done", "b": "done", "raw": "done",
+                                                                         "broken": "failed"}
+    assert summary["failures"]["broken"].startswith("prepare: ")
+    (run,) = summary["runs"].values()
+    assert (run["done"], run["skipped"], run["failed"]) == (3, 0, 1) and list(run["model_load_s"]) == ["0"]
+    # seconds per pair: generation only (model loading and the raw row's pose stage apart)
+    generate_s = [records[p]["generate_s"] for p in ("a", "b", "raw")]
+    assert run["seconds_per_pair"] == pytest.approx(sum(generate_s) / 3, abs=0.01)
+    assert records["raw"]["prepare_s"] > 0 and run["pose_stage_s"] == pytest.approx(records["raw"]["prepare_s"])
+    assert records["a"]["inputs"]["prompt.txt"] is not None and records["raw"]["inputs"]["video"][0] > 0
+    assert records["a"]["row"]["input_dir"] == str((tmp_path / "prep_a").resolve())
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or ".claim" in p.name]
 
     before = _mtimes(out)
     assert main(argv) == 1  # the broken row is tried again and fails again
     assert "0 made, 3 skipped (done before), 1 failed" in capsys.readouterr().out
     assert _mtimes(out) == before  # finished rows untouched
+    assert len(json.loads((out / "summary.json").read_text())["runs"]) == 2  # both runs' own summaries
+
+    # an edited prompt.txt of a prepared folder: that row is made again, and the log says why
+    (tmp_path / "prep_b" / "prompt.txt").write_text("a different prompt")
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "1 made, 2 skipped" in captured.out
+    assert "row b: to be made again (its inputs changed: prompt.txt)" in caplog.text
+    assert json.loads((out / "b" / "record.json").read_text())["prompt"] == "a different prompt"
 
     # other settings: the finished rows are made again, not passed off as done
     argv[argv.index("--sample_steps") + 1] = "1"
     (tmp_path / "m2.csv").write_text("id,input_dir\na,prep_a\n")
     argv[argv.index("--manifest") + 1] = str(tmp_path / "m2.csv")
     assert main(argv) == 0
-    assert "1 made, 0 skipped" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 made, 0 skipped" in captured.out and "the settings changed: sampling.steps" in caplog.text
     assert json.loads((out / "a" / "record.json").read_text())["settings"]["sampling"]["steps"] == 1
 
 
@@ -207,6 +240,12 @@ def test_batch_checks_every_output_before_work(tmp_path, monkeypatch, capsys):
     assert "cannot write in" in err and str(read_only) in err
     assert not (read_only / "out").exists()
 
+    for bad_id in ("summary.json", "x" * 245):  # a reserved name; an id whose temporary mp4 name passes 255 bytes
+        (tmp_path / "bad.csv").write_text(f"id,input_dir\na,prep\n{bad_id},prep\n")
+        assert main([*base, "--manifest", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --manifest {tmp_path / 'bad.csv'} line 3: id") and "\n" not in err, err
+
     for flag in ("--image", "--save_file", "--input_dir"):
         assert main([*base, "--out", str(tmp_path / "o2"), flag, "x"]) == 2
         assert "the manifest gives each row's inputs" in capsys.readouterr().err
@@ -231,8 +270,9 @@ def test_torchrun_two_processes_share_the_rows_and_resume(tmp_path, samples_dir)
     assert "3 made, 0 skipped (done before), 1 failed of 4 rows" in result.stdout, result.stderr[-3000:]
     assert {p: _frames(out / p / f"{p}.mp4") for p in ("a", "b", "raw")} == {"a": 5, "b": 9, "raw": 5}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["groups"] == 2
-    assert sorted(summary["made_by_group"].values()) == [0, 0, 1]  # by turns: a, raw / b, broken
+    (run,) = summary["runs"].values()
+    assert run["processes"] == 2 and run["groups"] == 2
+    assert sorted(run["made_by_group"]) == ["a", "b", "raw"]  # each row once, by whichever group was free
     assert json.loads((out / "broken" / "record.json").read_text())["status"] == "failed"
     before = _mtimes(out)
     again = _torchrun(2, args, tmp_path)
@@ -248,9 +288,9 @@ def test_groups_of_two_sequence_parallel_processes_equal_one_process(tmp_path):
     common = ["batch", "--manifest", str(manifest), "--ckpt_dir", str(tiny_checkpoint()), *FAST]
     parallel = _torchrun(4, [*common, "--out", str(tmp_path / "sp"), "--ulysses_size", "2"], tmp_path)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    summary = json.loads((tmp_path / "sp" / "summary.json").read_text())
-    assert summary["groups"] == 2 and summary["group_size"] == 2
-    assert summary["made_by_group"] == {"r0": 0, "r1": 1, "r2": 0, "r3": 1}
+    (run,) = json.loads((tmp_path / "sp" / "summary.json").read_text())["runs"].values()
+    assert run["groups"] == 2 and run["group_size"] == 2
+    assert sorted(run["made_by_group"]) == ["r0", "r1", "r2", "r3"] and set(run["made_by_group"].values()) <= {0, 1}
     assert {json.loads((tmp_path / "sp" / f"r{i}" / "record.json").read_text())["processes"] for i in range(4)} == {2}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the thread count of each torchrun process
     single = subprocess.run([sys.executable, SMALL, *common, "--out", str(tmp_path / "one"), "--device", "cpu"],
@@ -270,7 +310,7 @@ def test_a_killed_batch_redoes_only_the_interrupted_row(tmp_path):
     manifest = _manifest(tmp_path / "m.csv", "id,input_dir\n" + "".join(f"r{i},prep{i}\n" for i in range(3)))
     out = tmp_path / "out"
     cmd = [sys.executable, SMALL, "batch", "--manifest", str(manifest), "--out", str(out),
-           "--ckpt_dir", str(tiny_checkpoint()), "--device", "cpu", *FAST, "--frame_num", "9"]
+           "--ckpt_dir", str(tiny_checkpoint()), "--device", "cpu", *FAST, "--frame_num", "9", "--claim_timeout", "2"]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
 
     def status(row: str) -> str | None:
@@ -287,20 +327,25 @@ def test_a_killed_batch_redoes_only_the_interrupted_row(tmp_path):
     process.wait()
     assert not (out / "r1" / "r1.mp4").exists()  # nothing that looks complete
     done_before = (out / "r0" / "r0.mp4").stat().st_mtime_ns
+    assert (out / "r1" / ".claim").is_file()  # the dead worker's claim stays ...
+    time.sleep(2.5)  # ... until its heartbeat is older than --claim_timeout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "row r1: making it again (was running)" in again.stdout
+    assert "row r1: to be made again (was running)" in again.stdout
+    assert f"row r1: taking over the claim of host {socket.gethostname()} pid {process.pid}" in again.stdout
     assert "2 made, 1 skipped (done before), 0 failed of 3 rows" in again.stdout
     assert (out / "r0" / "r0.mp4").stat().st_mtime_ns == done_before
     assert [_frames(out / f"r{i}" / f"r{i}.mp4") for i in range(3)] == [9, 9, 9]
-    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or ".claim" in p.name]
+    assert json.loads((out / "summary.json").read_text())["status"] == {"done": 3}
 
 
-def test_a_finished_row_counts_as_done_only_with_the_same_settings(tmp_path):
+def test_a_finished_row_counts_as_done_only_with_the_same_settings_and_inputs(tmp_path):
     from steadydancer.batch.manifest import BatchRow
-    from steadydancer.batch.runner import BatchJob, row_paths, row_state, write_record
+    from steadydancer.batch.runner import BatchJob, input_fingerprint, row_paths, row_state, write_record
     from steadydancer.pipeline.i2v import SamplingOptions
 
+    write_inputs(tmp_path / "prep", 5)
     job = BatchJob(ckpt_dir=str(tmp_path), out=tmp_path / "out", sampling=SamplingOptions(
         solver="euler", steps=2, timesteps=(1000.0, 500.0)), prepare={"max_frame": 300})
     row = BatchRow("a", input_dir=tmp_path / "prep")
@@ -308,12 +353,15 @@ def test_a_finished_row_counts_as_done_only_with_the_same_settings(tmp_path):
     paths.folder.mkdir(parents=True)
     paths.mp4.write_bytes(b"video")
     write_record(paths.record, {"status": "done", "row": row.as_json(), "settings": job.settings(row),
-                                "mp4_bytes": 5})
+                                "inputs": input_fingerprint(row), "mp4_bytes": 5})
     assert row_state(job, row) == ("done", "")  # read back from JSON: the step tuple compares equal
     job.prepare = {"max_frame": 100}  # pose-stage flags do not concern a prepared folder
     assert row_state(job, row) == ("done", "")
     job.sampling = SamplingOptions(solver="euler", steps=2, timesteps=(1000.0, 250.0))
-    assert row_state(job, row) == ("pending", "the manifest row or the settings changed")
+    assert row_state(job, row) == ("pending", "the settings changed: sampling.timesteps")
     job.sampling = SamplingOptions(solver="euler", steps=2, timesteps=(1000.0, 500.0))
+    frame = tmp_path / "prep" / "positive" / "0003.jpg"
+    os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))  # a redrawn pose frame
+    assert row_state(job, row) == ("pending", "its inputs changed: positive/.sha1")
     paths.mp4.write_bytes(b"other video")
     assert row_state(job, row) == ("pending", "its mp4 is missing or changed")

@@ -22,6 +22,16 @@ from ..errors import InputError
 
 COLUMNS = ("id", "input_dir", "image", "video", "prompt", "seed", "frame_num")
 ID_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
+SUMMARY_PARTS_NAME = "summary.d"  # OUT/summary.d/<run>.json: each run's own summary
+# What a run writes at OUT's top level besides the row folders: summary.json, summary.d/ and the
+# dot-names of claims and temporary files (which no id can take: an id starts with a letter or
+# digit). Ids are compared without case, for case-insensitive file systems (macOS, Windows shares).
+RESERVED_ID = re.compile(r"^summary(\..*)?$", re.IGNORECASE)
+# The longest name a row writes in its folder is the mp4's temporary name, ".<id>.XXXXXXXX.partial.mp4"
+# (fileio.atomic_path: id + 22 bytes); 255 bytes is the limit of a name on Linux file systems, and
+# 55 bytes are left for that suffix and for sidecar files named after the id (<id>.<sidecar>.json).
+NAME_MAX_BYTES = 255
+MAX_ID_BYTES = NAME_MAX_BYTES - 55
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -62,7 +72,7 @@ def _path_field(value, base: Path) -> Path | None:
     if value is None or not str(value).strip():
         return None
     path = Path(os.path.expanduser(str(value).strip()))
-    return path if path.is_absolute() else base / path
+    return (path if path.is_absolute() else base / path).resolve()  # records and logs show real places
 
 
 def _row(fields: dict, base: Path, where: str, line: int) -> BatchRow:
@@ -73,6 +83,13 @@ def _row(fields: dict, base: Path, where: str, line: int) -> BatchRow:
     if not ID_PATTERN.match(row_id):
         raise InputError(f"{where}: id {row_id!r} must be letters, digits, '_', '-' or '.' (it names the output "
                          "folder)")
+    if RESERVED_ID.match(row_id):
+        raise InputError(f"{where}: id {row_id!r} is reserved (the batch writes summary.json and summary.d/ in "
+                         "--out); choose another id")
+    if len(row_id.encode("utf-8")) > MAX_ID_BYTES:
+        raise InputError(f"{where}: id of {len(row_id.encode('utf-8'))} characters is too long: at most "
+                         f"{MAX_ID_BYTES}, so that every file the row writes (<id>.mp4 and its temporary name) "
+                         f"stays under the file systems' {NAME_MAX_BYTES}-byte limit")
     input_dir = _path_field(fields.get("input_dir"), base)
     image, video = _path_field(fields.get("image"), base), _path_field(fields.get("video"), base)
     if input_dir is None and (image is None or video is None):
@@ -128,39 +145,54 @@ def read_manifest(path: str | os.PathLike) -> list[BatchRow]:
             rows.append(_row(fields, base, where, number))
     if not rows:
         raise InputError(f"--manifest {path}: no rows")
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[str, int]] = {}
     for row in rows:
-        if row.id in seen:
-            raise InputError(f"--manifest {path}: id {row.id} on lines {seen[row.id]} and {row.line}; ids must be "
-                             "unique (each names an output folder)")
-        seen[row.id] = row.line
+        key = row.id.lower()  # one folder on a case-insensitive file system
+        if key in seen:
+            first, line = seen[key]
+            same = row.id if first == row.id else f"{first} and id {row.id}"
+            raise InputError(f"--manifest {path}: id {same} on lines {line} and {row.line}; ids must be unique, "
+                             "also without case (each names an output folder)")
+        seen[key] = (row.id, row.line)
     return rows
 
 
-def parse_shard(value: str | None, environ: dict | None = None) -> tuple[int, int]:
-    """``--shard I/N`` -> (I, N), 0 <= I < N; None: from SLURM's job-array variables
-    (``SLURM_ARRAY_TASK_ID`` minus ``SLURM_ARRAY_TASK_MIN``, of ``SLURM_ARRAY_TASK_COUNT``),
-    else (0, 1). InputError for a bad value."""
+def parse_shard(value: str | None, environ: dict | None = None) -> tuple[int, int] | None:
+    """``--shard``: None (no flag) -> None, every row, shared with other workers through the claims;
+    ``I/N`` -> (I, N), 0 <= I < N; ``slurm`` -> this SLURM array task's part:
+    (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN``) / ``SLURM_ARRAY_TASK_STEP`` of
+    ``SLURM_ARRAY_TASK_COUNT`` (so ``--array=0-12:4`` gives parts 0..3 of 4, and a re-run of one
+    task, ``--array=2``, part 0 of 1: the whole manifest, safe with the claims). InputError for a
+    bad value."""
     environ = os.environ if environ is None else environ
     if value is None:
+        return None
+    if value.strip().lower() == "slurm":
         task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
         if task is None or count is None:
-            return 0, 1
+            raise InputError("--shard slurm: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT are not set (not a SLURM "
+                             "job array); pass --shard I/N or leave --shard out")
         try:
-            index, total = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0)), int(count)
+            offset = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+            step, total = int(environ.get("SLURM_ARRAY_TASK_STEP") or 1), int(count)
         except ValueError:
-            raise InputError(f"SLURM_ARRAY_TASK_ID {task!r} / SLURM_ARRAY_TASK_COUNT {count!r}: not whole numbers; "
-                             "pass --shard I/N") from None
-        source = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
+            raise InputError(f"--shard slurm: SLURM_ARRAY_TASK_ID {task!r} / SLURM_ARRAY_TASK_COUNT {count!r} / "
+                             "SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_STEP: not whole numbers") from None
+        if step < 1 or offset % step:
+            raise InputError(f"--shard slurm: task {task} is not on the array's step {step} from "
+                             f"{environ.get('SLURM_ARRAY_TASK_MIN', 0)}; pass --shard I/N")
+        index = offset // step
+        source = (f"--shard slurm (SLURM_ARRAY_TASK_ID {task}, MIN {environ.get('SLURM_ARRAY_TASK_MIN', 0)}, "
+                  f"STEP {step}, COUNT {total})")
     else:
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
         if not match:
-            raise InputError(f"--shard {value}: expected I/N, e.g. 0/4 (this job's part I of N, counted from 0)")
+            raise InputError(f"--shard {value}: expected I/N, e.g. 0/4 (this job's part I of N, counted from 0), "
+                             "or slurm")
         index, total = int(match[1]), int(match[2])
         source = f"--shard {value}"
     if total < 1 or not 0 <= index < total:
-        raise InputError(f"{source}: part {index} of {total} does not exist (expected 0 <= I < N); for a job "
-                         "array with ids not starting at 0 set SLURM_ARRAY_TASK_MIN or pass --shard")
+        raise InputError(f"{source}: part {index} of {total} does not exist (expected 0 <= I < N)")
     return index, total
 
 
@@ -168,11 +200,6 @@ def shard_rows(rows: list[BatchRow], index: int, count: int) -> list[BatchRow]:
     """Part ``index`` of ``count`` of the rows (every ``count``-th row from ``index``): the parts
     of all jobs together hold each row exactly once."""
     return rows[index::count]
-
-
-def split_between_groups(rows: list[BatchRow], group: int, groups: int) -> list[BatchRow]:
-    """The rows data-parallel group ``group`` (of ``groups``) makes: every ``groups``-th one."""
-    return rows[group::groups]
 
 
 # -- steadydancer manifest ----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``steadydancer batch``: every pair of a manifest, models loaded once per process; also under
-``torchrun`` (groups of --ulysses_size x --ring_size processes) and as SLURM array jobs
-(``--shard``). See docs/batch.md."""
+``torchrun`` (groups of --ulysses_size x --ring_size processes), and by any number of runs on one
+--out (SLURM array tasks, nodes), which share the rows through per-row claims. See docs/batch.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..batch.claims import DEFAULT_CLAIM_TIMEOUT_S
 from ..errors import InputError
 from . import generate
 
@@ -23,10 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True,
                         help="CSV or JSON Lines: id, and input_dir or image + video; optional prompt, seed, frame_num")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: OUT/<id>/<id>.mp4, OUT/<id>/record.json, OUT/summary.json")
+                        help="output folder: OUT/<id>/<id>.mp4, OUT/<id>/record.json, OUT/summary.json (every row's "
+                             "status), OUT/summary.d/ (each run's own); any number of runs may share it")
     parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="make only part I of N of the manifest (counted from 0; default: from "
-                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a SLURM job array, else all)")
+                        help="make only part I of N of the manifest (counted from 0), or 'slurm': this SLURM "
+                             "array task's part; default: every row, shared with any other run on --out through "
+                             "per-row claims (the next free row to whichever worker is free)")
+    parser.add_argument("--claim_timeout", type=float, default=DEFAULT_CLAIM_TIMEOUT_S, metavar="SECONDS",
+                        help="a row's claim whose worker has not refreshed it for this long is stale and is taken "
+                             f"over (default {DEFAULT_CLAIM_TIMEOUT_S:.0f}; more than the clock skew between nodes "
+                             "plus NFS attribute caching)")
     pose = parser.add_argument_group("pose stage of rows given as image + video (steadydancer prepare's flags)")
     pose.add_argument("--align_frame", type=int, default=0,
                       help="driving frame the limb scales are measured on; earlier frames are dropped")
@@ -67,18 +74,23 @@ def prepare_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def make_job(args: argparse.Namespace, out: Path, manifest: str, prepare: dict, shard: tuple[int, int] = (0, 1)):
+def make_job(args: argparse.Namespace, out: Path, manifest: str, prepare: dict,
+             shard: tuple[int, int] | None = None):
     """The :class:`~steadydancer.batch.runner.BatchJob` of checked generate flags (``batch`` and
-    ``benchmark``): sampling defaults filled, memory and long-video options parsed."""
+    ``benchmark``): sampling defaults filled, memory and long-video options parsed, paths resolved."""
     from ..batch.runner import BatchJob
     from ..models.memory import memory_options_from_args
 
-    return BatchJob(ckpt_dir=args.ckpt_dir, out=Path(out).absolute(), size=args.size, frame_num=args.frame_num,
+    claim_timeout = getattr(args, "claim_timeout", DEFAULT_CLAIM_TIMEOUT_S)
+    if not claim_timeout > 0:
+        raise InputError(f"--claim_timeout {claim_timeout}: expected seconds > 0")
+    return BatchJob(ckpt_dir=args.ckpt_dir, out=Path(out).resolve(), size=args.size, frame_num=args.frame_num,
                     sampling=generate.sampling_options_from_args(args), seed=args.base_seed, prompt=args.prompt,
                     memory=memory_options_from_args(args), long_video=generate.long_video_options_from_args(args),
                     device=args.device, offload_model=args.offload_model, t5_cpu=args.t5_cpu,
                     ulysses_size=args.ulysses_size, ring_size=args.ring_size, dit_fsdp=args.dit_fsdp,
-                    t5_fsdp=args.t5_fsdp, prepare=prepare, manifest=manifest, shard=shard)
+                    t5_fsdp=args.t5_fsdp, prepare=prepare, manifest=manifest, shard=shard,
+                    claim_timeout=claim_timeout)
 
 
 def check_process_flags(args: argparse.Namespace, memory, group_size: int) -> int:
@@ -112,16 +124,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.ckpt_dir is None:
         raise InputError("--ckpt_dir is required (the SteadyDancer-14B folder)")
     shard = parse_shard(args.shard)
-    rows = shard_rows(read_manifest(args.manifest), *shard)
-    job = make_job(args, args.out, str(Path(args.manifest).absolute()), prepare_options(args), shard)
-    summary = run_rows(args, job, rows)
+    manifest_rows = read_manifest(args.manifest)
+    rows = manifest_rows if shard is None else shard_rows(manifest_rows, *shard)
+    job = make_job(args, args.out, str(Path(args.manifest).resolve()), prepare_options(args), shard)
+    summary = run_rows(args, job, rows, manifest_rows)
     return 1 if summary["failed"] else 0
 
 
-def run_rows(args: argparse.Namespace, job, rows: list) -> dict:
+def run_rows(args: argparse.Namespace, job, rows: list, manifest_rows: list | None = None) -> dict:
     """Check the outputs, the checkpoint and the process layout, join the process group, make the
-    rows, print the summary (rank 0) and leave the group; returns the summary (every rank)."""
+    rows, print the summary (rank 0) and leave the group; returns the summary (every rank).
+    ``manifest_rows``: all rows of the manifest (summary.json lists them; default ``rows``)."""
+    import os
+
     from ..batch.runner import BatchRunner, check_outputs_writable, print_summary
+    from ..distributed.groups import check_groups_within_nodes
     from ..distributed.launch import TorchrunEnv, init_distributed
     from ..pipeline.i2v import verify_checkpoint
 
@@ -130,14 +147,16 @@ def run_rows(args: argparse.Namespace, job, rows: list) -> dict:
     verify_checkpoint(job.ckpt_dir, dit_from_other_file=bool(memory.gguf or memory.dit_fp8_file))
     env = TorchrunEnv.read()
     group_size = args.ulysses_size * args.ring_size if env.world_size > 1 else 1
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    check_groups_within_nodes(group_size, env.world_size, int(local) if local and local.isdigit() else None)
     num_heads = check_process_flags(args, memory, group_size)
     if env.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
     setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
                              data_parallel=True, timeout_s=COLLECTIVE_TIMEOUT_S)
-    if setup.is_main and job.shard != (0, 1):
+    if setup.is_main and job.shard is not None:
         log.info("shard %d/%d: %d rows of %s", job.shard[0], job.shard[1], len(rows), job.manifest)
-    summary = BatchRunner(job, setup).run(rows)
+    summary = BatchRunner(job, setup).run(rows, manifest_rows)
     if setup.is_main:
         print_summary(summary, job.out)
     setup.shutdown()

@@ -95,3 +95,19 @@ def make_data_parallel_groups(group_size: int) -> object | None:
         if base <= rank < base + group_size:
             mine = pg
     return mine
+
+
+def check_groups_within_nodes(group_size: int, world_size: int, local_world_size: int | None) -> None:
+    """InputError (one line) when a data-parallel group of ``group_size`` consecutive ranks would
+    hold processes of two nodes without holding them whole: torchrun numbers the ranks node by
+    node (``LOCAL_WORLD_SIZE`` per node), so a group stays within a node when that number divides
+    by the group size, and groups of whole nodes (the group size a multiple of it, e.g. the
+    multi-node layout of ``generate``) are allowed too. ``local_world_size`` None: not torchrun."""
+    from ..errors import InputError
+
+    if local_world_size is None or group_size <= 1 or group_size >= world_size:
+        return
+    if local_world_size % group_size and group_size % local_world_size:
+        raise InputError(f"groups of {group_size} processes (--ulysses_size x --ring_size) with {local_world_size} "
+                         f"processes per node (LOCAL_WORLD_SIZE): a group would span two nodes; use a group size "
+                         f"that divides {local_world_size}")
