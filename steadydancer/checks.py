@@ -28,12 +28,17 @@ FLAG_NAMES = {
     "timesteps": "--sample_timesteps", "cfg_start": "--st_cond_cfg", "cfg_end": "--end_cond_cfg",
     "context_frames": "--context_frames", "context_overlap": "--context_overlap", "mode": "--long_video",
     "schedule": "--context_schedule", "fuse": "--context_fuse",
+    "context_image": "--context_image", "chain_overlap": "--chain_overlap", "chain_blend": "--chain_blend",
+    "color_match": "--color_match", "freenoise": "--no_freenoise",
 }
 ARG_NAMES = {
     "size": "size", "frame_num": "num_frames", "solver": "solver", "steps": "num_inference_steps",
     "timesteps": "timesteps", "cfg_start": "cfg_window[0]", "cfg_end": "cfg_window[1]",
     "context_frames": "long_video.context_frames", "context_overlap": "long_video.context_overlap",
     "mode": "long_video.mode", "schedule": "long_video.schedule", "fuse": "long_video.fuse",
+    "context_image": "long_video.context_image", "chain_overlap": "long_video.chain_overlap",
+    "chain_blend": "long_video.chain_blend", "color_match": "long_video.color_match",
+    "freenoise": "long_video.freenoise",
 }
 
 
@@ -86,7 +91,7 @@ def check_sampling(sampling: "SamplingOptions", names: dict[str, str] = FLAG_NAM
 
 def check_long_video_options(options: "LongVideoOptions", names: dict[str, str] = FLAG_NAMES) -> None:
     """Windows that cannot be built (one line naming the setting)."""
-    from .pipeline.long_video import MODES
+    from .pipeline.long_video import CHAIN_BLENDS, CONTEXT_IMAGES, MODES
     from .sampling.context_windows import FUSIONS, SCHEDULES
 
     window, overlap = options.context_frames, options.context_overlap
@@ -96,9 +101,18 @@ def check_long_video_options(options: "LongVideoOptions", names: dict[str, str] 
         raise InputError(f"{names['context_overlap']} {overlap}: must be at least 1 and less than the window "
                          f"({names['context_frames']} {window})")
     for key, value, allowed in (("mode", options.mode, MODES), ("schedule", options.schedule, SCHEDULES),
-                                ("fuse", options.fuse, FUSIONS)):
+                                ("fuse", options.fuse, FUSIONS), ("context_image", options.context_image,
+                                                                  CONTEXT_IMAGES),
+                                ("chain_blend", options.chain_blend, CHAIN_BLENDS)):
         if value not in allowed:
             raise InputError(f"{names[key]} {value}: expected one of {', '.join(allowed)}")
+    handover = options.chain_overlap
+    if options.mode == "chain" and (isinstance(handover, bool) or not isinstance(handover, int) or handover < 1
+                                    or (handover - 1) % 4 or handover >= window):
+        raise InputError(f"{names['chain_overlap']} {handover}: frames handed over to the next window, 4n+1 "
+                         f"(1, 5, 9, ...) and less than the window ({names['context_frames']} {window})")
+    if not 0 <= float(options.color_match) <= 1:
+        raise InputError(f"{names['color_match']} {options.color_match:g}: a strength, expected 0 to 1")
 
 
 def check_generation(size: str | int, frame_num: int | None, sampling: "SamplingOptions | None" = None,
