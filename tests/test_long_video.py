@@ -5,6 +5,7 @@ bit-identical."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,35 @@ def test_streamed_decode_equals_decode(ckpt):
     chunks = list(vae.decode_stream(latent))
     assert [c.shape[1] for c in chunks] == [1, 4, 4, 4]
     assert torch.equal(torch.cat(chunks, dim=1), vae.decode(latent))
+
+
+def test_new_settings_are_checked_with_one_line_and_parsed_from_the_flags():
+    import argparse
+
+    from steadydancer.checks import ARG_NAMES, check_long_video_options
+    from steadydancer.cli.generate import add_long_video_arguments, long_video_options_from_args
+    from steadydancer.errors import InputError
+
+    bad = [(dict(mode="chain", chain_overlap=4), "--chain_overlap 4: frames handed over to the next window, 4n+1"),
+           (dict(mode="chain", chain_overlap=33, context_frames=33), "less than the window (--context_frames 33)"),
+           (dict(color_match=1.5), "--color_match 1.5: a strength, expected 0 to 1"),
+           (dict(context_image="all"), "--context_image all: expected one of none, first, every"),
+           (dict(chain_blend="mix"), "--chain_blend mix: expected one of drop, crossfade")]
+    for settings, message in bad:
+        with pytest.raises(InputError, match=re.escape(message)):
+            check_long_video_options(LongVideoOptions(**settings))
+    with pytest.raises(InputError, match="long_video.color_match"):
+        check_long_video_options(LongVideoOptions(color_match=-1.0), ARG_NAMES)
+    check_long_video_options(LongVideoOptions(context_frames=5, context_overlap=4, chain_overlap=5))  # not used here
+    parser = argparse.ArgumentParser()
+    add_long_video_arguments(parser)
+    options = long_video_options_from_args(parser.parse_args(["--color_match", "--long_video", "chain",
+                                                              "--chain_overlap", "9", "--chain_blend", "crossfade"]))
+    assert (options.color_match, options.chain_overlap, options.chain_blend, options.mode) == (1.0, 9, "crossfade",
+                                                                                              "chain")
+    options = long_video_options_from_args(parser.parse_args(["--color_match", "0.25", "--context_image", "every"]))
+    assert options.color_match == 0.25 and options.context_image == "every" and options == LongVideoOptions(
+        color_match=0.25, context_image="every")
 
 
 def _loaded(folder, frames):
@@ -292,3 +322,41 @@ def _ulysses_worker(rank: int, world_size: int, ckpt: str, folder: str, out_dir:
 def test_windowed_runs_under_ulysses_2_write_69_frames(ckpt, inputs69, tmp_path):
     results = run_on_gloo(_ulysses_worker, 2, str(ckpt), str(inputs69), str(tmp_path))
     assert results[0] == {"context": 69, "chain": 69} and results[1] == {"context": None, "chain": None}
+
+
+# -- the documented distillation recipe ---------------------------------------------------------------
+
+def test_the_documented_distillation_command_runs_as_written(ckpt, tmp_path, monkeypatch):
+    """docs/long_video.md's recipe, flag for flag, with the tiny checkpoint and a tiny LoRA in place of
+    the real files (and a small video area: the tiny model's size, not the recipe's)."""
+    import shlex
+
+    from safetensors.torch import save_file
+
+    from conftest import REPO
+    from steadydancer.cli.main import main
+    from steadydancer.pipeline import run
+
+    text = (REPO / "docs" / "long_video.md").read_text()
+    block = text.split("<!-- test:distill-recipe -->", 1)[1].split("```")[1]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:2] == ["steadydancer", "generate"] and "--lora" in argv
+    lora = tmp_path / "distill_lora.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(4, 64, generator=g),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(64, 4, generator=g)}, str(lora))
+    files = {"--ckpt_dir": str(ckpt), "--input_dir": str(write_inputs(tmp_path / "in", 81, pose_size=(40, 56))),
+             "--lora": str(lora), "--save_file": str(tmp_path / "distilled.mp4")}
+    for i, arg in enumerate(argv[:-1]):
+        if arg in files:
+            argv[i + 1] = files.pop(arg)
+    assert not files  # every file flag of the recipe was found
+    monkeypatch.setattr(run, "max_area_for", lambda size: AREA)
+    from steadydancer.models.dit import SteadyDancerDiT
+
+    forward, calls = SteadyDancerDiT.forward, []
+    monkeypatch.setattr(SteadyDancerDiT, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    assert main(argv[2:] + ["--device", "cpu"]) == 0
+    frames, fps = read_video(tmp_path / "distilled.mp4")
+    assert len(frames) == 81 and fps == 16
+    assert len(calls) == 4  # 4 steps of one DiT pass: no negative-text or negative-pose pass
