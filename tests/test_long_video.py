@@ -172,7 +172,7 @@ def test_pose_streams_go_through_the_vae_about_once_for_161_frames_uniform_40_st
     counted = []
     hook = pipe.vae().model.encoder.register_forward_hook(lambda module, args, out: counted.append(args[0].shape[2]))
     options = LongVideoOptions(schedule="uniform")  # 81-frame windows, overlap 16
-    conditions = prepare_context_conditions(pipe, shared, positive, negative, 161, SamplingOptions(steps=40), options)
+    prepare_context_conditions(pipe, shared, positive, negative, 161, SamplingOptions(steps=40), options)
     hook.remove()
     starts = {a for step in range(40) for a in conditions_plan(options, 161)(step)}
     image_conditions = 2 * 81  # window 0's y (reference, zeros) and the all-zero clip, once each

@@ -234,20 +234,22 @@ def encode_pose_clip(pipeline: "DancerPipeline", frames: Sequence[Image.Image], 
 
 
 def encode_frames_streamed(pipeline: "DancerPipeline", frames: Sequence[Image.Image], h: int, w: int,
-                           desc: str | None = None) -> torch.Tensor:
-    """:func:`encode_pose_clip` of all ``frames`` (4n+1) with only one causal chunk (1, then 4
-    frames) read, resized and on the device at a time -> latent [16, n+1, h/8, w/8] on the CPU.
+                           desc: str | None = None, count: int | None = None) -> torch.Tensor:
+    """:func:`encode_pose_clip` of the first ``count`` (default all, 4n+1) ``frames`` with only one
+    causal chunk (1, then 4 frames) read, resized and on the device at a time -> latent
+    [16, n+1, h/8, w/8] on the CPU.
 
     The Wan VAE encodes chunk by chunk with a conv cache anyway (diffusers' ``_encode``); here the
-    chunks come from disk one by one, so a long video is never one float tensor.
+    chunks are indexed from ``frames`` (a lazy :class:`PoseFrames` reads them from disk) one by one,
+    so a long video is never all in memory, neither as images nor as one float tensor.
     """
     vae = pipeline.vae()
     model = vae.model
-    count = len(frames)
+    count = len(frames) if count is None else count
     if count % 4 != 1:
         raise ValueError(f"the Wan VAE encodes 4n+1 frames, got {count}")
     if getattr(model, "use_tiling", False) or getattr(model.config, "patch_size", None) is not None:
-        return encode_pose_clip(pipeline, frames, h, w).cpu()  # layouts the chunk loop below does not cover
+        return encode_pose_clip(pipeline, frames[:count], h, w).cpu()  # layouts the chunk loop below does not cover
     bounds = [(0, 1)] + [(1 + 4 * i, 5 + 4 * i) for i in range((count - 1) // 4)]
     latents = []
     model.clear_cache()
@@ -281,8 +283,8 @@ class PoseLatentCache:
                  frame_num: int, h: int, w: int) -> None:
         self.pipeline, self.positive, self.negative, self.h, self.w = pipeline, positive, negative, h, w
         log.info("VAE: encoding the %d pose frames of each stream once", frame_num)
-        self.whole = (encode_frames_streamed(pipeline, positive[:frame_num], h, w, "VAE encode positive poses"),
-                      encode_frames_streamed(pipeline, negative[:frame_num], h, w, "VAE encode negative poses"))
+        self.whole = (encode_frames_streamed(pipeline, positive, h, w, "VAE encode positive poses", frame_num),
+                      encode_frames_streamed(pipeline, negative, h, w, "VAE encode negative poses", frame_num))
         self._first: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def first_latents(self, pixel_start: int) -> tuple[torch.Tensor, torch.Tensor]:
