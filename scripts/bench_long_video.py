@@ -11,6 +11,16 @@ its host peak (ru_maxrss) is its own.
 
     python scripts/bench_long_video.py                        # GPU: 14B DiT, 1024*576, N = 81,161,321
     python scripts/bench_long_video.py --device cpu           # reduced DiT and size (minutes on 2 cores)
+
+With ``--ckpt_dir`` and ``--input_dir`` it instead generates one real video per long-video setting
+(``--compare``, e.g. ``context_image=first,context_image=every,mode=chain``) from a prepared input
+folder and reports, per window, the seam and identity figures: VBench temporal flickering of the
+frame pair at the window's seam against the pairs inside the window, and (with ``--eval_weights``
+holding DINO ViT-B/16 and CLIP ViT-B/32, ``steadydancer.eval``) the mean cosine similarity of the
+window's frames to the reference image:
+
+    python scripts/bench_long_video.py --ckpt_dir SteadyDancer-14B --input_dir prepared/ --frame_num 321 \
+        --size 1024*576 --compare context_image=first,context_image=every,mode=chain --eval_weights eval_weights/
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +115,114 @@ def decode_stream(latent: torch.Tensor, device: torch.device) -> dict:
     return row
 
 
+# -- seam and identity figures of real videos --------------------------------------------------------
+
+def window_spans(frame_num: int, options) -> list[tuple[int, int]]:
+    """(first frame, frames) each window owns in the output: context windows own from their start
+    (4a) to the next window's start; chain windows from the end of their handover to the next's."""
+    from steadydancer.pipeline.long_video import _plan_spans
+
+    spans = _plan_spans(frame_num, options)
+    handover = options.chain_overlap if options.mode == "chain" else 0
+    owned = [0] + [start + handover for start, _ in spans[1:]] + [frame_num]
+    return [(owned[k], owned[k + 1] - owned[k]) for k in range(len(spans))]
+
+
+def _pair_flicker(a, b) -> float:
+    """VBench temporal flickering of one frame pair (uint8 [H, W, 3]): 1 = identical."""
+    from steadydancer.eval.metrics import temporal_flickering
+
+    return temporal_flickering(np.stack([a, b]))
+
+
+def window_figures(frames, reference, spans, dino=None, clip=None, device="cpu") -> list[dict]:
+    """Per window: its frames, the flickering of the pair entering it (the seam; None for window 0),
+    the mean flickering of the pairs inside it, and with ``dino``/``clip`` the mean cosine
+    similarity of its frames to ``reference`` (uint8 [H, W, 3]). ``frames``: uint8 [T, H, W, 3]."""
+    import torch.nn.functional as F
+
+    from steadydancer.eval import vbench
+
+    rows, features = [], {}
+    for name, model, video_tf, image_tf in (("dino", dino, vbench.dino_frames, vbench.dino_image),
+                                            ("clip", clip, vbench.clip_frames, lambda im: vbench.clip_frames(im[None]))):
+        if model is not None:
+            with torch.no_grad():
+                ref = F.normalize(model(image_tf(reference).to(device)).float().cpu(), dim=-1)
+                feats = vbench._features(model, video_tf(frames), device)
+            features[name] = (feats @ ref.T)[:, 0]
+    for k, (start, count) in enumerate(spans):
+        inside = [_pair_flicker(frames[i], frames[i + 1]) for i in range(start, start + count - 1)]
+        row = dict(window=k, frames=f"{start}-{start + count - 1}",
+                   seam_flicker=_pair_flicker(frames[start - 1], frames[start]) if start > 0 else None,
+                   inside_flicker=float(np.mean(inside)) if inside else None)
+        for name, sims in features.items():
+            row[f"{name}_to_reference"] = float(sims[start:start + count].mean())
+        rows.append(row)
+    return rows
+
+
+def compare_settings(args: argparse.Namespace) -> list[dict]:
+    """One video per ``--compare`` setting from the prepared folder; the per-window figures of each."""
+    from dataclasses import replace
+
+    from steadydancer.checks import check_long_video_options, max_area_for
+    from steadydancer.pipeline.i2v import DancerPipeline, SamplingOptions
+    from steadydancer.pipeline.inputs import PreparedFolder, load_image
+    from steadydancer.pipeline.long_video import LongVideoOptions, generate_long_video_file
+    from steadydancer.pose.video import read_video
+
+    folder = PreparedFolder(Path(args.input_dir))
+    base = LongVideoOptions(context_frames=args.context_frames, context_overlap=args.context_overlap)
+    settings = []
+    for item in args.compare.split(","):
+        key, _, value = item.partition("=")
+        if key not in ("mode", "context_image", "chain_overlap", "chain_blend", "color_match", "schedule", "fuse"):
+            raise InputError(f"--compare {item}: expected SETTING=VALUE with a LongVideoOptions setting, "
+                             f"e.g. context_image=every")
+        kind = type(getattr(base, key))
+        settings.append((item, replace(base, **{key: kind(value)})))
+        check_long_video_options(settings[-1][1])
+    max_area = int(args.size) if str(args.size).isdigit() else max_area_for(args.size or "1024*576")
+    pipe = DancerPipeline(args.ckpt_dir, device=args.device)
+    dino = clip = None
+    if args.eval_weights:
+        from steadydancer.eval.vit import load_clip_image_encoder, load_dino_vit
+        from steadydancer.eval.weights import find_weight
+
+        dino_file, clip_file = find_weight(args.eval_weights, "dino_vitb16"), find_weight(args.eval_weights, "clip_vitb32")
+        dino = load_dino_vit(dino_file, args.device) if dino_file else None
+        clip = load_clip_image_encoder(clip_file, args.device) if clip_file else None
+    out_dir = Path(args.out or "bench_long_video_out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, options in settings:
+        save = out_dir / f"{name.replace('=', '-')}.mp4"
+        start = time.perf_counter()
+        generate_long_video_file(pipe, image=folder.image, cond_pos_folder=folder.positive,
+                                 cond_neg_folder=folder.negative, prompt=folder.prompt() or "", save_file=save,
+                                 max_area=max_area, frame_num=args.frame_num,
+                                 sampling=SamplingOptions(steps=args.steps), options=options, seed=args.seed,
+                                 progress=False)
+        seconds = time.perf_counter() - start
+        frames = np.stack(read_video(save)[0])
+        h, w = frames.shape[1:3]
+        reference = np.asarray(load_image(folder.image).resize((w, h)))
+        for row in window_figures(frames, reference, window_spans(args.frame_num, options), dino, clip, args.device):
+            results.append(dict(setting=name, seconds=seconds, **row))
+    return results
+
+
+def format_figures(rows: list[dict]) -> str:
+    keys = ["setting", "window", "frames", "seam_flicker", "inside_flicker", "dino_to_reference", "clip_to_reference"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [r.get(k) for k in keys]
+        lines.append("| " + " | ".join("n/a" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c)
+                                       for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -116,6 +235,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("dim", "ffn_dim", "num_heads", "num_layers"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the DiT shape")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    real = p.add_argument_group("seam and identity figures of real videos (instead of the timing table)")
+    real.add_argument("--ckpt_dir", default=None, help="checkpoint folder: generate real videos")
+    real.add_argument("--input_dir", default=None, help="a prepared input folder (steadydancer prepare)")
+    real.add_argument("--frame_num", type=int, default=161, help="frames of each video (4n+1)")
+    real.add_argument("--compare", default="context_image=first,context_image=every,mode=chain",
+                      help="comma-separated SETTING=VALUE, one video each (LongVideoOptions settings)")
+    real.add_argument("--eval_weights", default=None, help="folder with the DINO/CLIP weights of steadydancer eval")
+    real.add_argument("--seed", type=int, default=0)
+    real.add_argument("--out", default=None, help="folder for the videos (default bench_long_video_out)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -145,6 +273,18 @@ def resolve(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ckpt_dir is not None:
+        try:
+            if args.input_dir is None:
+                raise InputError("--ckpt_dir needs --input_dir (a prepared input folder)")
+            rows = compare_settings(args)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_figures(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     try:
         cfg, size, lengths, device, dtype = resolve(args)
         if args.worker is not None:

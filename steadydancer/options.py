@@ -41,6 +41,8 @@ class SamplingOptions:
 
 
 MODES: tuple[str, ...] = ("context", "chain")  # long-video modes
+CONTEXT_IMAGES: tuple[str, ...] = ("none", "first", "every")  # context mode: windows given the reference
+CHAIN_BLENDS: tuple[str, ...] = ("drop", "crossfade")  # chain mode: what happens to the handed-over frames
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,15 @@ class LongVideoOptions:
     """How a video longer than ``context_frames`` is generated (pixel frames; the flags' names)."""
 
     context_frames: int = 81
-    context_overlap: int = 16
+    context_overlap: int = 16  # context mode
     mode: str = "context"  # context | chain
     schedule: str = "static"  # static | uniform (context mode)
     fuse: str = "linear"  # linear | pyramid (context mode)
     freenoise: bool = True  # context mode
-    color_match: bool = False  # chain mode
+    color_match: float = 0.0  # chain mode: strength in [0, 1]; 0 = off
+    context_image: str = "first"  # none | first | every (context mode)
+    chain_overlap: int = 5  # chain mode: frames handed over as known frames, 4n+1
+    chain_blend: str = "drop"  # drop | crossfade (chain mode)
 
     def windowed(self, frame_num: int) -> bool:
         """Whether ``frame_num`` frames need several windows (else the one-window path runs)."""
@@ -128,12 +133,17 @@ FLAG_NAMES = {
     "timesteps": "--sample_timesteps", "cfg_start": "--st_cond_cfg", "cfg_end": "--end_cond_cfg",
     "context_frames": "--context_frames", "context_overlap": "--context_overlap", "mode": "--long_video",
     "schedule": "--context_schedule", "fuse": "--context_fuse",
+    "context_image": "--context_image", "chain_overlap": "--chain_overlap", "chain_blend": "--chain_blend",
+    "color_match": "--color_match", "freenoise": "--no_freenoise",
 }
 ARG_NAMES = {
     "size": "size", "frame_num": "num_frames", "solver": "solver", "steps": "num_inference_steps",
     "timesteps": "timesteps", "cfg_start": "cfg_window[0]", "cfg_end": "cfg_window[1]",
     "context_frames": "long_video.context_frames", "context_overlap": "long_video.context_overlap",
     "mode": "long_video.mode", "schedule": "long_video.schedule", "fuse": "long_video.fuse",
+    "context_image": "long_video.context_image", "chain_overlap": "long_video.chain_overlap",
+    "chain_blend": "long_video.chain_blend", "color_match": "long_video.color_match",
+    "freenoise": "long_video.freenoise",
 }
 
 
@@ -195,9 +205,18 @@ def check_long_video_options(options: LongVideoOptions, names: dict[str, str] = 
         raise InputError(f"{names['context_overlap']} {overlap}: must be at least 1 and less than the window "
                          f"({names['context_frames']} {window})")
     for key, value, allowed in (("mode", options.mode, MODES), ("schedule", options.schedule, SCHEDULES),
-                                ("fuse", options.fuse, FUSIONS)):
+                                ("fuse", options.fuse, FUSIONS), ("context_image", options.context_image,
+                                                                  CONTEXT_IMAGES),
+                                ("chain_blend", options.chain_blend, CHAIN_BLENDS)):
         if value not in allowed:
             raise InputError(f"{names[key]} {value}: expected one of {', '.join(allowed)}")
+    handover = options.chain_overlap
+    if options.mode == "chain" and (isinstance(handover, bool) or not isinstance(handover, int) or handover < 1
+                                    or (handover - 1) % 4 or handover >= window):
+        raise InputError(f"{names['chain_overlap']} {handover}: frames handed over to the next window, 4n+1 "
+                         f"(1, 5, 9, ...) and less than the window ({names['context_frames']} {window})")
+    if not 0 <= float(options.color_match) <= 1:
+        raise InputError(f"{names['color_match']} {options.color_match:g}: a strength, expected 0 to 1")
 
 
 def check_generation(size: str | int, frame_num: int | None, sampling: SamplingOptions | None = None,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -36,3 +40,42 @@ def test_bad_lengths_and_windows_are_one_line(capsys) -> None:
     assert bench_long_video.main([*TINY, "--context_overlap", "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --context_overlap 9") and "\n" not in err
+
+
+def test_window_figures_find_the_seams_and_the_identity() -> None:
+    from steadydancer.pipeline.long_video import LongVideoOptions
+
+    chain = LongVideoOptions(context_frames=9, mode="chain", chain_overlap=5)
+    assert bench_long_video.window_spans(17, chain) == [(0, 9), (9, 4), (13, 4)]  # windows 0-8, 4-12, 8-16
+    context = LongVideoOptions(context_frames=9, context_overlap=4)
+    assert bench_long_video.window_spans(25, context) == [(0, 8), (8, 8), (16, 9)]  # latent starts 0, 2, 4
+    frames = np.zeros((17, 8, 8, 3), dtype=np.uint8)
+    frames[9:13], frames[13:] = 51, 102  # each chain window a flat colour: a jump at each seam only
+    reference = np.full((8, 8, 3), 102, dtype=np.uint8)
+
+    def colour(x):  # a made-up "backbone": the mean colour as a 2-vector
+        return torch.stack([x.mean(dim=(1, 2, 3)), torch.ones(len(x))], dim=1)
+
+    rows = bench_long_video.window_figures(frames, reference, bench_long_video.window_spans(17, chain), dino=colour)
+    assert [r["frames"] for r in rows] == ["0-8", "9-12", "13-16"] and rows[0]["seam_flicker"] is None
+    assert rows[1]["seam_flicker"] == pytest.approx(1 - 51 / 255) and rows[2]["seam_flicker"] == pytest.approx(1 - 51 / 255)
+    assert all(r["inside_flicker"] == 1.0 for r in rows)
+    assert rows[2]["dino_to_reference"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[0]["dino_to_reference"] < 0.99
+    assert "| 9-12 |" in bench_long_video.format_figures(rows)
+
+
+def test_compare_runs_each_setting_on_the_tiny_checkpoint(tmp_path, capsys) -> None:
+    from test_pipeline_support import tiny_checkpoint, write_inputs
+
+    folder = write_inputs(tmp_path / "in", 17, pose_size=(40, 56))
+    code = bench_long_video.main(["--ckpt_dir", str(tiny_checkpoint()), "--input_dir", str(folder), "--device", "cpu",
+                                  "--frame_num", "17", "--context_frames", "9", "--context_overlap", "4",
+                                  "--size", "6144", "--steps", "1", "--out", str(tmp_path / "out"),
+                                  "--compare", "context_image=first,context_image=every"])
+    table = capsys.readouterr().out
+    assert code == 0, table
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["context_image-every.mp4",
+                                                                    "context_image-first.mp4"]
+    rows = [line for line in table.splitlines() if line.startswith("| context_image")]
+    assert len(rows) == 4 and "| context_image=every | 1 | 8-16 |" in table

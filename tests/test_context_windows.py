@@ -10,8 +10,8 @@ import torch
 from steadydancer.sampling import DiTConditions, sample_dc_cfg
 from steadydancer.sampling.context_windows import (apply_freenoise, freenoise_order, fusion_weights,
                                                    latent_overlap, latent_window, ordered_halving,
-                                                   sample_dc_cfg_windowed, static_windows, uniform_windows,
-                                                   window_plan)
+                                                   sample_dc_cfg_windowed, static_windows, uniform_offsets,
+                                                   uniform_windows, window_count, window_plan)
 from steadydancer.sampling.schedulers import (FewStepFlowScheduler, dpm_sigmas, few_step_sigmas, lcm_noise_seed,
                                               make_scheduler)
 
@@ -23,23 +23,38 @@ def test_window_sizes_in_latent_frames():
     assert latent_overlap(16) == 4 and latent_overlap(1) == 1 and latent_overlap(5) == 2
 
 
-def test_static_plan_covers_the_video_with_at_least_the_overlap():
+def _overlaps(starts, window):
+    return [a + window - b for a, b in zip(starts, starts[1:])]
+
+
+def test_static_plan_is_evenly_spaced_with_the_fewest_windows():
+    # 161 frames in 81-frame windows (41 latent frames, windows of 21, overlap >= 4): 3 windows
+    assert static_windows(41, 21, 4) == [0, 10, 20] and _overlaps([0, 10, 20], 21) == [11, 11]
     assert static_windows(18, 9, 4) == [0, 5, 9]  # 69 frames, 33-frame windows, 16 overlap
-    assert static_windows(9, 9, 4) == [0]
+    assert static_windows(9, 9, 4) == [0] and window_count(9, 9, 4) == 1
     for frames, window, overlap in PLANS:
         starts = static_windows(frames, window, overlap)
         assert starts[0] == 0 and starts[-1] + window == frames
-        assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:]))
+        overlaps = _overlaps(starts, window)
+        assert min(overlaps) >= overlap and max(overlaps) - min(overlaps) <= 1, (frames, starts)
+        # the fewest windows: one less could not keep the overlap
+        assert (len(starts) - 2) * (window - overlap) < frames - window
 
 
 def test_uniform_plan_moves_its_seams_from_step_to_step():
     assert [ordered_halving(i) for i in range(4)] == [0.0, 0.5, 0.25, 0.75]
-    plans = [uniform_windows(step, 40, 9, 2) for step in range(4)]
-    assert plans[0] == static_windows(40, 9, 2)
-    assert len({tuple(p) for p in plans}) == 4
-    for starts in plans:
-        assert starts[0] == 0 and starts[-1] + 9 == 40
-        assert all(0 < b - a <= 9 - 2 for a, b in zip(starts, starts[1:]))
+    assert uniform_offsets(41, 21, 4) == (7, 7)
+    plans = [uniform_windows(step, 41, 21, 4) for step in range(40)]
+    assert plans[0] == static_windows(41, 21, 4)
+    assert sorted({p[1] for p in plans}) == list(range(3, 18))  # offsets -7 .. +7
+    for frames, window, overlap in PLANS + [(41, 21, 4)]:
+        for step in range(16):
+            starts = uniform_windows(step, frames, window, overlap)
+            assert len(starts) == len(static_windows(frames, window, overlap))
+            assert starts[0] == 0 and starts[-1] + window == frames
+            assert all(b > a for a, b in zip(starts, starts[1:])) and min(_overlaps(starts, window) or [overlap]) >= overlap
+    # no slack (W - O divides F - W): uniform is the static plan
+    assert {tuple(uniform_windows(s, 19, 9, 4)) for s in range(8)} == {tuple(static_windows(19, 9, 4))}
 
 
 @pytest.mark.parametrize("fuse", ["linear", "pyramid"])
@@ -50,7 +65,9 @@ def test_fusion_weights_sum_to_one_on_every_frame(fuse, schedule):
         for step in range(5):
             starts = plan(step)
             weights = fusion_weights(starts, window, frames, fuse)
-            assert weights.shape == (len(starts), window) and (weights > 0).all()
+            assert weights.shape == (len(starts), window)
+            # every latent but the first of a window starting after frame 0 counts
+            assert (weights[:, 1:] > 0).all() and weights[0, 0] == 1 and (weights[1:, 0] == 0).all()
             total = torch.zeros(frames)
             for k, start in enumerate(starts):
                 total[start:start + window] += weights[k]
@@ -62,13 +79,13 @@ def test_linear_fusion_ramps_linearly_over_the_overlap():
     starts = static_windows(14, 9, 4)
     assert starts == [0, 5]
     weights = fusion_weights(starts, 9, 14, "linear")
-    ramp = torch.tensor([1, 2, 3, 4]) / 5
+    ramp = torch.tensor([0, 1, 2, 3]) / 4  # kijai's linspace(0, 1, L): the one-frame first latent gets 0
     torch.testing.assert_close(weights[1, :4], ramp)
-    torch.testing.assert_close(weights[0, 5:], ramp.flip(0))
+    torch.testing.assert_close(weights[0, 5:], 1 - ramp)
     assert torch.equal(weights[0, :5], torch.ones(5)) and torch.equal(weights[1, 4:], torch.ones(5))
     # a middle window ramps up and down
     middle = fusion_weights([0, 5, 10], 9, 19, "linear")[1]
-    torch.testing.assert_close(middle, torch.tensor([1, 2, 3, 4, 5, 4, 3, 2, 1]) / 5)
+    torch.testing.assert_close(middle, torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1]) / 4)
 
 
 def test_pyramid_fusion_peaks_in_the_window_middle():

@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
     """Windowed generation of videos longer than one window (docs/long_video.md)."""
-    from ..options import MODES, LongVideoOptions
+    from ..options import CHAIN_BLENDS, CONTEXT_IMAGES, MODES, LongVideoOptions
     from ..sampling.context_windows import FUSIONS, SCHEDULES
 
     defaults = LongVideoOptions()
@@ -105,18 +105,29 @@ def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--context_frames", type=int, default=defaults.context_frames,
                        help="frames the DiT sees at once, 4n+1 (default 81); longer videos are windowed")
     group.add_argument("--context_overlap", type=int, default=defaults.context_overlap,
-                       help="frames shared by neighbouring windows (default 16)")
+                       help="context mode: frames shared by neighbouring windows, at least (default 16)")
     group.add_argument("--long_video", default=defaults.mode, choices=MODES,
                        help="context: every step denoises all windows and fuses them (the paper's method); "
-                            "chain: windows one after another, each starting from the previous one's frame")
+                            "chain: windows one after another, each handed the previous one's last frames")
     group.add_argument("--context_schedule", default=defaults.schedule, choices=SCHEDULES,
                        help="context mode: static windows, or uniform (seams shift from step to step)")
     group.add_argument("--context_fuse", default=defaults.fuse, choices=FUSIONS,
                        help="context mode: weights of overlapping predictions")
     group.add_argument("--no_freenoise", action="store_true", default=False,
                        help="context mode: independent noise for every frame (default: FreeNoise)")
-    group.add_argument("--color_match", action="store_true", default=False,
-                       help="chain mode: match each window's Lab mean/std to the reference image")
+    group.add_argument("--context_image", default=defaults.context_image, choices=CONTEXT_IMAGES,
+                       help="context mode: windows given the reference as a known first frame "
+                            "(default first: window 0 only; every: as kijai's wrapper)")
+    group.add_argument("--chain_overlap", type=int, default=defaults.chain_overlap,
+                       help="chain mode: the previous window's last N frames (4n+1) handed over as known frames "
+                            f"(default {defaults.chain_overlap})")
+    group.add_argument("--chain_blend", default=defaults.chain_blend, choices=CHAIN_BLENDS,
+                       help="chain mode: drop the next window's copies of the handed-over frames (default), "
+                            "or crossfade them")
+    group.add_argument("--color_match", type=float, nargs="?", const=1.0, default=defaults.color_match,
+                       metavar="STRENGTH",
+                       help="chain mode: move each window after the first towards the colours of the previous "
+                            "window's handover frames, strength 0..1 (flag alone: 1)")
 
 
 def long_video_options_from_args(args: argparse.Namespace):
@@ -125,7 +136,9 @@ def long_video_options_from_args(args: argparse.Namespace):
 
     return LongVideoOptions(context_frames=args.context_frames, context_overlap=args.context_overlap,
                             mode=args.long_video, schedule=args.context_schedule, fuse=args.context_fuse,
-                            freenoise=not args.no_freenoise, color_match=args.color_match)
+                            freenoise=not args.no_freenoise, color_match=args.color_match,
+                            context_image=args.context_image, chain_overlap=args.chain_overlap,
+                            chain_blend=args.chain_blend)
 
 
 def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] | None:

@@ -1,23 +1,29 @@
 """Videos longer than one DiT window: overlapping context windows (``context``) or chained
 windows (``chain``), with streamed VAE decode and mp4 writing. See docs/long_video.md.
 
+Both pose streams (positive, negative) are VAE-encoded once for the whole video, streamed chunk
+by chunk, and kept on the host (:class:`PoseLatentCache`). A window starting at pixel frame 4a
+takes the whole video's latent frames [a, a + W) with its first latent replaced by a one-frame
+encode of pixel frame 4a: the causal VAE makes a clip's first latent from one frame, and that is
+what the model reads there (kijai's wrapper slices one whole-video encode the same way).
+
 Per window the DiT sees (``context`` mode; window = latent frames [a, a + W)):
 
 * latents: the whole video's latent frames [a, a + W) (the noise has FreeNoise applied);
-* pose latents: the window's own pixel frames [4a, 4a + 4(W - 1)] encoded on their own, so the
-  window's first latent frame is a one-frame latent as the causal VAE makes it (frames past the
-  first cover the same 4 pixel frames as the whole video's latent);
-* image condition: window a = 0 gets the I2V first-frame mask and the encoded (reference image,
-  zeros ...) clip, exactly as a one-window run; every later window gets a zero mask and the
-  encoded all-zero clip: no frame of it is known, so the reference is not painted again at each
-  window start;
+* pose latents: as above;
+* image condition (``context_image``): ``first`` (default): window a = 0 gets the I2V first-frame
+  mask and the encoded (reference image, zeros ...) clip, exactly as a one-window run, every later
+  window a zero mask and the encoded all-zero clip; ``every``: every window gets window 0's (the
+  reference as a known first frame, as kijai's context windows); ``none``: no window does;
 * ref_x (reference image latent), ref_c (first pose frame latent), both CLIP features and the
-  text contexts: the whole video's, identical in every window (they tie appearance to the
-  reference, not to a time).
+  text contexts: the whole video's, identical in every window.
 
-``chain`` mode runs one window after another, each a complete one-window generation whose I2V
-first frame is a frame of the previous window (the first of their overlap); the overlap is
-cross-faded in pixels, and ``color_match`` moves each window's Lab mean/std to the reference's.
+``chain`` mode runs one window after another, each a complete generation: window k > 0 is
+handed the previous window's last ``chain_overlap`` decoded frames as known frames (mask 1 on
+their latents, their encoding in the image condition), and its own copies of them are dropped
+after decoding (``chain_blend`` ``crossfade``: blended instead); the last window is shortened to
+end on the last frame. ``color_match`` moves each window after the first towards the colours of
+the previous window's handover frames.
 """
 
 from __future__ import annotations
@@ -35,15 +41,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..options import MODES, LongVideoOptions, check_long_video_options
+from ..options import FLAG_NAMES, LongVideoOptions, check_long_video_options
 from ..progress import progress as progress_bar
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.schedulers import lcm_noise_seed
-from ..sampling.context_windows import (apply_freenoise, freenoise_order, latent_overlap,
+from ..sampling.context_windows import (apply_freenoise, freenoise_order,
                                         latent_window, sample_dc_cfg_windowed, static_windows, window_plan)
 from . import config as C
 from .i2v import resolve_seed
-from .inputs import LazyFrames, first_frame_mask, latent_size, load_image, pil_to_tensor, resize_bicubic
+from .inputs import LazyFrames, latent_size, load_image, pil_to_tensor, resize_bicubic
 
 if TYPE_CHECKING:
     from ..sampling.dc_cfg import StepCallback
@@ -53,9 +59,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# setting -> (its default, the mode it acts in); a changed setting in the other mode is reported
+_MODE_SETTINGS = {"context_overlap": "context", "schedule": "context", "fuse": "context", "freenoise": "context",
+                  "context_image": "context", "chain_overlap": "chain", "chain_blend": "chain",
+                  "color_match": "chain"}
+
+
+def ignored_settings(options: LongVideoOptions, names: dict[str, str] = FLAG_NAMES) -> list[str]:
+    """One line per setting changed from its default that does nothing in ``options.mode``."""
+    defaults = LongVideoOptions()
+    lines = []
+    for key, mode in _MODE_SETTINGS.items():
+        if mode != options.mode and getattr(options, key) != getattr(defaults, key):
+            lines.append(f"{names.get(key, key)} does nothing in {options.mode} mode (it is a {mode}-mode setting)")
+    return lines
+
+
+def chain_windows(frame_num: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """(first pixel frame, frames) of each chained window: starts k (window - overlap), every window
+    ``window`` frames but the last, which is shortened to end on the last frame (never an extra
+    window). With 4n+1 sizes every start is a multiple of 4 and every length 4n+1."""
+    if frame_num <= window:
+        return [(0, frame_num)]
+    stride = window - overlap
+    count = -(-(frame_num - window) // stride) + 1
+    return [(k * stride, min(window, frame_num - k * stride)) for k in range(count)]
+
+
 def chain_starts(frame_num: int, window: int, overlap: int) -> list[int]:
-    """First pixel frame of each chained window; the last is moved back to end on the last frame."""
-    return static_windows(frame_num, window, overlap)
+    """First pixel frame of each chained window (:func:`chain_windows`)."""
+    return [start for start, _ in chain_windows(frame_num, window, overlap)]
 
 
 def context_pixel_starts(latent_starts: Sequence[int]) -> list[int]:
@@ -63,34 +96,38 @@ def context_pixel_starts(latent_starts: Sequence[int]) -> list[int]:
     return [C.VAE_STRIDE[0] * a for a in latent_starts]
 
 
+def _plan_spans(frame_num: int, options: LongVideoOptions) -> list[tuple[int, int]]:
+    if options.mode == "chain":
+        return chain_windows(frame_num, options.context_frames, options.chain_overlap)
+    starts = context_pixel_starts(static_windows(latent_window(frame_num), options.latent_window,
+                                                 options.latent_overlap))
+    return [(s, options.context_frames) for s in starts]
+
+
 def describe_plan(frame_num: int, options: LongVideoOptions) -> str:
     """One log line with the window plan (pixel frames)."""
     window = options.context_frames
     if options.mode == "chain":
-        starts = chain_starts(frame_num, window, options.context_overlap)
-        detail = f"overlap {options.context_overlap}, color match {'on' if options.color_match else 'off'}"
+        detail = (f"handover {options.chain_overlap} frames ({options.chain_blend}), "
+                  f"color match {options.color_match:g}")
     else:
-        lat_f = latent_window(frame_num)
-        starts = context_pixel_starts(static_windows(lat_f, options.latent_window, options.latent_overlap))
         detail = (f"overlap {options.latent_overlap} latent frames, {options.schedule} schedule, "
-                  f"{options.fuse} fusion, FreeNoise {'on' if options.freenoise else 'off'}")
-    spans = ", ".join(f"{s}-{s + window - 1}" for s in starts)
-    return f"{options.mode} windows: {frame_num} frames in {len(starts)} windows of {window} [{spans}]; {detail}"
+                  f"{options.fuse} fusion, FreeNoise {'on' if options.freenoise else 'off'}, "
+                  f"--context_image {options.context_image}")
+    spans_list = _plan_spans(frame_num, options)
+    spans = ", ".join(f"{s}-{s + n - 1}" for s, n in spans_list)
+    return (f"{options.mode} windows: {frame_num} frames in {len(spans_list)} windows of {window} [{spans}]; "
+            f"{detail}")
 
 
 def plan_diagram(frame_num: int, options: LongVideoOptions, width: int = 72) -> str:
     """ASCII picture of the (static) window plan: one row per window over the pixel frame axis."""
-    window = options.context_frames
-    if options.mode == "chain":
-        starts = chain_starts(frame_num, window, options.context_overlap)
-    else:
-        starts = context_pixel_starts(static_windows(latent_window(frame_num), options.latent_window,
-                                                     options.latent_overlap))
     scale = width / frame_num
-    lines = [f"frames 0..{frame_num - 1} ({options.mode}, window {window}, overlap {options.context_overlap})"]
-    for k, start in enumerate(starts):
-        left, right = int(start * scale), max(int((start + window) * scale), int(start * scale) + 1)
-        lines.append(f"w{k:<2d} {' ' * left}{'#' * (right - left)}{' ' * (width - right)} {start}-{start + window - 1}")
+    overlap = options.chain_overlap if options.mode == "chain" else options.context_overlap
+    lines = [f"frames 0..{frame_num - 1} ({options.mode}, window {options.context_frames}, overlap {overlap})"]
+    for k, (start, frames) in enumerate(_plan_spans(frame_num, options)):
+        left, right = int(start * scale), max(int((start + frames) * scale), int(start * scale) + 1)
+        lines.append(f"w{k:<2d} {' ' * left}{'#' * (right - left)}{' ' * (width - right)} {start}-{start + frames - 1}")
     return "\n".join(lines)
 
 
@@ -165,55 +202,133 @@ def encode_pose_clip(pipeline: "DancerPipeline", frames: Sequence[Image.Image], 
                                  desc="VAE encode pose frames")
 
 
-def image_condition(pipeline: "DancerPipeline", first_frame: torch.Tensor | None, frames: int,
+def encode_frames_streamed(pipeline: "DancerPipeline", frames: Sequence[Image.Image], h: int, w: int,
+                           desc: str | None = None, count: int | None = None) -> torch.Tensor:
+    """:func:`encode_pose_clip` of the first ``count`` (default all, 4n+1) ``frames`` with only one
+    causal chunk (1, then 4 frames) read, resized and on the device at a time -> latent
+    [16, n+1, h/8, w/8] on the CPU.
+
+    The Wan VAE encodes chunk by chunk with a conv cache anyway (diffusers' ``_encode``); here the
+    chunks are indexed from ``frames`` (a lazy :class:`PoseFrames` reads them from disk) one by one,
+    so a long video is never all in memory, neither as images nor as one float tensor.
+    """
+    vae = pipeline.vae()
+    model = vae.model
+    count = len(frames) if count is None else count
+    if count % 4 != 1:
+        raise ValueError(f"the Wan VAE encodes 4n+1 frames, got {count}")
+    if getattr(model, "use_tiling", False) or getattr(model.config, "patch_size", None) is not None:
+        return encode_pose_clip(pipeline, frames[:count], h, w).cpu()  # layouts the chunk loop below does not cover
+    bounds = [(0, 1)] + [(1 + 4 * i, 5 + 4 * i) for i in range((count - 1) // 4)]
+    latents = []
+    model.clear_cache()
+    try:
+        with torch.no_grad(), vae._autocast(), progress_bar(total=count, desc=desc or "VAE encode",
+                                                             unit="frame", disable=desc is None) as bar:
+            for lo, hi in bounds:
+                chunk = resize_bicubic(torch.stack([pil_to_tensor(f) for f in frames[lo:hi]]), h, w)
+                model._enc_conv_idx = [0]
+                out = model.encoder(chunk[None].to(vae.device, torch.float32), feat_cache=model._enc_feat_map,
+                                    feat_idx=model._enc_conv_idx)
+                moments = model.quant_conv(out)  # a 1x1x1 conv: chunk by chunk equals the whole
+                mean = moments[:, :moments.shape[1] // 2].float()[0]
+                latents.append(((mean - vae.mean) * vae.inv_std).cpu())
+                bar.update(hi - lo)
+    finally:
+        model.clear_cache()
+    return torch.cat(latents, dim=1)
+
+
+class PoseLatentCache:
+    """Both pose streams encoded once for the whole video and kept on the host.
+
+    :meth:`window` (first pixel frame 4a, 4n+1 frames) -> (positive, negative) latents [16, f, ...]:
+    the whole video's latent frames [a, a + f) with the first replaced, for a > 0, by the one-frame
+    encode of pixel frame 4a (cached per start). VAE work: one pass over the video per stream plus
+    one frame per distinct window start.
+    """
+
+    def __init__(self, pipeline: "DancerPipeline", positive: Sequence[Image.Image], negative: Sequence[Image.Image],
+                 frame_num: int, h: int, w: int) -> None:
+        self.pipeline, self.positive, self.negative, self.h, self.w = pipeline, positive, negative, h, w
+        log.info("VAE: encoding the %d pose frames of each stream once", frame_num)
+        self.whole = (encode_frames_streamed(pipeline, positive, h, w, "VAE encode positive poses", frame_num),
+                      encode_frames_streamed(pipeline, negative, h, w, "VAE encode negative poses", frame_num))
+        self._first: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def first_latents(self, pixel_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-frame encodes [16, 1, ...] of pixel frame ``pixel_start`` of both streams (host)."""
+        if pixel_start not in self._first:
+            self._first[pixel_start] = tuple(
+                encode_pose_clip(self.pipeline, [frames[pixel_start]], self.h, self.w).cpu()
+                for frames in (self.positive, self.negative))
+        return self._first[pixel_start]
+
+    def window(self, pixel_start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if pixel_start % C.VAE_STRIDE[0]:
+            raise ValueError(f"windows start on a latent frame (a multiple of 4), not pixel frame {pixel_start}")
+        first, count = pixel_start // C.VAE_STRIDE[0], latent_window(frames)
+        parts = [latent[:, first:first + count] for latent in self.whole]
+        if first == 0:
+            return parts[0], parts[1]
+        return tuple(torch.cat([one, part[:, 1:]], dim=1) for one, part in zip(self.first_latents(pixel_start), parts))
+
+
+def known_frames_mask(frames: int, known: int, lat_h: int, lat_w: int,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """I2V mask [4, F_lat, lat_h, lat_w]: 1 on the latents of the first ``known`` pixel frames
+    (``known`` = 1: the official first-frame mask; 0: none known)."""
+    mask = torch.zeros(1, frames, lat_h, lat_w, device=device)
+    mask[:, :known] = 1
+    # the first pixel frame stands for 4 slots, so the frame axis packs evenly into groups of 4
+    mask = torch.cat([mask[:, :1].repeat_interleave(4, dim=1), mask[:, 1:]], dim=1)
+    return mask.view(1, mask.shape[1] // 4, 4, lat_h, lat_w).transpose(1, 2)[0]
+
+
+def image_condition(pipeline: "DancerPipeline", known: torch.Tensor | None, frames: int,
                     shared: SharedConditions) -> torch.Tensor:
-    """y [20, f, lat_h, lat_w]: first-frame mask + latent of (first_frame, zeros...); with
-    ``first_frame`` None a zero mask and the latent of an all-zero clip (no frame known)."""
-    mask = first_frame_mask(frames, shared.lat_h, shared.lat_w, device=pipeline.device)
-    zeros = torch.zeros(3, frames - (first_frame is not None), shared.h, shared.w)
-    if first_frame is None:
-        return torch.cat([torch.zeros_like(mask), pipeline.encode_video(zeros, desc="VAE encode image condition")])
-    return torch.cat([mask, pipeline.encode_video(torch.cat([first_frame.cpu(), zeros], dim=1),
-                                                  desc="VAE encode image condition")])
+    """y [20, f, lat_h, lat_w]: the mask of the known frames + the latent of (known frames, zeros ...).
+
+    ``known``: [3, n, h, w] in [-1, 1] (the reference image: n = 1; a chain handover: n frames);
+    None: a zero mask and the latent of an all-zero clip (no frame known).
+    """
+    count = 0 if known is None else known.shape[1]
+    mask = known_frames_mask(frames, count, shared.lat_h, shared.lat_w, device=pipeline.device)
+    clip = torch.zeros(3, frames, shared.h, shared.w)
+    if known is not None:
+        clip[:, :count] = known.cpu()
+    return torch.cat([mask, pipeline.encode_video(clip, desc="VAE encode image condition")])
 
 
 class ContextWindowConditions:
     """``window(a)`` -> (cond, neg_text, neg_pose) of the context window starting at latent frame a
-    (the module doc says what each holds). Per-window pose latents are encoded once and kept on
-    ``store`` (the CPU when the pipeline offloads)."""
+    (the module doc says what each holds). Pose latents come from a :class:`PoseLatentCache` (host)
+    and are copied to the device per window."""
 
-    def __init__(self, pipeline: "DancerPipeline", shared: SharedConditions, positive: Sequence[Image.Image],
-                 negative: Sequence[Image.Image], window_frames: int) -> None:
-        self.pipeline, self.shared = pipeline, shared
-        self.positive, self.negative = positive, negative
-        self.window_frames = window_frames
-        self.store = pipeline.offload_device
-        self._first_y: torch.Tensor | None = None
-        self._mid_y: torch.Tensor | None = None
-        self._pose: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, pipeline: "DancerPipeline", shared: SharedConditions, poses: PoseLatentCache,
+                 window_frames: int, context_image: str = "first") -> None:
+        self.pipeline, self.shared, self.poses = pipeline, shared, poses
+        self.window_frames, self.context_image = window_frames, context_image
+        self._y: dict[bool, torch.Tensor] = {}
 
     def pixel_range(self, start: int) -> range:
         """Pixel frames of the window starting at latent frame ``start``."""
         first = C.VAE_STRIDE[0] * start
         return range(first, first + self.window_frames)
 
+    def knows_reference(self, start: int) -> bool:
+        """Whether the window at latent frame ``start`` gets the reference as a known first frame."""
+        return self.context_image == "every" or (self.context_image == "first" and start == 0)
+
     def image_condition(self, start: int) -> torch.Tensor:
-        if start == 0:
-            if self._first_y is None:
-                self._first_y = image_condition(self.pipeline, self.shared.first, self.window_frames, self.shared)
-            return self._first_y
-        if self._mid_y is None:
-            self._mid_y = image_condition(self.pipeline, None, self.window_frames, self.shared)
-        return self._mid_y
+        known = self.knows_reference(start)
+        if known not in self._y:
+            self._y[known] = image_condition(self.pipeline, self.shared.first if known else None,
+                                             self.window_frames, self.shared)
+        return self._y[known]
 
     def pose_latents(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if start not in self._pose:
-            frames = self.pixel_range(start)
-            shared = self.shared
-            pos = encode_pose_clip(self.pipeline, self.positive[frames.start:frames.stop], shared.h, shared.w)
-            neg = encode_pose_clip(self.pipeline, self.negative[frames.start:frames.stop], shared.h, shared.w)
-            self._pose[start] = (pos.to(self.store), neg.to(self.store))
-        return self._pose[start]
+        return self.poses.window(C.VAE_STRIDE[0] * start, self.window_frames)
 
     def window(self, start: int) -> tuple[DiTConditions, DiTConditions, DiTConditions]:
         pos, neg = self.pose_latents(start)
@@ -284,15 +399,26 @@ def sample_context(pipeline: "DancerPipeline", image: Image.Image, pose_first: I
     if options.freenoise:
         noise = apply_freenoise(noise, window, overlap, shared.seed)
         order = freenoise_order(lat_f, window, overlap, torch.Generator().manual_seed(shared.seed))
-    conditions = ContextWindowConditions(pipeline, shared, positive, negative, options.context_frames)
+    conditions = prepare_context_conditions(pipeline, shared, positive, negative, frame_num, sampling, options)
     plan = window_plan(options.schedule, lat_f, window, overlap)
-    for start in sorted({a for step in range(_step_count(sampling)) for a in plan(step)}):
-        conditions.pose_latents(start)  # all VAE encoding before the DiT loads
-        conditions.image_condition(start)
     with dit_session(pipeline) as dit:
         return sample_dc_cfg_windowed(dit, noise, conditions.window, plan, window, options.fuse,
                                       lcm_noise_order=order, callback=callback,
                                       **_sampler_kwargs(pipeline, sampling, shared.seed, progress))
+
+
+def prepare_context_conditions(pipeline: "DancerPipeline", shared: SharedConditions, positive: Sequence[Image.Image],
+                               negative: Sequence[Image.Image], frame_num: int, sampling: "SamplingOptions",
+                               options: LongVideoOptions) -> ContextWindowConditions:
+    """Every VAE encode of a context run, done before the DiT loads: both pose streams once, the
+    one-frame first latents of every window start any step of the plan uses, the image conditions."""
+    poses = PoseLatentCache(pipeline, positive, negative, frame_num, shared.h, shared.w)
+    conditions = ContextWindowConditions(pipeline, shared, poses, options.context_frames, options.context_image)
+    plan = window_plan(options.schedule, latent_window(frame_num), options.latent_window, options.latent_overlap)
+    for start in sorted({a for step in range(_step_count(sampling)) for a in plan(step)}):
+        conditions.pose_latents(start)
+        conditions.image_condition(start)
+    return conditions
 
 
 def _step_count(sampling: "SamplingOptions") -> int:
@@ -328,18 +454,21 @@ def _to_lab(video: torch.Tensor) -> np.ndarray:
     return np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2LAB) for frame in rgb])
 
 
-def color_match(video: torch.Tensor, target: tuple[np.ndarray, np.ndarray], eps: float = 1e-6) -> torch.Tensor:
-    """Move ``video`` [3, n, H, W] (RGB in [-1, 1]) so its Lab mean/std per channel equal ``target``'s.
+def color_match(video: torch.Tensor, source: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray],
+                strength: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """Move ``video`` [3, n, H, W] (RGB in [-1, 1]) by the Lab transform that takes the per-channel
+    (mean, std) ``source`` to ``target``, mixed with the original by ``strength`` in [0, 1].
 
-    One transform for the whole window (statistics over all its frames), so it adds no flicker.
+    One transform for the whole window, so it adds no flicker inside it.
     """
     import cv2
 
-    lab = _to_lab(video)
-    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
-    lab = (lab - mean) * (target[1] / np.maximum(std, eps)) + target[0]
+    if strength <= 0:
+        return video
+    lab = (_to_lab(video) - source[0]) * (target[1] / np.maximum(source[1], eps)) + target[0]
     rgb = np.stack([cv2.cvtColor(frame.astype(np.float32), cv2.COLOR_LAB2RGB) for frame in lab])
-    return torch.from_numpy(rgb).permute(3, 0, 1, 2).mul(2).sub(1).clamp(-1, 1).to(video.dtype)
+    matched = torch.from_numpy(rgb).permute(3, 0, 1, 2).mul(2).sub(1).clamp(-1, 1).to(video.dtype)
+    return matched if strength >= 1 else video + strength * (matched - video)
 
 
 def crossfade(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -355,39 +484,44 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
                        seed: int = -1, negative_prompt: str | None = None, progress: bool = True,
                        emit: bool = True,
                        on_window: Callable[[int, int, tuple], None] | None = None,
+                       on_decoded: Callable[[int, torch.Tensor], None] | None = None,
                        callback: "StepCallback | None" = None) -> Iterator[np.ndarray]:
     """uint8 frames of a chained run, window after window (only one window's float frames held).
 
-    Window k covers pixel frames [s_k, s_k + W): its I2V first frame is the reference image (k = 0)
-    or the previous window's frame s_k; its pose latents are its own frames encoded on their own;
-    ref_x, ref_c, CLIP and text are the video's. Every rank decodes each window (the next window's
-    first frame needs it); only ``emit`` ranks yield frames. ``on_window(k, start, conditions)``
-    sees each window's (cond, neg_text, neg_pose) before sampling (tests). ``callback(idx, timestep,
-    latent)`` after each step of each window, ``idx`` counted over all windows (k * steps + step).
+    Window k covers pixel frames [s_k, s_k + n_k) (:func:`chain_windows`): its known frames are the
+    reference image (k = 0) or the previous window's decoded frames [s_k, s_k + N), N =
+    ``chain_overlap`` (mask 1 on their latents); its pose latents come from the whole-video
+    :class:`PoseLatentCache`; ref_x, ref_c, CLIP and text are the video's. After decoding, window
+    k > 0 is colour-matched (``color_match`` > 0) and its own N handover frames are dropped
+    (``chain_blend`` drop: the output there is the previous window's frames exactly) or blended
+    with them (crossfade). Every rank decodes each window (the next one needs its frames); only
+    ``emit`` ranks yield frames. ``on_window(k, start, conditions)`` sees each window's (cond,
+    neg_text, neg_pose) before sampling, ``on_decoded(k, video)`` its decoded frames (tests).
+    ``callback(idx, timestep, latent)`` after each step of each window, ``idx`` counted over all
+    windows (k * steps + step).
     """
     shared = prepare_shared(pipeline, image, pose_first, prompt, max_area, frame_num, seed, negative_prompt)
-    window = options.context_frames
-    starts = chain_starts(frame_num, window, options.context_overlap)
+    windows = chain_windows(frame_num, options.context_frames, options.chain_overlap)
     log.info(describe_plan(frame_num, options))
-    target = lab_stats(shared.first) if options.color_match else None
+    poses = PoseLatentCache(pipeline, positive, negative, frame_num, shared.h, shared.w)
     vae = pipeline.vae()
-    tail: torch.Tensor | None = None  # frames of the previous window from the current start on, not yet written
-    first_frame = shared.first
-    bar = progress_bar(total=len(starts) * _step_count(sampling), disable=not progress, desc="sampling (windows x steps)",
-               unit="step")
+    handover = options.chain_overlap
+    known = shared.first  # the known frames of the next window [3, n, h, w]
+    held: torch.Tensor | None = None  # the previous window's frames from the next start on, not yet written
+    bar = progress_bar(total=len(windows) * _step_count(sampling), disable=not progress,
+                       desc="sampling (windows x steps)", unit="step")
     # One DiT session for the whole chain: the DiT stays on its device while each window is decoded
     # (offloading it between windows would move or reload the whole model every window).
     with dit_session(pipeline) as dit:
-        for k, start in enumerate(starts):
-            y = image_condition(pipeline, first_frame, window, shared)
-            pos = encode_pose_clip(pipeline, positive[start:start + window], shared.h, shared.w)
-            neg = encode_pose_clip(pipeline, negative[start:start + window], shared.h, shared.w)
+        for k, (start, frames) in enumerate(windows):
+            y = image_condition(pipeline, known, frames, shared)
+            pos, neg = (p.to(pipeline.device) for p in poses.window(start, frames))
             conditions = shared.conditions(y, pos, neg)
             if on_window is not None:
                 on_window(k, start, conditions)
-            noise = torch.randn(16, latent_window(window), shared.lat_h, shared.lat_w, dtype=torch.float32,
+            noise = torch.randn(16, latent_window(frames), shared.lat_h, shared.lat_w, dtype=torch.float32,
                                 generator=shared.generator, device=pipeline.device)
-            log.info("chain window %d/%d: frames %d-%d", k + 1, len(starts), start, start + window - 1)
+            log.info("chain window %d/%d: frames %d-%d", k + 1, len(windows), start, start + frames - 1)
             window_callback = None
             if callback is not None:
                 def window_callback(idx, t, lat, k=k):
@@ -398,17 +532,19 @@ def chain_video_frames(pipeline: "DancerPipeline", image: Image.Image, pose_firs
             del conditions, y, pos, neg, noise
             video = vae.decode(latent.to(pipeline.device), desc=f"VAE decode window {k + 1}").cpu()
             del latent
-            if target is not None:
-                video = color_match(video, target)
-            if tail is not None:
-                overlap = tail.shape[1]
-                video[:, :overlap] = crossfade(tail, video[:, :overlap])
-            end = starts[k + 1] - start if k + 1 < len(starts) else window
+            if held is not None:
+                # matched to the previous window's handover frames (themselves matched): window 0 is untouched
+                video = color_match(video, lab_stats(video[:, :handover]), lab_stats(held), options.color_match)
+                head = held if options.chain_blend == "drop" else crossfade(held, video[:, :handover])
+                video = torch.cat([head, video[:, handover:]], dim=1)
+            if on_decoded is not None:
+                on_decoded(k, video)
+            last = k + 1 == len(windows)
+            keep = frames if last else frames - handover
             if emit:
-                yield from to_uint8_frames(video[:, :end])
-            tail = video[:, end:].clone() if k + 1 < len(starts) else None
-            if tail is not None:
-                first_frame = tail[:, :1].clone()
+                yield from to_uint8_frames(video[:, :keep])
+            held = None if last else video[:, keep:].clone()
+            known = held
             del video
     bar.close()
 
@@ -417,6 +553,8 @@ def long_video_frames(pipeline: "DancerPipeline", *args, options: LongVideoOptio
                       **kwargs) -> Iterator[np.ndarray]:
     """Frames of a windowed run in ``options.mode`` (arguments of :func:`sample_context`)."""
     check_long_video_options(options)
+    for line in ignored_settings(options):
+        log.warning(line)
     if options.mode == "chain":
         return chain_video_frames(pipeline, *args, options=options, emit=emit, **kwargs)
     return context_video_frames(pipeline, *args, options=options, emit=emit, **kwargs)

@@ -4,16 +4,23 @@ and the windowed DC-CFG loop.
 All sizes here are in latent frames (one latent frame = 4 pixel frames after the first). A plan
 is the list of window starts of one step; every window has the same length ``window``.
 
-* static plan: starts 0, s, 2s, ... with stride s = window - overlap; the last window is moved
-  back to end on the last frame (so it may overlap its neighbour by more).
-* uniform plan: the static stride with the interior seams moved back by a per-step offset
-  (0, s/2, s/4, 3s/4, ... of the stride: bit-reversed step order), so that seams do not sit on the
-  same frames at every step; the first window always starts at 0 and the last ends on the last frame.
+* static plan: K = ceil((F - W) / (W - O)) + 1 windows (the fewest whose overlaps are all at
+  least O), evenly spaced: start_k = round(k (F - W) / (K - 1)), rounded half up, so that
+  neighbouring overlaps differ by at most one frame (Wan2GP and kijai's ``static_standard``
+  instead keep the stride W - O and move the last window back, which leaves one large overlap).
+* uniform plan: the static plan with all its interior windows shifted together by a per-step
+  offset (0, +1, -1, +2, -2, ... in bit-reversed step order) inside the slack that keeps every
+  overlap at least O, so seams do not sit on the same frames at every step; the window count
+  stays K, the first window starts at 0 and the last ends on the last frame. A plan with no slack
+  (W - O divides F - W) stays static.
 * fusion: each window's prediction is weighted per frame and the weights of the windows covering a
-  frame are normalised to sum to 1. ``linear``: ramps (i + 1) / (L + 1) up over the overlap of
-  length L with the previous window and down over the overlap with the next (two neighbours
-  with an overlap of L frames then sum to 1 before normalising); ``pyramid``: a triangle peaking
-  in the middle of the window (flat towards the ends of the video).
+  frame are normalised to sum to 1. ``linear``: ramps i / L, i = 0..L-1, up over the overlap of
+  length L with the previous window and (L - i) / L down over the overlap with the next (two
+  neighbours sum to 1); a window that starts after frame 0 thus gives its first latent weight 0,
+  as kijai's ``create_window_mask`` (``linspace(0, 1, L)``): that latent stands for one pixel frame
+  (the causal VAE's first latent) where the whole video has four. ``pyramid``: a triangle peaking
+  in the middle of the window (flat towards the ends of the video), its first latent also 0 after
+  frame 0.
 * FreeNoise: latent frames past the first window take a shuffled copy of the noise of earlier
   frames: frames [start + window, start + window + s) get a random permutation of frames
   [start, start + s) for start = 0, s, 2s, ... (the last block may be shorter).
@@ -45,15 +52,26 @@ def latent_overlap(frames: int) -> int:
     return max(1, math.ceil(frames / 4))
 
 
-def static_windows(num_frames: int, window: int, overlap: int) -> list[int]:
-    """Window starts covering ``num_frames`` with windows of ``window`` frames overlapping by >= ``overlap``."""
+def window_count(num_frames: int, window: int, overlap: int) -> int:
+    """The fewest windows of ``window`` frames covering ``num_frames`` with overlaps of at least ``overlap``."""
     if num_frames <= window:
-        return [0]
+        return 1
     if not 0 < overlap < window:
         raise ValueError(f"overlap {overlap} must be in [1, {window - 1}] for windows of {window}")
-    stride = window - overlap
-    starts = list(range(0, num_frames - window, stride))
-    return starts + [num_frames - window]
+    return math.ceil((num_frames - window) / (window - overlap)) + 1
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def static_windows(num_frames: int, window: int, overlap: int) -> list[int]:
+    """Evenly spaced window starts: start_k = round(k (F - W) / (K - 1)), K = :func:`window_count`."""
+    count = window_count(num_frames, window, overlap)
+    if count == 1:
+        return [0]
+    span = num_frames - window
+    return [_round_half_up(k * span / (count - 1)) for k in range(count)]
 
 
 def ordered_halving(step: int) -> float:
@@ -66,15 +84,26 @@ def ordered_halving(step: int) -> float:
     return value
 
 
+def uniform_offsets(num_frames: int, window: int, overlap: int) -> tuple[int, int]:
+    """(most frames back, most frames forward) the interior windows of the static plan may move
+    together with every overlap staying >= ``overlap`` and every start distinct."""
+    starts = static_windows(num_frames, window, overlap)
+    if len(starts) < 3:
+        return 0, 0
+    widest = window - overlap
+    back = min(widest - (starts[-1] - starts[-2]), starts[1] - 1)
+    forward = min(widest - starts[1], (starts[-1] - 1) - starts[-2])
+    return max(back, 0), max(forward, 0)
+
+
 def uniform_windows(step: int, num_frames: int, window: int, overlap: int) -> list[int]:
-    """The static plan with its interior seams moved back by ``ordered_halving(step)`` of the stride."""
-    if num_frames <= window:
-        return [0]
-    stride = window - overlap
-    offset = int(ordered_halving(step) * stride)
-    last = num_frames - window
-    interior = [k * stride - offset for k in range(1, num_frames) if 0 < k * stride - offset < last]
-    return sorted({0, *interior, last})
+    """The static plan with its interior windows shifted together by this step's offset
+    (0, +1, -1, +2, -2, ... picked by ``ordered_halving(step)``, within :func:`uniform_offsets`)."""
+    starts = static_windows(num_frames, window, overlap)
+    back, forward = uniform_offsets(num_frames, window, overlap)
+    choices = [0] + [v for d in range(1, max(back, forward) + 1) for v in (d, -d) if -back <= v <= forward]
+    offset = choices[int(ordered_halving(step) * len(choices))]
+    return [starts[0], *(a + offset for a in starts[1:-1]), starts[-1]]
 
 
 def window_plan(schedule: str, num_frames: int, window: int, overlap: int) -> Callable[[int], list[int]]:
@@ -95,18 +124,20 @@ def _raw_weights(starts: Sequence[int], window: int, num_frames: int, fuse: str)
         if fuse == "linear":
             if k > 0:
                 ramp_len = starts[k - 1] + window - start
-                up = (position + 1) / (ramp_len + 1)
+                up = position / ramp_len
                 weights[k] = torch.where(position < ramp_len, torch.minimum(weights[k], up), weights[k])
             if k + 1 < len(starts):
                 ramp_len = start + window - starts[k + 1]
                 from_end = window - 1 - position
-                down = (from_end + 1) / (ramp_len + 1)
+                down = (from_end + 1) / ramp_len
                 weights[k] = torch.where(from_end < ramp_len, torch.minimum(weights[k], down), weights[k])
         elif fuse == "pyramid":
             peak = (window + 1) // 2
             tri = torch.minimum(position + 1, window - position).clamp(max=peak)
             if start == 0:  # nothing before the video's first frame to blend with
                 tri = torch.where(position < window / 2, torch.full_like(tri, peak), tri)
+            else:  # the one-frame first latent (see the module doc)
+                tri[0] = 0
             if start + window == num_frames:
                 tri = torch.where(position >= window / 2, torch.full_like(tri, peak), tri)
             weights[k] = tri / peak
@@ -116,7 +147,8 @@ def _raw_weights(starts: Sequence[int], window: int, num_frames: int, fuse: str)
 
 
 def fusion_weights(starts: Sequence[int], window: int, num_frames: int, fuse: str = "linear") -> torch.Tensor:
-    """Per-window, per-frame weights [K, window] (float32); over the windows covering a frame they sum to 1."""
+    """Per-window, per-frame weights [K, window] (float32); over the windows covering a frame they
+    sum to 1; the first latent of a window starting after frame 0 gets 0 (see the module doc)."""
     raw = _raw_weights(starts, window, num_frames, fuse)
     total = torch.zeros(num_frames, dtype=torch.float64)
     for k, start in enumerate(starts):
