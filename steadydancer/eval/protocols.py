@@ -48,12 +48,15 @@ CONVENTIONS = {
     "background_consistency": "VBench: CLIP ViT-B/32, mean of cos to previous and first frame, over all frames",
     "temporal_flickering": "VBench: (255 - mean |f_i - f_i+1|) / 255, mean over videos",
     "aesthetic_quality": "VBench: LAION head on CLIP ViT-L/14 embeddings / 10, mean over frames then videos",
-    "i2v_subject": "VBench-I2V: DINO, 0.5 max cos(image, frame) + 0.5 mean cos(consecutive frames)",
+    "i2v_subject": "VBench-I2V (current, since e7f070a): DINO, 0.4 max cos(image, frame) + 0.3 mean + 0.3 min "
+                   "cos(consecutive frames), inputs resized to 256 (bicubic) and centre-cropped to 224; "
+                   "--vbench_version 2024-03: 0.5 max + 0.5 mean, shorter side 224, no crop",
     "motion_smoothness": "VBench: AMT-S re-creates odd frames from even ones, (255 - mean |real - made|) / 255, "
                          "mean over videos",
     "i2v_background": "VBench-I2V: DreamSim ensemble, 0.4 max cos(image, frame) + 0.3 mean + 0.3 min "
                       "cos(consecutive frames)",
-    "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512, / 100, mean over frames then videos",
+    "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512 (bilinear, no antialias), / 100, "
+                       "mean over frames then videos",
 }
 
 
@@ -398,7 +401,7 @@ def _score_vbench_video(ev: Evaluation, nets: dict, item: Item, video: np.ndarra
     if "dino" in nets:
         store("subject_consistency", V.subject_consistency([video], nets["dino"], device))
         if image is not None:
-            store("i2v_subject", V.i2v_subject([(image, video)], nets["dino"], device))
+            store("i2v_subject", V.i2v_subject([(image, video)], nets["dino"], device, ev.options.vbench_version))
     if "dreamsim" in nets and image is not None:
         store("i2v_background", V.i2v_background([(image, video)], nets["dreamsim"], device))
     if "clip_b32" in nets:
