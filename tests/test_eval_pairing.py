@@ -218,3 +218,19 @@ def test_sidecar_sections_merge_and_a_damaged_one_is_one_line(tmp_path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(InputError, match="x.json: expected a JSON object"):
         read_sidecar(video)
+
+
+def test_small_fixes_dino_positions_and_batchnorm_counters(tmp_path) -> None:
+    from steadydancer.eval.inception import FIDInception, load_fid_inception
+    from steadydancer.eval.vit import DinoViT
+
+    vit = DinoViT(dim=16, depth=1, patch=16, num_positions=5, hidden=32)
+    torch.nn.init.normal_(vit.pos_embed)
+    # DINO skips the interpolation only for square pixel sizes: a 32x34 frame has a square 2x2 grid, yet
+    # its position embeddings go through DINO's (+0.1) bicubic interpolation
+    assert torch.equal(vit._positions(2, 2, 32, 32), vit.pos_embed)
+    assert not torch.equal(vit._positions(2, 2, 32, 34), vit.pos_embed)
+    # a pytorch-fid file without BatchNorm num_batches_tracked entries loads (torch's loader allows it)
+    state = {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "inception.pth")
+    assert isinstance(load_fid_inception(tmp_path / "inception.pth"), FIDInception)
