@@ -1,0 +1,157 @@
+"""Write the VBench oracle cases under tests/data/vbench_oracle/ by running VBench's own code.
+
+Run it in a separate venv with PyPI torch + torchvision (which import on the CPU), not in the
+package's environment:
+
+    pip install tqdm; python scripts/write_vbench_oracle_cases.py --vbench_git /path/to/VBench/.git \
+        --dino_git /path/to/dino/.git --out tests/data/vbench_oracle
+
+What runs is the reference code, read from the two repositories at the commits named below (``git
+show``, nothing else of them is imported): VBench's ``vbench2_beta_i2v/i2v_subject.py`` and
+``utils.py`` (today's rule and ``dino_transform*_internet``), ``vbench/subject_consistency.py`` and
+``vbench/imaging_quality.py`` (with their ``vbench/utils.py``), and DINO's ``vision_transformer.py``.
+
+- The DINO network is DINO's own ``VisionTransformer`` class at a reduced width (64, one head, two
+  blocks) with random weights, rounded to float16 and saved in the released file's key layout
+  (``dino_tiny.pth``), so our loader takes the architecture from the file.
+- Video decoding is not under test: VBench's ``load_video`` is replaced by one returning the stored
+  frames exactly as its own returns decord's (``torch.Tensor(frames)`` permuted to [T, C, H, W]).
+- Imaging quality runs VBench's transform and averaging with a stand-in for MUSIQ (``stand_in_musiq``
+  below; the tests apply the same function), since pyiqa's MUSIQ is a separate network.
+
+Everything is seeded; running it again writes the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+VBENCH_COMMIT = "45e79ec14e69a2187202c675d2dbce1a71843d53"  # 2026-03-23, Vchitect/VBench
+DINO_COMMIT = "7c446df5b9f45747937fb0d72314eb9f7b66930a"    # 2023-04-27, facebookresearch/dino
+VBENCH_FILES = ("vbench/utils.py", "vbench/distributed.py", "vbench/subject_consistency.py",
+                "vbench/imaging_quality.py", "vbench2_beta_i2v/utils.py", "vbench2_beta_i2v/i2v_subject.py")
+
+
+def stand_in_musiq(frame: torch.Tensor) -> torch.Tensor:
+    """A fixed, resize-sensitive score of one frame [1, 3, H, W] in [0, 1] (stands in for MUSIQ):
+    100 x (mean brightness + 10 x mean absolute horizontal gradient)."""
+    gradient = (frame[..., 1:] - frame[..., :-1]).abs().mean()
+    return 100 * (frame.mean() + 10 * gradient)
+
+
+def _export(git_dir: Path, commit: str, files: tuple[str, ...], root: Path) -> None:
+    for name in files:
+        text = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"{commit}:{name}"], check=True,
+                              capture_output=True, text=True).stdout
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    for package in {Path(n).parent for n in files if "/" in n}:
+        (root / package / "__init__.py").touch()  # not the packages' own __init__ (it imports everything)
+
+
+def _smooth_video(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
+    """Frames with structure at several scales (so that resizes matter) that also compress well."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = []
+    phase = rng.uniform(0, 6, size=6)
+    for t in range(frames):
+        tint = 60 * np.sin(t * 1.3 + phase[5])  # frames differ as a whole too, not only in detail
+        r = 128 + tint + 70 * np.sin(xx / (7 + t) + phase[0]) * np.cos(yy / 11 + phase[1])
+        g = 128 + 90 * np.sin((xx + yy) / 5 + t / 2 + phase[2])
+        b = 128 - tint + 70 * np.cos(xx / 3 + phase[3]) * np.sin(yy / (4 + t / 3) + phase[4])
+        video.append(np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8))
+    return np.stack(video)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vbench_git", type=Path, required=True, help="git directory of Vchitect/VBench")
+    parser.add_argument("--dino_git", type=Path, required=True, help="git directory of facebookresearch/dino")
+    parser.add_argument("--out", type=Path, default=Path("tests/data/vbench_oracle"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = Path(tempfile.mkdtemp(prefix="vbench-oracle-"))
+    _export(args.vbench_git, VBENCH_COMMIT, VBENCH_FILES, source)
+    _export(args.dino_git, DINO_COMMIT, ("vision_transformer.py",), source)
+    # imports the reference files make that play no part here (decoding, DINO's training utils)
+    sys.modules["decord"] = types.SimpleNamespace(VideoReader=None, cpu=None)
+    sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # imported, not called by these functions
+    sys.modules["utils"] = types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_)
+    sys.modules["pyiqa"] = types.ModuleType("pyiqa")
+    sys.modules["pyiqa.archs"] = types.ModuleType("pyiqa.archs")
+    sys.modules["pyiqa.archs.musiq_arch"] = types.SimpleNamespace(MUSIQ=None)
+    sys.path.insert(0, str(source))
+    vit = importlib.import_module("vision_transformer")
+    i2v = importlib.import_module("vbench2_beta_i2v.i2v_subject")
+    subject = importlib.import_module("vbench.subject_consistency")
+    imaging = importlib.import_module("vbench.imaging_quality")
+
+    torch.manual_seed(0)
+    dino = vit.VisionTransformer(patch_size=16, embed_dim=64, depth=2, num_heads=1, mlp_ratio=4, qkv_bias=True,
+                                 norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    with torch.no_grad():
+        # scales at which the CLS token depends on the picture (at DINO's init it barely does, and every
+        # cosine similarity would be ~1, hiding any difference in the transforms)
+        for name, tensor in dino.named_parameters():
+            if name.endswith("weight") and tensor.dim() > 1:
+                tensor.normal_(0, 0.6 / tensor[0].numel() ** 0.5)
+        dino.patch_embed.proj.weight.mul_(3)
+        for block in dino.blocks:
+            block.attn.qkv.weight.mul_(3)  # peaked attention: the CLS token is not a plain average
+        dino.pos_embed.normal_(0, 0.2)
+        dino.cls_token.normal_(0, 0.2)
+    state = {k: v.half() for k, v in dino.state_dict().items()}
+    torch.save(state, args.out / "dino_tiny.pth")
+    dino.load_state_dict({k: v.float() for k, v in state.items()})  # the reference runs the stored weights
+    dino.eval()
+
+    rng = np.random.default_rng(0)
+    # "large" (longer side > 512: VBench resizes it) in steps of 8 so that it compresses
+    videos = {"wide": _smooth_video(rng, 5, 72, 100), "tall": _smooth_video(rng, 4, 90, 60),
+              "large": _smooth_video(rng, 2, 240, 560) // 8 * 8}
+    np.savez_compressed(args.out / "videos.npz", **videos)
+    images = {"wide": videos["wide"][0], "tall": 255 - videos["tall"][2]}
+    for name, image in images.items():
+        Image.fromarray(image).save(args.out / f"image_{name}.png")
+
+    def load_video(key, *unused, **unused_kw):
+        return torch.Tensor(videos[key]).permute(0, 3, 1, 2)  # as VBench's load_video returns decord frames
+
+    for module in (i2v, subject, imaging):
+        module.load_video = load_video
+    pairs = [(str(args.out / f"image_{name}.png"), name) for name in images]
+    i2v_score, i2v_videos = i2v.i2v_subject(dino, pairs, "cpu")
+    subject_score, subject_videos = subject.subject_consistency(dino, ["wide", "tall"], "cpu", read_frame=False)
+    imaging_score, imaging_videos = imaging.technical_quality(stand_in_musiq, ["large", "wide"], "cpu")
+    import torchvision
+
+    expected = {
+        "reference": {"vbench": f"Vchitect/VBench@{VBENCH_COMMIT}", "dino": f"facebookresearch/dino@{DINO_COMMIT}",
+                      "torch": torch.__version__, "torchvision": torchvision.__version__},
+        "i2v_subject": {"score": float(i2v_score), "per_video": [float(v["video_results"]) for v in i2v_videos],
+                        "pairs": list(images)},
+        "subject_consistency": {"score": float(subject_score),
+                                "per_video": [float(v["video_results"]) for v in subject_videos],
+                                "videos": ["wide", "tall"]},
+        "imaging_quality": {"score": float(imaging_score),
+                            "per_video": [float(v["video_results"]) / 100 for v in imaging_videos],
+                            "videos": ["large", "wide"]},
+    }
+    (args.out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    print(json.dumps(expected, indent=1))
+
+
+if __name__ == "__main__":
+    main()
