@@ -3,17 +3,22 @@
 Run it in a separate venv with PyPI torch + torchvision (which import on the CPU), not in the
 package's environment:
 
-    pip install tqdm; python scripts/write_vbench_oracle_cases.py --vbench_git /path/to/VBench/.git \
-        --dino_git /path/to/dino/.git --out tests/data/vbench_oracle
+    pip install tqdm
+    python scripts/write_vbench_oracle_cases.py --vbench_git /path/to/VBench/.git \
+        --dino_git /path/to/dino/.git --clip_git /path/to/CLIP/.git --out tests/data/vbench_oracle
 
-What runs is the reference code, read from the two repositories at the commits named below (``git
+What runs is the reference code, read from the three repositories at the commits named below (``git
 show``, nothing else of them is imported): VBench's ``vbench2_beta_i2v/i2v_subject.py`` and
-``utils.py`` (today's rule and ``dino_transform*_internet``), ``vbench/subject_consistency.py`` and
-``vbench/imaging_quality.py`` (with their ``vbench/utils.py``), and DINO's ``vision_transformer.py``.
+``utils.py`` (today's rule and ``dino_transform*_internet``), ``vbench/subject_consistency.py``,
+``vbench/background_consistency.py``, ``vbench/aesthetic_quality.py``, ``vbench/imaging_quality.py``
+(with their ``vbench/utils.py``), DINO's ``vision_transformer.py`` and OpenAI CLIP's ``clip/model.py``.
 
 - The DINO network is DINO's own ``VisionTransformer`` class at a reduced width (64, one head, two
   blocks) with random weights, rounded to float16 and saved in the released file's key layout
-  (``dino_tiny.pth``), so our loader takes the architecture from the file.
+  (``dino_tiny.pth``), so our loader takes the architecture from the file. Likewise CLIP's own ``CLIP``
+  class at vision width 64 (patch 32, two blocks, embedding 32; a token-sized text tower, not stored):
+  its ``visual.*`` tensors in float16 (``clip_tiny.pth``), and a LAION-style linear head on its
+  embedding (``aesthetic_tiny.pth``), for background consistency and aesthetic quality.
 - Video decoding is not under test: VBench's ``load_video`` is replaced by one returning the stored
   frames exactly as its own returns decord's (``torch.Tensor(frames)`` permuted to [T, C, H, W]).
 - Imaging quality runs VBench's transform and averaging with a stand-in for MUSIQ (``stand_in_musiq``
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,7 +46,9 @@ from PIL import Image
 
 VBENCH_COMMIT = "45e79ec14e69a2187202c675d2dbce1a71843d53"  # 2026-03-23, Vchitect/VBench
 DINO_COMMIT = "7c446df5b9f45747937fb0d72314eb9f7b66930a"    # 2023-04-27, facebookresearch/dino
+CLIP_COMMIT = "d05afc436d78f1c48dc0dbf8e5980a9d471f35f6"    # 2026-03-25, openai/CLIP
 VBENCH_FILES = ("vbench/utils.py", "vbench/distributed.py", "vbench/subject_consistency.py",
+                "vbench/background_consistency.py", "vbench/aesthetic_quality.py",
                 "vbench/imaging_quality.py", "vbench2_beta_i2v/utils.py", "vbench2_beta_i2v/i2v_subject.py")
 
 
@@ -61,6 +69,13 @@ def _export(git_dir: Path, commit: str, files: tuple[str, ...], root: Path) -> N
         (root / package / "__init__.py").touch()  # not the packages' own __init__ (it imports everything)
 
 
+def _import_file(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _smooth_video(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
     """Frames with structure at several scales (so that resizes matter) that also compress well."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -79,15 +94,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vbench_git", type=Path, required=True, help="git directory of Vchitect/VBench")
     parser.add_argument("--dino_git", type=Path, required=True, help="git directory of facebookresearch/dino")
+    parser.add_argument("--clip_git", type=Path, required=True, help="git directory of openai/CLIP")
     parser.add_argument("--out", type=Path, default=Path("tests/data/vbench_oracle"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     source = Path(tempfile.mkdtemp(prefix="vbench-oracle-"))
     _export(args.vbench_git, VBENCH_COMMIT, VBENCH_FILES, source)
     _export(args.dino_git, DINO_COMMIT, ("vision_transformer.py",), source)
+    _export(args.clip_git, CLIP_COMMIT, ("clip/model.py",), source)
     # imports the reference files make that play no part here (decoding, DINO's training utils)
     sys.modules["decord"] = types.SimpleNamespace(VideoReader=None, cpu=None)
     sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # imported, not called by these functions
+    sys.modules["clip"] = types.SimpleNamespace(load=None)  # VBench's import of the package (clip.load)
     sys.modules["utils"] = types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_)
     sys.modules["pyiqa"] = types.ModuleType("pyiqa")
     sys.modules["pyiqa.archs"] = types.ModuleType("pyiqa.archs")
@@ -97,6 +115,9 @@ def main() -> None:
     i2v = importlib.import_module("vbench2_beta_i2v.i2v_subject")
     subject = importlib.import_module("vbench.subject_consistency")
     imaging = importlib.import_module("vbench.imaging_quality")
+    background = importlib.import_module("vbench.background_consistency")
+    aesthetic = importlib.import_module("vbench.aesthetic_quality")
+    clip_model_module = _import_file("clip_model", source / "clip" / "model.py")
 
     torch.manual_seed(0)
     dino = vit.VisionTransformer(patch_size=16, embed_dim=64, depth=2, num_heads=1, mlp_ratio=4, qkv_bias=True,
@@ -117,6 +138,26 @@ def main() -> None:
     dino.load_state_dict({k: v.float() for k, v in state.items()})  # the reference runs the stored weights
     dino.eval()
 
+    torch.manual_seed(1)
+    clip = clip_model_module.CLIP(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64,
+                                  vision_patch_size=32, context_length=4, vocab_size=8, transformer_width=8,
+                                  transformer_heads=1, transformer_layers=1)
+    with torch.no_grad():  # as for DINO: scales at which the embedding depends on the picture
+        clip.visual.conv1.weight.normal_(0, 3 / clip.visual.conv1.weight[0].numel() ** 0.5)
+        for block in clip.visual.transformer.resblocks:
+            block.attn.in_proj_weight.mul_(10)
+    visual = {k: v.half() for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    torch.save(visual, args.out / "clip_tiny.pth")
+    clip.load_state_dict({**clip.state_dict(), **{k: v.float() for k, v in visual.items()}})
+    clip.eval()
+    head = torch.nn.Linear(32, 1)
+    with torch.no_grad():
+        head.weight.normal_(0, 5)
+        head.bias.add_(5)
+    head_state = {k: v.half() for k, v in head.state_dict().items()}
+    torch.save(head_state, args.out / "aesthetic_tiny.pth")
+    head.load_state_dict({k: v.float() for k, v in head_state.items()})
+
     rng = np.random.default_rng(0)
     # "large" (longer side > 512: VBench resizes it) in steps of 8 so that it compresses
     videos = {"wide": _smooth_video(rng, 5, 72, 100), "tall": _smooth_video(rng, 4, 90, 60),
@@ -129,22 +170,32 @@ def main() -> None:
     def load_video(key, *unused, **unused_kw):
         return torch.Tensor(videos[key]).permute(0, 3, 1, 2)  # as VBench's load_video returns decord frames
 
-    for module in (i2v, subject, imaging):
+    for module in (i2v, subject, imaging, background, aesthetic):
         module.load_video = load_video
     pairs = [(str(args.out / f"image_{name}.png"), name) for name in images]
     i2v_score, i2v_videos = i2v.i2v_subject(dino, pairs, "cpu")
     subject_score, subject_videos = subject.subject_consistency(dino, ["wide", "tall"], "cpu", read_frame=False)
     imaging_score, imaging_videos = imaging.technical_quality(stand_in_musiq, ["large", "wide"], "cpu")
+    background_score, background_videos = background.background_consistency(clip, None, ["wide", "tall"], "cpu",
+                                                                             read_frame=False)
+    aesthetic_score, aesthetic_videos = aesthetic.laion_aesthetic(head, clip, ["wide", "tall"], "cpu")
     import torchvision
 
     expected = {
         "reference": {"vbench": f"Vchitect/VBench@{VBENCH_COMMIT}", "dino": f"facebookresearch/dino@{DINO_COMMIT}",
+                      "clip": f"openai/CLIP@{CLIP_COMMIT}",
                       "torch": torch.__version__, "torchvision": torchvision.__version__},
         "i2v_subject": {"score": float(i2v_score), "per_video": [float(v["video_results"]) for v in i2v_videos],
                         "pairs": list(images)},
         "subject_consistency": {"score": float(subject_score),
                                 "per_video": [float(v["video_results"]) for v in subject_videos],
                                 "videos": ["wide", "tall"]},
+        "background_consistency": {"score": float(background_score),
+                                   "per_video": [float(v["video_results"]) for v in background_videos],
+                                   "videos": ["wide", "tall"]},
+        "aesthetic_quality": {"score": float(aesthetic_score),
+                              "per_video": [float(v["video_results"]) for v in aesthetic_videos],
+                              "videos": ["wide", "tall"]},
         "imaging_quality": {"score": float(imaging_score),
                             "per_video": [float(v["video_results"]) / 100 for v in imaging_videos],
                             "videos": ["large", "wide"]},

@@ -1,6 +1,6 @@
 """Cases written by VBench's own code (scripts/write_vbench_oracle_cases.py, tests/data/vbench_oracle):
-our dimensions reproduce them within 1e-4 relative, with DINO's own class at a reduced width in the
-released key layout."""
+our dimensions reproduce them within 1e-4 relative, with DINO's and CLIP's own classes at a reduced
+width in the released key layouts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from steadydancer.eval import vbench as V
-from steadydancer.eval.vit import load_dino_vit
+from steadydancer.eval.vit import load_aesthetic_head, load_clip_image_encoder, load_dino_vit
 
 CASES = Path(__file__).parent / "data" / "vbench_oracle"
 REL = 1e-4
@@ -27,7 +27,8 @@ def case() -> dict:
     images = {name: np.asarray(Image.open(CASES / f"image_{name}.png").convert("RGB"))
               for name in expected["i2v_subject"]["pairs"]}
     return {"expected": expected, "videos": videos, "images": images,
-            "dino": load_dino_vit(CASES / "dino_tiny.pth")}
+            "dino": load_dino_vit(CASES / "dino_tiny.pth"), "clip": load_clip_image_encoder(CASES / "clip_tiny.pth"),
+            "head": load_aesthetic_head(CASES / "aesthetic_tiny.pth")}
 
 
 def stand_in_musiq(frame: torch.Tensor) -> torch.Tensor:
@@ -62,5 +63,19 @@ def test_subject_consistency_matches_vbench(case) -> None:
 def test_imaging_quality_transform_and_averaging_match_vbench(case) -> None:
     expected = case["expected"]["imaging_quality"]
     result = V.imaging_quality([case["videos"][n] for n in expected["videos"]], stand_in_musiq)
+    assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
+    assert result.aggregate == pytest.approx(expected["score"], rel=REL)
+
+
+def test_background_consistency_matches_vbench(case) -> None:
+    expected = case["expected"]["background_consistency"]
+    result = V.background_consistency([case["videos"][n] for n in expected["videos"]], case["clip"])
+    assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
+    assert result.aggregate == pytest.approx(expected["score"], rel=REL)
+
+
+def test_aesthetic_quality_matches_vbench(case) -> None:
+    expected = case["expected"]["aesthetic_quality"]
+    result = V.aesthetic_quality([case["videos"][n] for n in expected["videos"]], case["clip"], case["head"])
     assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
     assert result.aggregate == pytest.approx(expected["score"], rel=REL)
