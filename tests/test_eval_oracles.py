@@ -79,3 +79,21 @@ def test_aesthetic_quality_matches_vbench(case) -> None:
     result = V.aesthetic_quality([case["videos"][n] for n in expected["videos"]], case["clip"], case["head"])
     assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
     assert result.aggregate == pytest.approx(expected["score"], rel=REL)
+
+
+def test_humanvid_pair_fvd_matches_humanvid() -> None:
+    """HumanVid's metrics/utils/fvd.py (calculate_fvd) as eval_fvd.py feeds it, on a stand-in I3D
+    (scripts/write_humanvid_fvd_case.py): the same reference frames, prefixes and values."""
+    from steadydancer.eval.i3d import load_i3d, pair_fvd
+    from steadydancer.eval.protocols import _resize_like, humanvid_fvd_reference_indices
+
+    folder = Path(__file__).parent / "data" / "humanvid_fvd"
+    expected = json.loads((folder / "expected.json").read_text())
+    with np.load(folder / "videos.npz") as data:
+        generated, reference = data["generated"], data["reference"]
+    indices = humanvid_fvd_reference_indices(len(reference))
+    assert indices == expected["reference_frames"]
+    height, width = generated.shape[1:3]
+    values = pair_fvd(load_i3d(folder / "i3d_standin.pt"), generated, _resize_like(reference[indices], height, width))
+    assert values == pytest.approx(expected["per_prefix"], rel=REL)
+    assert float(np.mean(values)) == pytest.approx(expected["fvd"], rel=REL)
