@@ -5,7 +5,8 @@ package's environment:
 
     pip install tqdm
     python scripts/write_vbench_oracle_cases.py --vbench_git /path/to/VBench/.git \
-        --dino_git /path/to/dino/.git --clip_git /path/to/CLIP/.git --out tests/data/vbench_oracle
+        --dino_git /path/to/dino/.git --clip_git /path/to/CLIP/.git --iqa_git /path/to/IQA-PyTorch/.git \
+        --out tests/data/vbench_oracle
 
 What runs is the reference code, read from the three repositories at the commits named below (``git
 show``, nothing else of them is imported): VBench's ``vbench2_beta_i2v/i2v_subject.py`` and
@@ -21,8 +22,9 @@ show``, nothing else of them is imported): VBench's ``vbench2_beta_i2v/i2v_subje
   embedding (``aesthetic_tiny.pth``), for background consistency and aesthetic quality.
 - Video decoding is not under test: VBench's ``load_video`` is replaced by one returning the stored
   frames exactly as its own returns decord's (``torch.Tensor(frames)`` permuted to [T, C, H, W]).
-- Imaging quality runs VBench's transform and averaging with a stand-in for MUSIQ (``stand_in_musiq``
-  below; the tests apply the same function), since pyiqa's MUSIQ is a separate network.
+- Imaging quality runs VBench's transform and averaging twice: with pyiqa's own ``MUSIQ`` class at
+  hidden size 32 (``musiq_tiny.pth``, its state dict in float16), and with a stand-in score
+  (``stand_in_musiq`` below; the tests apply the same function) that isolates the transform.
 
 Everything is seeded; running it again writes the same files.
 """
@@ -47,6 +49,9 @@ from PIL import Image
 VBENCH_COMMIT = "45e79ec14e69a2187202c675d2dbce1a71843d53"  # 2026-03-23, Vchitect/VBench
 DINO_COMMIT = "7c446df5b9f45747937fb0d72314eb9f7b66930a"    # 2023-04-27, facebookresearch/dino
 CLIP_COMMIT = "d05afc436d78f1c48dc0dbf8e5980a9d471f35f6"    # 2026-03-25, openai/CLIP
+PYIQA_COMMIT = "01ae427f9afd66842031d3a7cb694dcad5b5cbb8"   # 2026-05-14, chaofengc/IQA-PyTorch
+PYIQA_FILES = ("pyiqa/archs/musiq_arch.py", "pyiqa/archs/arch_util.py", "pyiqa/archs/constants.py",
+               "pyiqa/matlab_utils/padding.py", "pyiqa/utils/registry.py", "pyiqa/data/multiscale_trans_util.py")
 VBENCH_FILES = ("vbench/utils.py", "vbench/distributed.py", "vbench/subject_consistency.py",
                 "vbench/background_consistency.py", "vbench/aesthetic_quality.py",
                 "vbench/imaging_quality.py", "vbench2_beta_i2v/utils.py", "vbench2_beta_i2v/i2v_subject.py")
@@ -95,6 +100,7 @@ def main() -> None:
     parser.add_argument("--vbench_git", type=Path, required=True, help="git directory of Vchitect/VBench")
     parser.add_argument("--dino_git", type=Path, required=True, help="git directory of facebookresearch/dino")
     parser.add_argument("--clip_git", type=Path, required=True, help="git directory of openai/CLIP")
+    parser.add_argument("--iqa_git", type=Path, required=True, help="git directory of chaofengc/IQA-PyTorch (pyiqa)")
     parser.add_argument("--out", type=Path, default=Path("tests/data/vbench_oracle"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -102,14 +108,16 @@ def main() -> None:
     _export(args.vbench_git, VBENCH_COMMIT, VBENCH_FILES, source)
     _export(args.dino_git, DINO_COMMIT, ("vision_transformer.py",), source)
     _export(args.clip_git, CLIP_COMMIT, ("clip/model.py",), source)
+    _export(args.iqa_git, PYIQA_COMMIT, PYIQA_FILES, source)
+    # pyiqa's package __init__ files import every metric; only these modules are needed
+    (source / "pyiqa" / "matlab_utils" / "__init__.py").write_text("from .padding import ExactPadding2d, exact_padding_2d\n")
     # imports the reference files make that play no part here (decoding, DINO's training utils)
     sys.modules["decord"] = types.SimpleNamespace(VideoReader=None, cpu=None)
     sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # imported, not called by these functions
     sys.modules["clip"] = types.SimpleNamespace(load=None)  # VBench's import of the package (clip.load)
     sys.modules["utils"] = types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_)
-    sys.modules["pyiqa"] = types.ModuleType("pyiqa")
-    sys.modules["pyiqa.archs"] = types.ModuleType("pyiqa.archs")
-    sys.modules["pyiqa.archs.musiq_arch"] = types.SimpleNamespace(MUSIQ=None)
+    sys.modules["huggingface_hub"] = types.SimpleNamespace(hf_hub_url=lambda *a, **k: "")  # download helpers
+    sys.modules["pyiqa.utils.download_util"] = types.SimpleNamespace(load_file_from_url=None)
     sys.path.insert(0, str(source))
     vit = importlib.import_module("vision_transformer")
     i2v = importlib.import_module("vbench2_beta_i2v.i2v_subject")
@@ -118,6 +126,7 @@ def main() -> None:
     background = importlib.import_module("vbench.background_consistency")
     aesthetic = importlib.import_module("vbench.aesthetic_quality")
     clip_model_module = _import_file("clip_model", source / "clip" / "model.py")
+    musiq_arch = importlib.import_module("pyiqa.archs.musiq_arch")
 
     torch.manual_seed(0)
     dino = vit.VisionTransformer(patch_size=16, embed_dim=64, depth=2, num_heads=1, mlp_ratio=4, qkv_bias=True,
@@ -158,6 +167,17 @@ def main() -> None:
     torch.save(head_state, args.out / "aesthetic_tiny.pth")
     head.load_state_dict({k: v.float() for k, v in head_state.items()})
 
+    torch.manual_seed(2)
+    # pyiqa's MUSIQ at hidden size 32 (one head, two blocks; its ResNet stem is fixed at 64 channels)
+    musiq = musiq_arch.MUSIQ(num_class=1, hidden_size=32, mlp_dim=64, num_heads=1, num_layers=2, pretrained=False)
+    with torch.no_grad():  # a score that moves with the picture
+        musiq.head.weight.mul_(20)
+        musiq.head.bias.fill_(50)
+    musiq_state = {k: v.half() if v.is_floating_point() else v for k, v in musiq.state_dict().items()}
+    torch.save(musiq_state, args.out / "musiq_tiny.pth")
+    musiq.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in musiq_state.items()})
+    musiq.eval()
+
     rng = np.random.default_rng(0)
     # "large" (longer side > 512: VBench resizes it) in steps of 8 so that it compresses
     videos = {"wide": _smooth_video(rng, 5, 72, 100), "tall": _smooth_video(rng, 4, 90, 60),
@@ -176,6 +196,7 @@ def main() -> None:
     i2v_score, i2v_videos = i2v.i2v_subject(dino, pairs, "cpu")
     subject_score, subject_videos = subject.subject_consistency(dino, ["wide", "tall"], "cpu", read_frame=False)
     imaging_score, imaging_videos = imaging.technical_quality(stand_in_musiq, ["large", "wide"], "cpu")
+    musiq_score, musiq_videos = imaging.technical_quality(musiq, ["large", "tall"], "cpu")
     background_score, background_videos = background.background_consistency(clip, None, ["wide", "tall"], "cpu",
                                                                              read_frame=False)
     aesthetic_score, aesthetic_videos = aesthetic.laion_aesthetic(head, clip, ["wide", "tall"], "cpu")
@@ -183,7 +204,7 @@ def main() -> None:
 
     expected = {
         "reference": {"vbench": f"Vchitect/VBench@{VBENCH_COMMIT}", "dino": f"facebookresearch/dino@{DINO_COMMIT}",
-                      "clip": f"openai/CLIP@{CLIP_COMMIT}",
+                      "clip": f"openai/CLIP@{CLIP_COMMIT}", "pyiqa": f"chaofengc/IQA-PyTorch@{PYIQA_COMMIT}",
                       "torch": torch.__version__, "torchvision": torchvision.__version__},
         "i2v_subject": {"score": float(i2v_score), "per_video": [float(v["video_results"]) for v in i2v_videos],
                         "pairs": list(images)},
@@ -196,6 +217,9 @@ def main() -> None:
         "aesthetic_quality": {"score": float(aesthetic_score),
                               "per_video": [float(v["video_results"]) for v in aesthetic_videos],
                               "videos": ["wide", "tall"]},
+        "imaging_quality_musiq": {"score": float(musiq_score),
+                                  "per_video": [float(v["video_results"]) / 100 for v in musiq_videos],
+                                  "videos": ["large", "tall"]},
         "imaging_quality": {"score": float(imaging_score),
                             "per_video": [float(v["video_results"]) / 100 for v in imaging_videos],
                             "videos": ["large", "wide"]},

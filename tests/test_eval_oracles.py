@@ -97,3 +97,15 @@ def test_humanvid_pair_fvd_matches_humanvid() -> None:
     values = pair_fvd(load_i3d(folder / "i3d_standin.pt"), generated, _resize_like(reference[indices], height, width))
     assert values == pytest.approx(expected["per_prefix"], rel=REL)
     assert float(np.mean(values)) == pytest.approx(expected["fvd"], rel=REL)
+
+
+def test_imaging_quality_with_pyiqa_musiq_matches_vbench(case) -> None:
+    """pyiqa's own MUSIQ class at hidden size 32, in its checkpoint layout, through VBench's imaging
+    quality (a 240x560 video resized to longer side 512 first, and a small one as it is)."""
+    from steadydancer.eval.musiq import load_musiq
+
+    expected = case["expected"]["imaging_quality_musiq"]
+    musiq = load_musiq(CASES / "musiq_tiny.pth")
+    result = V.imaging_quality([case["videos"][n] for n in expected["videos"]], musiq)
+    assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
+    assert result.aggregate == pytest.approx(expected["score"], rel=REL)

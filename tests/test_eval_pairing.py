@@ -234,3 +234,15 @@ def test_small_fixes_dino_positions_and_batchnorm_counters(tmp_path) -> None:
     state = {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(state, tmp_path / "inception.pth")
     assert isinstance(load_fid_inception(tmp_path / "inception.pth"), FIDInception)
+
+
+def test_sample_once_scores_one_seeded_frame_per_video_and_says_so(tmp_path, scene) -> None:
+    ref_video, frames = scene
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir(), ref.mkdir()
+    shutil.copy(ref_video, ref / "clip.mp4")
+    write_video(gen / "clip.mp4", noisy(frames[:30]), 16)
+    report = _eval(tmp_path, gen, ref, "--frame_sampling", "sample-once")
+    assert len(report["videos"]["clip"]["per_frame"]["psnr"]) == 1
+    assert report["options"]["frame_sampling"] == "sample-once" and report["options"]["sample_seed"] == 0
+    assert "one random frame per video (HumanVid's sample-once, seed 0)" in (tmp_path / "out" / "report.md").read_text()
