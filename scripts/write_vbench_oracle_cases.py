@@ -3,7 +3,7 @@
 Run it in a separate venv with PyPI torch + torchvision (which import on the CPU), not in the
 package's environment:
 
-    pip install tqdm
+    pip install tqdm opencv-python-headless
     python scripts/write_vbench_oracle_cases.py --vbench_git /path/to/VBench/.git \
         --dino_git /path/to/dino/.git --clip_git /path/to/CLIP/.git --iqa_git /path/to/IQA-PyTorch/.git \
         --out tests/data/vbench_oracle
@@ -11,7 +11,8 @@ package's environment:
 What runs is the reference code, read from the three repositories at the commits named below (``git
 show``, nothing else of them is imported): VBench's ``vbench2_beta_i2v/i2v_subject.py`` and
 ``utils.py`` (today's rule and ``dino_transform*_internet``), ``vbench/subject_consistency.py``,
-``vbench/background_consistency.py``, ``vbench/aesthetic_quality.py``, ``vbench/imaging_quality.py``
+``vbench/background_consistency.py``, ``vbench/aesthetic_quality.py``, ``vbench/temporal_flickering.py``,
+``vbench/imaging_quality.py``
 (with their ``vbench/utils.py``), DINO's ``vision_transformer.py`` and OpenAI CLIP's ``clip/model.py``.
 
 - The DINO network is DINO's own ``VisionTransformer`` class at a reduced width (64, one head, two
@@ -53,7 +54,7 @@ PYIQA_COMMIT = "01ae427f9afd66842031d3a7cb694dcad5b5cbb8"   # 2026-05-14, chaofe
 PYIQA_FILES = ("pyiqa/archs/musiq_arch.py", "pyiqa/archs/arch_util.py", "pyiqa/archs/constants.py",
                "pyiqa/matlab_utils/padding.py", "pyiqa/utils/registry.py", "pyiqa/data/multiscale_trans_util.py")
 VBENCH_FILES = ("vbench/utils.py", "vbench/distributed.py", "vbench/subject_consistency.py",
-                "vbench/background_consistency.py", "vbench/aesthetic_quality.py",
+                "vbench/background_consistency.py", "vbench/aesthetic_quality.py", "vbench/temporal_flickering.py",
                 "vbench/imaging_quality.py", "vbench2_beta_i2v/utils.py", "vbench2_beta_i2v/i2v_subject.py")
 
 
@@ -113,7 +114,7 @@ def main() -> None:
     (source / "pyiqa" / "matlab_utils" / "__init__.py").write_text("from .padding import ExactPadding2d, exact_padding_2d\n")
     # imports the reference files make that play no part here (decoding, DINO's training utils)
     sys.modules["decord"] = types.SimpleNamespace(VideoReader=None, cpu=None)
-    sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # imported, not called by these functions
+    import cv2  # noqa: F401 - temporal_flickering.py calls cv2.absdiff (pip install opencv-python-headless)
     sys.modules["clip"] = types.SimpleNamespace(load=None)  # VBench's import of the package (clip.load)
     sys.modules["utils"] = types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_)
     sys.modules["huggingface_hub"] = types.SimpleNamespace(hf_hub_url=lambda *a, **k: "")  # download helpers
@@ -125,6 +126,7 @@ def main() -> None:
     imaging = importlib.import_module("vbench.imaging_quality")
     background = importlib.import_module("vbench.background_consistency")
     aesthetic = importlib.import_module("vbench.aesthetic_quality")
+    flickering = importlib.import_module("vbench.temporal_flickering")
     clip_model_module = _import_file("clip_model", source / "clip" / "model.py")
     musiq_arch = importlib.import_module("pyiqa.archs.musiq_arch")
 
@@ -192,6 +194,7 @@ def main() -> None:
 
     for module in (i2v, subject, imaging, background, aesthetic):
         module.load_video = load_video
+    flickering.get_frames = lambda key: list(videos[key])  # its cv2 reader (the channel order plays no part)
     pairs = [(str(args.out / f"image_{name}.png"), name) for name in images]
     i2v_score, i2v_videos = i2v.i2v_subject(dino, pairs, "cpu")
     subject_score, subject_videos = subject.subject_consistency(dino, ["wide", "tall"], "cpu", read_frame=False)
@@ -200,6 +203,7 @@ def main() -> None:
     background_score, background_videos = background.background_consistency(clip, None, ["wide", "tall"], "cpu",
                                                                              read_frame=False)
     aesthetic_score, aesthetic_videos = aesthetic.laion_aesthetic(head, clip, ["wide", "tall"], "cpu")
+    flicker_score, flicker_videos = flickering.temporal_flickering(["wide", "tall", "large"])
     import torchvision
 
     expected = {
@@ -217,6 +221,9 @@ def main() -> None:
         "aesthetic_quality": {"score": float(aesthetic_score),
                               "per_video": [float(v["video_results"]) for v in aesthetic_videos],
                               "videos": ["wide", "tall"]},
+        "temporal_flickering": {"score": float(flicker_score),
+                                "per_video": [float(v["video_results"]) for v in flicker_videos],
+                                "videos": ["wide", "tall", "large"]},
         "imaging_quality_musiq": {"score": float(musiq_score),
                                   "per_video": [float(v["video_results"]) / 100 for v in musiq_videos],
                                   "videos": ["large", "tall"]},

@@ -109,3 +109,10 @@ def test_imaging_quality_with_pyiqa_musiq_matches_vbench(case) -> None:
     result = V.imaging_quality([case["videos"][n] for n in expected["videos"]], musiq)
     assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
     assert result.aggregate == pytest.approx(expected["score"], rel=REL)
+
+
+def test_temporal_flickering_matches_vbench(case) -> None:
+    expected = case["expected"]["temporal_flickering"]
+    result = V.temporal_flickering_dimension([case["videos"][n] for n in expected["videos"]])
+    assert result.per_video == pytest.approx(expected["per_video"], rel=REL)
+    assert result.aggregate == pytest.approx(expected["score"], rel=REL)
