@@ -82,6 +82,11 @@ def test_xdance_every_image_with_every_video_resumes_and_scores(tmp_path, fakes,
     report = json.loads((out / "report.json").read_text())
     assert report["protocol"] == "vbench-i2v" and set(report["videos"]) == set(ids)
     assert report["aggregate"]["temporal_flickering"] is not None
+    # Table 2(c)'s columns, in percent, no FVD; the recipe stated
+    table = (out / "report.md").read_text()
+    flicker = report["aggregate"]["temporal_flickering"] * 100
+    assert "## VBench-I2V (percent)" in table and f"{flicker:.2f}" in table
+    assert "FVD" not in table.split("## Recipe")[0] and "every reference image with every driving video" in table
     assert report["videos"]["b__clip2"]["reference"].endswith("b__clip2.mp4")
     assert (out / "report.json").with_suffix(".md").is_file()
     # a second run makes only what is missing
@@ -133,3 +138,12 @@ def test_bad_benchmark_input_is_one_line(tmp_path, fakes, capsys, argv, message)
     assert main(["benchmark", "--videos", str(videos), "--out", str(tmp_path / "o")] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_benchmark_help_lists_only_flags_it_accepts(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = capsys.readouterr().out
+    for refused in ("--save_file", "--image ", "--cond_pos_folder", "--input_dir"):
+        assert refused not in text
+    assert "--stride" in text and "--frame_sampling" in text
