@@ -109,8 +109,8 @@ def test_tiktok_cuts_humanvid_clips_and_states_its_recipe(tmp_path, fakes) -> No
                  "--start", "first"]) == 0
     decoded, _ = read_video(videos / "clip2.mp4")
     # 30 frames < 24 x 3: stride 1; --start first: the reference image is driving frame 0
-    assert np.array_equal(np.asarray(Image.open(out / "ref_frames" / "clip2.png")), decoded[0])
-    clip, _ = read_video(out / "clips" / "clip2.mp4")
+    assert np.array_equal(np.asarray(Image.open(out / "ref_frames" / "clip2.stride3.first.png")), decoded[0])
+    clip, _ = read_video(out / "clips" / "clip2.stride3.mp4")
     assert len(clip) == 25
     report = json.loads((out / "report.json").read_text())
     assert report["protocol"] == "humanvid" and set(report["videos"]) == {"clip2"}

@@ -184,7 +184,7 @@ def test_a_tiktok_row_made_of_its_driving_frames_scores_as_a_copy(tmp_path, scen
     # the row: 25 driving frames (24 at stride 3, + 1 for 4n+1) from the clip cut out of the test video
     row_mp4 = out / "rows" / "clip" / "clip.mp4"
     assert read_sidecar(row_mp4)["provenance"]["frame_indices"] == list(range(25))
-    assert np.array_equal(np.asarray(Image.open(out / "ref_frames" / "clip.png")), frames[36])
+    assert np.array_equal(np.asarray(Image.open(out / "ref_frames" / "clip.stride3.middle.png")), frames[36])
     # the scoring's sidecar names the test video's frames
     assert read_sidecar(out / "generated" / "clip.mp4")["provenance"]["frame_indices"] == list(range(0, 75, 3))
     report = json.loads((out / "report.json").read_text())

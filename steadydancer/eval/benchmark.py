@@ -105,7 +105,7 @@ def _count_frames(video: Path) -> int:
 
 
 def _tiktok_row(video_id: str, video: Path, prompt: str | None, out: Path, recipe: TiktokRecipe) -> Row | None:
-    """Cut the recipe's driving clip (OUT/clips/ID.mp4, lossless H.264 at the strided rate, for the pose
+    """Cut the recipe's driving clip (OUT/clips/ID.mp4, H.264 at crf 0 and the strided rate, for the pose
     stage) and the reference image (OUT/ref_frames/ID.png) from a test video; None when it is too short."""
     from ..pose.video import iter_video, video_fps, write_video
 
@@ -114,14 +114,16 @@ def _tiktok_row(video_id: str, video: Path, prompt: str | None, out: Path, recip
         log.warning("%s: fewer than %d frames; skipped (as HumanVid's eval_pose2vid.py)", video, recipe.frames)
         return None
     stride, indices, ref_index = planned
-    clip, image = out / "clips" / f"{video_id}.mp4", out / "ref_frames" / f"{video_id}.png"
-    record = out / "clips" / f"{video_id}.json"
+    # the recipe in the names: a row made under another recipe has other inputs, so the batch makes it again
+    tag = f"{video_id}.stride{recipe.stride}"
+    clip, image = out / "clips" / f"{tag}.mp4", out / "ref_frames" / f"{tag}.{recipe.start}.png"
+    record = out / "clips" / f"{tag}.{recipe.start}.json"
     wanted = {"source": str(video.absolute()), "frames": indices, "reference_frame": ref_index}
     done = record.is_file() and clip.is_file() and image.is_file() and json.loads(record.read_text()) == wanted
     if not done:
         needed = set(indices) | {ref_index}
         frames = {i: f for i, f in enumerate(iter_video(video, max(needed) + 1)) if i in needed}
-        # crf 0: the clip only feeds the pose detector; lossless keeps its poses the test video's
+        # crf 0 (lossless but for the 4:2:0 colour conversion): the clip only feeds the pose detector
         write_video(clip, (frames[i] for i in indices), video_fps(video) / stride, crf=0)
         with atomic_path(image) as tmp:
             Image.fromarray(frames[ref_index]).save(tmp, format="PNG")
