@@ -82,6 +82,11 @@ def test_xdance_every_image_with_every_video_resumes_and_scores(tmp_path, fakes,
     report = json.loads((out / "report.json").read_text())
     assert report["protocol"] == "vbench-i2v" and set(report["videos"]) == set(ids)
     assert report["aggregate"]["temporal_flickering"] is not None
+    # Table 2(c)'s columns, in percent, no FVD; the recipe stated
+    table = (out / "report.md").read_text()
+    flicker = report["aggregate"]["temporal_flickering"] * 100
+    assert "## VBench-I2V (percent)" in table and f"{flicker:.2f}" in table
+    assert "FVD" not in table.split("## Recipe")[0] and "every reference image with every driving video" in table
     assert report["videos"]["b__clip2"]["reference"].endswith("b__clip2.mp4")
     assert (out / "report.json").with_suffix(".md").is_file()
     # a second run makes only what is missing
@@ -92,16 +97,36 @@ def test_xdance_every_image_with_every_video_resumes_and_scores(tmp_path, fakes,
     assert len(fakes["prepare"]) == 5   # the pose stage of that row only
 
 
-def test_tiktok_animates_each_video_from_its_first_frame(tmp_path, fakes) -> None:
-    _, videos = _samples(tmp_path / "samples")
+def test_tiktok_cuts_humanvid_clips_and_states_its_recipe(tmp_path, fakes) -> None:
+    rng = np.random.default_rng(1)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = [rng.integers(0, 255, (32, 24, 3), dtype=np.uint8) for _ in range(30)]
+    write_video(videos / "clip2.mp4", frames, 8)
+    write_video(videos / "short.mp4", frames[:20], 8)  # fewer than 24 frames: skipped, as HumanVid
     out = tmp_path / "bench"
-    assert main(["benchmark", "--protocol", "tiktok", "--videos", str(videos), "--out", str(out)]) == 0
-    first = np.asarray(Image.open(out / "first_frames" / "clip2.png"))
-    frames, _ = read_video(videos / "clip2.mp4")
-    assert np.array_equal(first, frames[0])
+    assert main(["benchmark", "--protocol", "tiktok", "--videos", str(videos), "--out", str(out),
+                 "--start", "first"]) == 0
+    decoded, _ = read_video(videos / "clip2.mp4")
+    # 30 frames < 24 x 3: stride 1; --start first: the reference image is driving frame 0
+    assert np.array_equal(np.asarray(Image.open(out / "ref_frames" / "clip2.stride3.first.png")), decoded[0])
+    clip, _ = read_video(out / "clips" / "clip2.stride3.mp4")
+    assert len(clip) == 25
     report = json.loads((out / "report.json").read_text())
-    assert report["protocol"] == "humanvid" and set(report["videos"]) == {"00001", "clip2"}
-    assert report["aggregate"]["psnr"] > 20   # the fake generation is the video + 5
+    assert report["protocol"] == "humanvid" and set(report["videos"]) == {"clip2"}
+    assert report["recipe"]["reference image"].startswith("the first driving frame")
+    assert report["options"]["fid_resize"] == 768 and report["options"]["fid_frames"] == 24
+    assert report["aggregate"]["psnr"] > 20   # the fake generation is the clip + 5
+
+
+def test_xdance_table_is_vbench_in_percent_without_fvd(tmp_path, fakes) -> None:
+    from steadydancer.eval.report import markdown_table
+
+    report = {"protocol": "vbench-i2v", "table": "xdance", "aggregate": {"i2v_subject": 0.9321, "fvd_set": 123.0},
+              "conventions": {}, "skipped": {}, "options": {"vbench_version": "current"},
+              "notes": {"fvd_set": "not a column"}}
+    table = markdown_table(report, "ours")
+    assert "| ours | 93.21 |" in table and "FVD" not in table.split("## Recipe")[0]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -113,3 +138,12 @@ def test_bad_benchmark_input_is_one_line(tmp_path, fakes, capsys, argv, message)
     assert main(["benchmark", "--videos", str(videos), "--out", str(tmp_path / "o")] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_benchmark_help_lists_only_flags_it_accepts(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = capsys.readouterr().out
+    for refused in ("--save_file", "--image ", "--cond_pos_folder", "--input_dir"):
+        assert refused not in text
+    assert "--stride" in text and "--frame_sampling" in text

@@ -152,7 +152,7 @@ def test_fid_wiring_with_a_stand_in_inception(tmp_path, monkeypatch) -> None:
     weights = tmp_path / "w"
     weights.mkdir()
     (weights / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"stand-in")
-    report = evaluate(EvalOptions(gen, ref, None, "humanvid", weights, sampling="aligned"))
+    report = evaluate(EvalOptions(gen, ref, None, "humanvid", weights, sampling="aligned", fid_resize=0, fid_frames=0))
     from steadydancer.eval.protocols import read_frames
 
     def feats(folder: Path) -> np.ndarray:

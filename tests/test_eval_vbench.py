@@ -51,9 +51,22 @@ def test_i2v_subject_formula_by_hand() -> None:
     # image e1; frames e1, e2, (e1+e2)/sqrt2: to-image 1, 0, 0.7071; consecutive 0, 0.7071
     model = FixedFeatures([[1, 0], [1, 0], [0, 1], [1, 1]])
     image = _video(1)[0]
-    result = V.i2v_subject([(image, _video(3))], model)
+    result = V.i2v_subject([(image, _video(3))], model, version="2024-03")
     assert result.per_video == pytest.approx([0.5 * 1.0 + 0.5 * (0 + 2 ** -0.5) / 2])
     assert result.aggregate == pytest.approx(result.per_video[0])
+    # today's rule (VBench e7f070a): 0.4 max + 0.3 mean + 0.3 min of the consecutive similarities
+    model = FixedFeatures([[1, 0], [1, 0], [0, 1], [1, 1]])
+    result = V.i2v_subject([(image, _video(3))], model)
+    assert result.per_video == pytest.approx([0.4 * 1.0 + 0.3 * (0 + 2 ** -0.5) / 2 + 0.3 * 0.0])
+
+
+def test_i2v_subject_transform_is_today_vbench_resize_256_and_crop_224() -> None:
+    frames = V.dino_frames_internet(_video(2, 300, 400))
+    assert frames.shape == (2, 3, 224, 224)
+    image = V.dino_image_internet(_video(1, 400, 300)[0])
+    assert image.shape == (1, 3, 224, 224)
+    # the beta's transform keeps the aspect ratio (no crop)
+    assert V.dino_frames(_video(2, 300, 400)).shape == (2, 3, 224, 298)
 
 
 def test_temporal_flickering_dimension_by_hand() -> None:

@@ -52,10 +52,13 @@ def test_prepare_writes_the_whole_folder_then_reuses_keypoints(inputs, tmp_path,
     prepare_inputs(image, video, out, align_frame=1, max_frame=5, detector=detector, progress=False)
     assert detector.calls == 1 + 5  # reference + each frame once, for both streams
     names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
-    expected = {"ref_image.png", "driving_video.mp4", "prompt.txt", "keypoints.json", "all.mp4",
+    expected = {"ref_image.png", "driving_video.mp4", "prompt.txt", "keypoints.json", "all.mp4", "provenance.json",
                 "positive", "negative", "positive/single.mp4", "negative/single_aug.mp4"}
     expected |= {f"{s}/{i:04d}.jpg" for s in ("positive", "negative") for i in range(4)}
     assert names == expected
+    # the source frame each pose frame shows: frames 1..4 (--align_frame 1, --max_frame 5)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["frame_indices"] == [1, 2, 3, 4] and provenance["source_video"] == str(video.absolute())
     assert (out / "prompt.txt").read_text().strip() == "a person dancing"
     assert (out / "ref_image.png").read_bytes() == image.read_bytes()
     positive = cv2.imread(str(out / "positive" / "0000.jpg"))

@@ -55,6 +55,11 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     expected = module.state_dict()
+    # BatchNorm's step counter is absent from files saved before torch 0.4.1 (or stripped); torch's own
+    # loader fills it in for such files, and it plays no part in inference
+    for name in expected:
+        if name.endswith(".num_batches_tracked") and name not in state:
+            state[name] = expected[name]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

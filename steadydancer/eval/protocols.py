@@ -8,6 +8,7 @@ one video pair and the set-level features are held in memory), and returns the r
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROTOCOLS = ("humanvid", "vbench-i2v", "all")
+# provenance: generated frame i meets the driving frame that made it (the video's sidecar), frame for
+# frame when a video has none; aligned: frame i meets frame i; humanvid: HumanVid metrics.py's stride
+PAIRINGS = ("provenance", "aligned", "humanvid")
+FRAME_SAMPLINGS = ("all", "sample-once")
+VBENCH_VERSIONS = ("current", "2024-03")
 
 # What each number is, written into report.json and the Markdown notes.
 CONVENTIONS = {
@@ -42,12 +48,15 @@ CONVENTIONS = {
     "background_consistency": "VBench: CLIP ViT-B/32, mean of cos to previous and first frame, over all frames",
     "temporal_flickering": "VBench: (255 - mean |f_i - f_i+1|) / 255, mean over videos",
     "aesthetic_quality": "VBench: LAION head on CLIP ViT-L/14 embeddings / 10, mean over frames then videos",
-    "i2v_subject": "VBench-I2V: DINO, 0.5 max cos(image, frame) + 0.5 mean cos(consecutive frames)",
+    "i2v_subject": "VBench-I2V (current, since e7f070a): DINO, 0.4 max cos(image, frame) + 0.3 mean + 0.3 min "
+                   "cos(consecutive frames), inputs resized to 256 (bicubic) and centre-cropped to 224; "
+                   "--vbench_version 2024-03: 0.5 max + 0.5 mean, shorter side 224, no crop",
     "motion_smoothness": "VBench: AMT-S re-creates odd frames from even ones, (255 - mean |real - made|) / 255, "
                          "mean over videos",
     "i2v_background": "VBench-I2V: DreamSim ensemble, 0.4 max cos(image, frame) + 0.3 mean + 0.3 min "
                       "cos(consecutive frames)",
-    "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512, / 100, mean over frames then videos",
+    "imaging_quality": "VBench: MUSIQ (SPAQ) per frame, longer side capped at 512 (bilinear, no antialias), / 100, "
+                       "mean over frames then videos",
 }
 
 
@@ -59,8 +68,12 @@ class EvalOptions:
     protocol: str
     weights: Path | None
     device: str = "cpu"
-    fid_resize: int = 0           # 768: HumanVid's pre-resize of every frame to 768x768 before the FID Inception
-    sampling: str = "humanvid"    # how reference frames are paired with generated frames
+    fid_resize: int = 768         # HumanVid's pre-resize of every frame to 768x768 before the FID Inception; 0: off
+    fid_frames: int = 24          # FID frames per video (HumanVid's video2jpg keeps 24); 0: every scored frame
+    sampling: str = "provenance"  # how reference frames are paired with generated frames (PAIRINGS)
+    frame_sampling: str = "all"   # SSIM/PSNR/LPIPS over every pair, or one random pair per video (HumanVid)
+    sample_seed: int = 0          # the random generator of frame_sampling "sample-once"
+    vbench_version: str = "current"  # VBench-I2V's i2v_subject rule and DINO transform (VBENCH_VERSIONS)
     max_frames: int | None = None
 
 
@@ -135,6 +148,47 @@ def humanvid_fvd_reference_indices(count: int) -> list[int]:
     return indices[:24]
 
 
+def provenance_indices(video: Path) -> list[int] | None:
+    """The driving-frame indices recorded in ``video``'s sidecar (``X.json``, or the sidecar of the file a
+    link ``X.mp4`` points to); None when there is none."""
+    from ..pipeline.sidecar import read_sidecar
+
+    for path in dict.fromkeys((Path(video), Path(video).resolve())):
+        provenance = read_sidecar(path).get("provenance")
+        if isinstance(provenance, dict) and isinstance(provenance.get("frame_indices"), list):
+            try:
+                return [int(i) for i in provenance["frame_indices"]]
+            except (TypeError, ValueError):
+                raise InputError(f"{path.with_suffix('.json')}: provenance.frame_indices must be integers") from None
+    return None
+
+
+@dataclass
+class Pairing:
+    """Which reference frame each scored generated frame meets: generated frame i <-> reference frame
+    ``reference[i]``, for i < len(reference)."""
+
+    method: str
+    reference: list[int]
+
+
+def pair_frames(generated_count: int, reference_count: int, sampling: str,
+                provenance: list[int] | None) -> Pairing:
+    """The frame pairing of one video (see PAIRINGS). With provenance, frames whose driving frame lies
+    beyond the reference video are not scored."""
+    if sampling == "provenance" and provenance is not None:
+        indices = provenance[:generated_count]
+        kept = list(itertools.takewhile(lambda i: 0 <= i < reference_count, indices))
+        if len(kept) < len(indices):
+            log.warning("generated frames %d.. were driven by frames beyond the %d of the reference video; "
+                        "not scored", len(kept), reference_count)
+        return Pairing("provenance", kept)
+    if sampling == "humanvid":
+        return Pairing("humanvid", humanvid_reference_indices(reference_count)[:generated_count])
+    method = "aligned" if sampling == "aligned" else "frame for frame (no provenance)"
+    return Pairing(method, list(range(min(generated_count, reference_count))))
+
+
 def _resize_like(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """PIL bilinear resize of uint8 frames (torchvision ``Resize`` on PIL images, as HumanVid)."""
     if frames.shape[1:3] == (height, width):
@@ -155,6 +209,15 @@ VBENCH_METRICS = ("i2v_subject", "i2v_background", "subject_consistency", "backg
                   "temporal_flickering", "motion_smoothness", "aesthetic_quality", "imaging_quality")
 
 
+def finite_mean(values: list[float]) -> float:
+    """Mean of the finite values; +inf when there are none but infinities (PSNR of identical frames:
+    the 3DGS formula divides by a zero error), nan when empty."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        return float(np.mean(finite))
+    return math.inf if values else math.nan
+
+
 class Evaluation:
     """Per-video values, per-frame curves, aggregates and skip reasons of one run."""
 
@@ -163,6 +226,7 @@ class Evaluation:
         self.videos: dict[str, dict] = {}
         self.aggregate: dict[str, float | None] = {}
         self.skipped: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
 
     def skip(self, metric: str, reason: str) -> None:
         if metric in self.skipped:
@@ -197,8 +261,14 @@ class Evaluation:
             values = [v for e in self.videos.values() for v in e["per_frame"].get(metric, [])]
         else:
             values = [e["metrics"][metric] for e in self.videos.values() if metric in e["metrics"]]
+        infinite = sum(1 for v in values if not math.isfinite(v))
+        if infinite:
+            self.notes[metric] = (f"{infinite} of {len(values)} values are infinite (identical frames: a zero error), "
+                                  + ("so the score is infinite" if infinite == len(values)
+                                     else f"the mean is over the other {len(values) - infinite}")
+                                  + "; report.json writes infinite values as null")
         if values:
-            self.aggregate[metric] = float(np.mean(values))
+            self.aggregate[metric] = finite_mean(values)
         else:
             self.skip(metric, "no video could be scored")
 
@@ -274,18 +344,23 @@ def _inception_features(model, frames: np.ndarray, opts: EvalOptions) -> np.ndar
 
 
 def _score_humanvid_pair(ev: Evaluation, nets: dict, item: Item, gen: np.ndarray, ref_all: np.ndarray,
-                         fid_feats: dict[str, list]) -> None:
+                         fid_feats: dict[str, list], pairing: Pairing, rng: np.random.Generator) -> None:
     """SSIM, PSNR, LPIPS per frame pair, FID features, HumanVid's per-pair FVD of one video pair."""
     opts, device = ev.options, ev.options.device
     h, w = gen.shape[1:3]
-    indices = (humanvid_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
-               else list(range(len(ref_all))))
-    count = min(len(gen), len(indices))
-    ref = _resize_like(ref_all[indices[:count]], h, w)
-    gen_u, ref_u = _to_unit(gen[:count]), _to_unit(ref)
+    indices = pairing.reference
+    count = len(indices)
+    if count == 0:
+        log.warning("%s: no generated frame has a reference frame to meet; not scored", item.generated.name)
+        return
+    # HumanVid metrics.py "sample-once": one random generated frame per video (seeded here)
+    scored = [int(rng.integers(0, count))] if opts.frame_sampling == "sample-once" else list(range(count))
+    ref = _resize_like(ref_all[[indices[i] for i in scored]], h, w)
+    gen_u, ref_u = _to_unit(gen[scored]), _to_unit(ref)
+    count = len(scored)
     ssim, psnr = M.ssim(gen_u, ref_u), M.psnr(gen_u, ref_u)
     ev.put(item.id, "ssim", ssim.mean(), ssim.tolist())
-    ev.put(item.id, "psnr", psnr.mean(), psnr.tolist())
+    ev.put(item.id, "psnr", finite_mean(psnr.tolist()), psnr.tolist())
     if "lpips" in nets:
         model = nets["lpips"]
         lp = torch.cat([model(gen_u[i:i + 8].to(device) * 2 - 1, ref_u[i:i + 8].to(device) * 2 - 1).cpu()
@@ -295,15 +370,18 @@ def _score_humanvid_pair(ev: Evaluation, nets: dict, item: Item, gen: np.ndarray
         ev.put(item.id, "lpips", lp.mean(), lp.tolist())
         ev.put(item.id, "lpips_01", lp01.mean(), lp01.tolist())
     if "inception" in nets:
-        fid_feats["generated"].append(_inception_features(nets["inception"], gen[:count], opts))
-        # HumanVid's video2jpg keeps reference frames at their own size (the Inception resizes them)
-        fid_feats["reference"].append(_inception_features(nets["inception"], ref_all[indices[:count]], opts))
+        # HumanVid's video2jpg keeps the first 24 frames of each generated video and the frames they were
+        # paired with, each at its own size (the Inception, or the 768 pre-resize, resizes them)
+        fid_count = min(len(indices), opts.fid_frames) if opts.fid_frames else len(indices)
+        fid_feats["generated"].append(_inception_features(nets["inception"], gen[:fid_count], opts))
+        fid_feats["reference"].append(_inception_features(nets["inception"], ref_all[indices[:fid_count]], opts))
     if "i3d" in nets:
         from .i3d import pair_fvd
 
-        fvd_indices = (humanvid_fvd_reference_indices(len(ref_all)) if opts.sampling == "humanvid"
-                       else list(range(len(ref_all))))
-        values = pair_fvd(nets["i3d"], gen, _resize_like(ref_all[fvd_indices], h, w), device=device)
+        fvd_indices = (humanvid_fvd_reference_indices(len(ref_all)) if pairing.method == "humanvid"
+                       else indices)
+        fvd_gen = gen if pairing.method == "humanvid" else gen[:len(indices)]
+        values = pair_fvd(nets["i3d"], fvd_gen, _resize_like(ref_all[fvd_indices], h, w), device=device)
         if values:
             ev.put(item.id, "fvd_pair", np.mean(values), values)
 
@@ -323,7 +401,7 @@ def _score_vbench_video(ev: Evaluation, nets: dict, item: Item, video: np.ndarra
     if "dino" in nets:
         store("subject_consistency", V.subject_consistency([video], nets["dino"], device))
         if image is not None:
-            store("i2v_subject", V.i2v_subject([(image, video)], nets["dino"], device))
+            store("i2v_subject", V.i2v_subject([(image, video)], nets["dino"], device, ev.options.vbench_version))
     if "dreamsim" in nets and image is not None:
         store("i2v_background", V.i2v_background([(image, video)], nets["dreamsim"], device))
     if "clip_b32" in nets:
@@ -348,6 +426,13 @@ def evaluate(options: EvalOptions) -> dict:
         raise InputError(f"--weights: folder not found: {options.weights}")
     if options.fid_resize < 0:
         raise InputError(f"--fid_resize: expected 0 (off) or a size such as 768, got {options.fid_resize}")
+    if options.fid_frames < 0:
+        raise InputError(f"--fid_frames: expected 0 (every scored frame) or a count such as 24, got {options.fid_frames}")
+    for flag, value, allowed in (("--sampling", options.sampling, PAIRINGS),
+                                 ("--frame_sampling", options.frame_sampling, FRAME_SAMPLINGS),
+                                 ("--vbench_version", options.vbench_version, VBENCH_VERSIONS)):
+        if value not in allowed:
+            raise InputError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
     items = match_inputs(options)
     humanvid = options.protocol in ("humanvid", "all")
     vbench = options.protocol in ("vbench-i2v", "all")
@@ -355,13 +440,21 @@ def evaluate(options: EvalOptions) -> dict:
     nets = _load_networks(ev, humanvid, vbench, any(it.reference for it in items), any(it.image for it in items))
     fid_feats: dict[str, list] = {"generated": [], "reference": []}
     fvd_feats: dict[str, list] = {"generated": [], "reference": []}
+    rng = np.random.default_rng(options.sample_seed)
+    pairings: dict[str, dict] = {}
     for number, item in enumerate(items, 1):
         log.info("scoring %s (%d/%d)", item.generated.name, number, len(items))
         gen = read_frames(item.generated, options.max_frames)
-        ref = read_frames(item.reference, options.max_frames) if item.reference else None
+        provenance = provenance_indices(item.generated) if options.sampling == "provenance" else None
+        ref = None
+        if item.reference:
+            # the driving frames a sidecar names are read whatever --max_frames says
+            ref = read_frames(item.reference, max(provenance[:len(gen)]) + 1 if provenance else options.max_frames)
         image = read_image(item.image) if item.image else None
         if humanvid and ref is not None:
-            _score_humanvid_pair(ev, nets, item, gen, ref, fid_feats)
+            pairing = pair_frames(len(gen), len(ref), options.sampling, provenance)
+            pairings[item.id] = {"method": pairing.method, "reference_frames": pairing.reference}
+            _score_humanvid_pair(ev, nets, item, gen, ref, fid_feats, pairing, rng)
         if vbench:
             _score_vbench_video(ev, nets, item, gen, image)
         if "i3d" in nets and ref is not None:
@@ -374,6 +467,8 @@ def evaluate(options: EvalOptions) -> dict:
         entry = ev.videos.setdefault(item.id, {"metrics": {}, "per_frame": {}})
         entry.update({"generated": str(item.generated), "reference": str(item.reference) if item.reference else None,
                       "image": str(item.image) if item.image else None})
+        if item.id in pairings:
+            entry["pairing"] = pairings[item.id]
     for metric in (HUMANVID_METRICS if humanvid else ()) + (VBENCH_METRICS if vbench else ()):
         if metric != "fid":
             ev.finish(metric)
@@ -397,11 +492,25 @@ def evaluate(options: EvalOptions) -> dict:
         "reference": str(options.reference) if options.reference else None,
         "images": str(options.images) if options.images else None,
         "weights": str(options.weights) if options.weights else None,
-        "options": {"fid_resize": options.fid_resize or None, "sampling": options.sampling,
-                    "max_frames": options.max_frames, "device": options.device},
+        "options": {"fid_resize": options.fid_resize or None, "fid_frames": options.fid_frames or None,
+                    "sampling": options.sampling, "frame_sampling": options.frame_sampling,
+                    "sample_seed": options.sample_seed if options.frame_sampling == "sample-once" else None,
+                    "vbench_version": options.vbench_version, "max_frames": options.max_frames,
+                    "device": options.device},
+        "pairing": _pairing_summary(pairings),
         "conventions": {k: v for k, v in CONVENTIONS.items() if k in ev.aggregate},
-        "aggregate": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-                      for k, v in ev.aggregate.items()},
+        "aggregate": dict(ev.aggregate),
+        "notes": ev.notes,
         "skipped": ev.skipped,
         "videos": ev.videos,
     }
+
+
+def _pairing_summary(pairings: dict[str, dict]) -> str | None:
+    """How many videos were paired which way, in words (None when nothing was paired)."""
+    if not pairings:
+        return None
+    counts: dict[str, int] = {}
+    for entry in pairings.values():
+        counts[entry["method"]] = counts.get(entry["method"], 0) + 1
+    return "; ".join(f"{method}: {n} video{'s' if n > 1 else ''}" for method, n in counts.items())

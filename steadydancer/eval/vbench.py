@@ -34,14 +34,14 @@ class DimensionResult:
     per_frame: list[list[float]] = field(default_factory=list)
 
 
-def _resize_short_side(frames: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+def _resize_short_side(frames: torch.Tensor, size: int, mode: str, antialias: bool = False) -> torch.Tensor:
     """Frames [T, 3, H, W] (values 0..255) -> float32 with the shorter side ``size`` (torchvision
     ``Resize(int)`` on a float tensor: the long side is int(size * long / short))."""
     h, w = frames.shape[-2:]
     short, long = (h, w) if h <= w else (w, h)
     new_long = int(size * long / short)
     out_size = (size, new_long) if h <= w else (new_long, size)
-    return F.interpolate(frames.float(), size=out_size, mode=mode, align_corners=False, antialias=False)
+    return F.interpolate(frames.float(), size=out_size, mode=mode, align_corners=False, antialias=antialias)
 
 
 def _center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -67,6 +67,26 @@ def dino_image(image: np.ndarray, size: int = 224) -> torch.Tensor:
     new = (int(size * w / h), size) if h <= w else (size, int(size * h / w))
     arr = np.asarray(pil.resize(new, Image.BILINEAR), dtype=np.float32) / 255.0
     return _normalise(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dino_frames_internet(video: np.ndarray, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """VBench-I2V ``dino_transform_internet`` (vbench2_beta_i2v/utils.py since e7f070a): shorter side to
+    256 (bicubic; torchvision >= 0.17 antialiases tensors by default, and VBench leaves the default),
+    centre crop 224, /255, ImageNet normalisation."""
+    frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2)
+    frames = _center_crop(_resize_short_side(frames, resize, "bicubic", antialias=True), crop)
+    return _normalise(frames / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def dino_image_internet(image: np.ndarray, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """VBench-I2V ``dino_transform_Image_internet`` of the input image: PIL bicubic resize of the shorter
+    side to 256, centre crop 224, /255, ImageNet normalisation."""
+    pil = Image.fromarray(image).convert("RGB")
+    w, h = pil.size
+    new = (int(resize * w / h), resize) if h <= w else (resize, int(resize * h / w))
+    arr = np.asarray(pil.resize(new, Image.BICUBIC), dtype=np.float32) / 255.0
+    frames = _center_crop(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), crop)
+    return _normalise(frames, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def clip_frames(video: np.ndarray, size: int = 224) -> torch.Tensor:
@@ -151,25 +171,37 @@ def _image_and_consecutive(pairs: list[tuple[np.ndarray, np.ndarray]], net, imag
     return DimensionResult(float(np.mean(per_video)), per_video, per_frame)
 
 
-def i2v_subject(pairs: list[tuple[np.ndarray, np.ndarray]], dino, device="cpu") -> DimensionResult:
-    """VBench-I2V subject: per (input image, video): 0.5 * max over frames of the (clamped) cosine
-    similarity to the image + 0.5 * mean of consecutive-frame similarities (+ 0 * their minimum);
-    the overall score is the mean over videos."""
+def i2v_subject(pairs: list[tuple[np.ndarray, np.ndarray]], dino, device="cpu",
+                version: str = "current") -> DimensionResult:
+    """VBench-I2V subject: per (input image, video), from the (clamped) cosine similarities of each
+    frame to the image and of consecutive frames; the overall score is the mean over videos.
+
+    ``current`` (vbench2_beta_i2v/i2v_subject.py since e7f070a, 2024-07-12): 0.4 max(to image) +
+    0.3 mean(consecutive) + 0.3 min(consecutive), image and frames through ``dino_transform*_internet``
+    (256 bicubic, centre crop 224). ``2024-03`` (the beta, 409bd3e): 0.5 max + 0.5 mean, shorter side
+    resized to 224 without a crop."""
+    if version == "2024-03":
+        return _image_and_consecutive(
+            pairs, dino, dino_image, dino_frames, device,
+            lambda to_image, consecutive: 0.5 * max(to_image) + 0.5 * float(np.mean(consecutive)))
+    if version != "current":
+        raise ValueError(f"unknown VBench-I2V version {version!r}")
     return _image_and_consecutive(
-        pairs, dino, dino_image, dino_frames, device,
-        lambda to_image, consecutive: 0.5 * max(to_image) + 0.5 * float(np.mean(consecutive)) + 0.0 * min(consecutive))
+        pairs, dino, dino_image_internet, dino_frames_internet, device,
+        lambda to_image, consecutive: (0.4 * max(to_image) + 0.3 * float(np.mean(consecutive))
+                                       + 0.3 * min(consecutive)))
 
 
 def imaging_frames(video: np.ndarray, longest: int = 512) -> torch.Tensor:
     """VBench imaging-quality transform ('longer', its default): frames whose longer side exceeds 512
-    are resized (bilinear, torchvision's default antialias) to (int(s h), int(s w)), s = 512 / longer
-    side; then /255."""
+    are resized (bilinear, antialias=False as vbench/imaging_quality.py sets it since ee896a9,
+    2024-11-29) to (int(s h), int(s w)), s = 512 / longer side; then /255."""
     frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float()
     h, w = frames.shape[-2:]
     if max(h, w) > longest:
         scale = longest / max(h, w)
         frames = F.interpolate(frames, size=(int(scale * h), int(scale * w)), mode="bilinear",
-                               align_corners=False, antialias=True)
+                               align_corners=False, antialias=False)
     return frames / 255.0
 
 

@@ -86,10 +86,12 @@ class DinoViT(nn.Module):
         self.blocks = nn.ModuleList(_DinoBlock(dim, max(1, dim // 64), hidden, eps, quick_gelu) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def _positions(self, grid_h: int, grid_w: int) -> torch.Tensor:
+    def _positions(self, grid_h: int, grid_w: int, pixels_h: int, pixels_w: int) -> torch.Tensor:
         n = self.pos_embed.shape[1] - 1
         side = int(math.sqrt(n))
-        if grid_h * grid_w == n and grid_h == grid_w:
+        # DINO's interpolate_pos_encoding skips only for square *pixel* sizes with the trained patch count:
+        # a 224x230 frame (a square 14x14 grid) still goes through the (not quite identity) interpolation
+        if grid_h * grid_w == n and pixels_h == pixels_w:
             return self.pos_embed
         patch_pos = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         # DINO's scale factors carry +0.1 so that the floor of the output size is the grid
@@ -106,7 +108,7 @@ class DinoViT(nn.Module):
         h, w = x.shape[-2:]
         tokens = self.patch_embed.proj(x.float()).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        tokens = tokens + self._positions(h // self.patch, w // self.patch)
+        tokens = tokens + self._positions(h // self.patch, w // self.patch, h, w)
         if hasattr(self, "pos_drop"):
             tokens = self.pos_drop(tokens)
         for block in self.blocks:

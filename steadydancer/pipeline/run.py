@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -89,18 +90,49 @@ def generate_to_file(pipeline: DancerPipeline, *, image: str | os.PathLike, cond
     if long_video is not None and long_video.windowed(frame_num):
         from .long_video import generate_long_video_file
 
-        return generate_long_video_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
-                                        cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
-                                        max_area=max_area, frame_num=frame_num, sampling=sampling,
-                                        options=long_video, seed=seed, negative_prompt=negative_prompt,
-                                        progress=progress and emit, emit=emit, started=started)
+        written = generate_long_video_file(pipeline, image=image, cond_pos_folder=cond_pos_folder,
+                                           cond_neg_folder=cond_neg_folder, prompt=prompt, save_file=save_file,
+                                           max_area=max_area, frame_num=frame_num, sampling=sampling,
+                                           options=long_video, seed=seed, negative_prompt=negative_prompt,
+                                           progress=progress and emit, emit=emit, started=started)
+        if written is not None:
+            write_provenance_sidecar(written, cond_pos_folder, frame_num)
+        return written
     inputs = read_inputs(image, cond_pos_folder, cond_neg_folder, prompt, frame_num)
     video = pipeline.generate(inputs.image, inputs.pose_first, inputs.positive, inputs.negative, prompt,
                               max_area=max_area, frame_num=frame_num, sampling=sampling, seed=seed,
                               negative_prompt=negative_prompt, progress=progress and emit)
     if not emit:
         return None
-    return save_video(video, save_file, started)
+    written = save_video(video, save_file, started)
+    write_provenance_sidecar(written, cond_pos_folder, frame_num)
+    return written
+
+
+def write_provenance_sidecar(save_file: str | os.PathLike, cond_pos_folder: str | os.PathLike,
+                             frame_num: int) -> Path | None:
+    """Record in ``save_file``'s sidecar (``X.json``) which driving frames made its ``frame_num`` frames:
+    the ``provenance.json`` of the prepared folder holding ``cond_pos_folder``, cut to the frames used.
+    Pose folders from elsewhere (no provenance.json) get no record; returns the sidecar written or None."""
+    from ..pose.prepare import PROVENANCE_NAME
+    from .sidecar import update_sidecar
+
+    record_path = Path(cond_pos_folder).parent / PROVENANCE_NAME
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        indices = [int(i) for i in record["frame_indices"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is unreadable (%s); %s gets no provenance record", record_path, exc, Path(save_file).name)
+        return None
+    if len(indices) < frame_num:
+        log.warning("%s lists %d frames, fewer than the %d generated; %s gets no provenance record",
+                    record_path, len(indices), frame_num, Path(save_file).name)
+        return None
+    provenance = {"source_video": record.get("source_video"), "frame_indices": indices[:frame_num],
+                  "fps": record.get("fps"), "target_fps": record.get("target_fps")}
+    return update_sidecar(save_file, provenance=provenance)
 
 
 def check_inputs(ckpt_dir: str | os.PathLike, image: str | os.PathLike, cond_pos_folder: str | os.PathLike,

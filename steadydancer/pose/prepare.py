@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ from .align import align_pose, compute_alignment, reference_size
 from .augment import augment_sequence
 from .draw import draw_pose
 from .keypoints import KeypointsFile, Pose, load_keypoints, save_keypoints
-from .video import iter_video, video_fps, write_video
+from .video import iter_video, resampled_source_index, video_fps, write_video
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +473,7 @@ def resolve_prompt(prompt: str | None, image: Path, video: Path, out_dir: Path,
 
 # what prepare writes into its folder: an existing --out may hold these and nothing else
 PREPARED_ENTRIES = frozenset({"ref_image.png", "driving_video.mp4", PROMPT_NAME, KEYPOINTS_NAME,
-                              "positive", "negative", "all.mp4"})
+                              "positive", "negative", "all.mp4", "provenance.json"})
 
 
 def check_out_folder(out_dir: Path, flag: str = "--out") -> None:
@@ -518,7 +519,8 @@ def prepare_inputs(
     Contents: ref_image.png, driving_video.mp4, prompt.txt, positive/NNNN.jpg and
     positive/single.mp4 (aligned poses at twice the resized reference size), negative/NNNN.jpg
     and negative/single_aug.mp4 (the randomly re-shaped stream, from ``seed``), keypoints.json
-    and all.mp4 (side-by-side preview), at the video's frame rate (or ``target_fps``).
+    and all.mp4 (side-by-side preview), at the video's frame rate (or ``target_fps``), and
+    provenance.json (the source-video frame each pose frame shows, see :func:`write_provenance`).
     The folder appears complete or not at all; an existing ``out_dir`` must be empty or an
     earlier prepared folder (anything else is refused, never replaced). Poses come from the
     ``keypoints.json`` already in ``out_dir`` when it was made from the same files, detector and
@@ -567,7 +569,30 @@ def prepare_inputs(
         shutil.copyfile(video, tmp / "driving_video.mp4")
         (tmp / PROMPT_NAME).write_text(prompt_text + ("\n" if prompt_text else ""), encoding="utf-8")
         render_folder(tmp, plan, keypoints, reference_rgb, video, all_people, progress)
+        write_provenance(tmp, video, len(plan.positive), align_frame, target_fps)
     return out_dir
+
+
+PROVENANCE_NAME = "provenance.json"
+
+
+def driving_frame_indices(count: int, align_frame: int, source_fps: float, target_fps: float | None) -> list[int]:
+    """Source-video frame shown by each of the ``count`` pose frames (pose frame j is resampled frame
+    ``align_frame + j``; without ``target_fps`` the resampled video is the video itself)."""
+    if not target_fps:
+        return [align_frame + j for j in range(count)]
+    return [resampled_source_index(align_frame + j, source_fps, target_fps) for j in range(count)]
+
+
+def write_provenance(folder: Path, video: Path, count: int, align_frame: int, target_fps: float | None) -> None:
+    """``provenance.json`` in a prepared folder: which source-video frames its pose frames show, so that
+    generation can pass them on to the video's sidecar and ``eval`` can pair each generated frame with
+    the frame that drove it."""
+    source_fps = video_fps(video)
+    record = {"source_video": str(Path(video).absolute()),
+              "frame_indices": driving_frame_indices(count, align_frame, source_fps, target_fps),
+              "fps": source_fps, "target_fps": None if target_fps is None else float(target_fps)}
+    (Path(folder) / PROVENANCE_NAME).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def _abbreviate(text: str, limit: int = 80) -> str:

@@ -286,7 +286,10 @@ class DancerApp:
         videos = self.videos()
         if index is None or not isinstance(index, (int, float)) or not 0 <= int(index) < len(videos):
             raise gr.Error("select a video in the gallery first")
-        settings = read_sidecar(videos[int(index)]).get(SETTINGS_KEY)
+        try:
+            settings = read_sidecar(videos[int(index)]).get(SETTINGS_KEY)
+        except ValueError as exc:  # a damaged sidecar: its one line in the page
+            raise gr.Error(str(exc)) from None
         if not isinstance(settings, dict):
             raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
         return [settings.get(key, default) for key, default in zip(SETTING_ORDER, (DEFAULTS[k] for k in SETTING_ORDER))]
