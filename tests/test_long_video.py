@@ -356,7 +356,7 @@ def test_the_documented_distillation_command_runs_as_written(ckpt, tmp_path, mon
 
     forward, calls = SteadyDancerDiT.forward, []
     monkeypatch.setattr(SteadyDancerDiT, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
-    assert main(argv[2:] + ["--device", "cpu"]) == 0
+    assert main(argv[1:] + ["--device", "cpu"]) == 0  # argv[0] is the console command
     frames, fps = read_video(tmp_path / "distilled.mp4")
     assert len(frames) == 81 and fps == 16
     assert len(calls) == 4  # 4 steps of one DiT pass: no negative-text or negative-pose pass

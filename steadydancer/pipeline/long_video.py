@@ -46,7 +46,8 @@ from ..progress import progress as progress_bar
 from ..sampling import DiTConditions, sample_dc_cfg
 from ..sampling.schedulers import lcm_noise_seed
 from ..sampling.context_windows import (apply_freenoise, freenoise_order,
-                                        latent_window, sample_dc_cfg_windowed, static_windows, window_plan)
+                                        latent_window, sample_dc_cfg_windowed, static_windows, uniform_offsets,
+                                        window_plan)
 from . import config as C
 from .i2v import resolve_seed
 from .inputs import LazyFrames, latent_size, load_image, pil_to_tensor, resize_bicubic
@@ -393,6 +394,9 @@ def sample_context(pipeline: "DancerPipeline", image: Image.Image, pose_first: I
     lat_f = latent_window(frame_num)
     window, overlap = options.latent_window, options.latent_overlap
     log.info(describe_plan(frame_num, options))
+    if options.schedule == "uniform" and uniform_offsets(lat_f, window, overlap) == (0, 0):
+        log.warning("--context_schedule uniform: these windows have no room to move (every overlap is already "
+                    "the least allowed); the static plan runs. A smaller --context_overlap gives them room")
     noise = torch.randn(16, lat_f, shared.lat_h, shared.lat_w, dtype=torch.float32, generator=shared.generator,
                         device=pipeline.device)
     order = None
