@@ -196,7 +196,7 @@ def test_reuse_settings_loads_a_past_videos_settings(served, client, prepared):
     settings[SEED], settings[4] = "1234", 3
     client.predict(*settings, api_name="/generate")
     values = dict(zip(SETTING_ORDER, app.reuse_settings(0)))  # the newest video
-    assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == 6144
+    assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == "6144"
     with pytest.raises(gr.Error, match="select a video"):
         app.reuse_settings(None)
 

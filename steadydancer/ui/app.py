@@ -342,7 +342,9 @@ class DancerApp:
         settings = read_sidecar(videos[int(index)]).get(SETTINGS_KEY)
         if not isinstance(settings, dict):
             raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
-        return [settings.get(key, default) for key, default in zip(SETTING_ORDER, (DEFAULTS[k] for k in SETTING_ORDER))]
+        values = {key: settings.get(key, DEFAULTS[key]) for key in SETTING_ORDER}
+        values["size"], values["seed"] = str(values["size"]), str(values["seed"])  # the controls hold text
+        return [values[key] for key in SETTING_ORDER]
 
 
 def _defaults() -> dict[str, Any]:
