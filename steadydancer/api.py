@@ -260,6 +260,34 @@ def _poses_fps(folder: Path) -> float | None:
         return None
 
 
+def check_prepare_arguments(*, video: Any, out_dir: Any, prompt: Any, align_frame: Any, max_frame: Any,
+                            target_fps: Any, seed: Any, backend: Any, detect_resolution: Any, device: Any,
+                            all_people: Any, progress: Any) -> None:
+    """Type and range of :func:`prepare_pose`'s arguments (one-line InputError, before any work)."""
+    if not isinstance(video, (str, os.PathLike)):
+        raise InputError(f"video: expected a video file path, got {type(video).__name__}")
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        raise InputError(f"out_dir: expected a folder path, got {type(out_dir).__name__}")
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
+    if not is_integer(align_frame) or align_frame < 0:
+        raise InputError(f"align_frame {align_frame!r}: expected a whole number >= 0")
+    if max_frame is not None and (not is_integer(max_frame) or max_frame < 1):
+        raise InputError(f"max_frame {max_frame!r}: expected a whole number >= 1 (or None: all)")
+    if target_fps is not None and (not is_real(target_fps) or not 0 < target_fps <= 240):
+        raise InputError(f"target_fps {target_fps!r}: expected a rate in (0, 240] (or None: the video's)")
+    check_seed(seed, "seed", allow_random=False)
+    if not isinstance(backend, str):
+        raise InputError(f"backend {backend!r}: expected 'auto', 'mediapipe', 'onnx' or 'mmpose'")
+    if not is_integer(detect_resolution) or detect_resolution < 64:
+        raise InputError(f"detect_resolution {detect_resolution!r}: expected a whole number >= 64")
+    if not isinstance(device, str):
+        raise InputError(f"device {device!r}: expected 'cpu' or 'cuda'")
+    for name, value in (("all_people", all_people), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise InputError(f"{name} {value!r}: expected True or False")
+
+
 def prepare_pose(image: ImageInput, video: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                  prompt: str | None = None, align_frame: int = 0, max_frame: int | None = 300,
                  target_fps: float | None = None, seed: int = 0, backend: str = "auto",
@@ -282,6 +310,10 @@ def prepare_pose(image: ImageInput, video: str | os.PathLike, out_dir: str | os.
     unknown = sorted(set(weights) - {"dwpose_onnx", "yolox_onnx", "dwpose_pth", "yolox_pth"})
     if unknown:
         raise TypeError(f"prepare_pose() got unexpected keyword arguments: {', '.join(unknown)}")
+    check_prepare_arguments(video=video, out_dir=out_dir, prompt=prompt, align_frame=align_frame,
+                            max_frame=max_frame, target_fps=target_fps, seed=seed, backend=backend,
+                            detect_resolution=detect_resolution, device=device, all_people=all_people,
+                            progress=progress)
     temporary = out_dir is None
     scratch = Path(tempfile.mkdtemp(prefix="steadydancer-pose-")) if temporary else None
     try:

@@ -320,3 +320,22 @@ def test_one_set_of_defaults_for_cli_api_and_ui():
         return
     assert (DEFAULTS["size"], DEFAULTS["condition_guidance_scale"], DEFAULTS["guidance_scale"],
             DEFAULTS["steps"], DEFAULTS["cfg_start"], DEFAULTS["cfg_end"]) == ("1280*720", 1.5, 5.0, 40, 0.1, 0.4)
+
+
+PREPARE_WRONG = [("video", 5), ("out_dir", 3.5), ("prompt", ["a"]), ("align_frame", -1), ("align_frame", 1.5),
+                 ("max_frame", 0), ("max_frame", "300"), ("target_fps", "16"), ("target_fps", 0), ("seed", "x"),
+                 ("backend", 3), ("detect_resolution", 10), ("device", None), ("all_people", "yes"),
+                 ("progress", 1)]
+
+
+@pytest.mark.parametrize("name, value", PREPARE_WRONG, ids=[f"{n}={v!r}" for n, v in PREPARE_WRONG])
+def test_prepare_pose_arguments_of_the_wrong_type_are_one_line(tmp_path, name, value):
+    from steadydancer.cli.demo import demo_assets
+
+    assets = demo_assets()
+    kwargs = dict(image=assets / "ref_image.png", video=assets / "driving_video.mp4", out_dir=tmp_path / "p")
+    kwargs[name] = value
+    with pytest.raises(ValueError) as info:
+        prepare_pose(**kwargs)
+    assert str(info.value).startswith(name) and "\n" not in str(info.value)
+    assert not (tmp_path / "p").exists()  # refused before any work

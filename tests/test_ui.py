@@ -27,8 +27,9 @@ from steadydancer.pose.video import read_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # generate's inputs: prompt, negative prompt, frames, size (a pixel area: seconds on a CPU), steps, text
-# and pose guidance, pose CFG window, solver, seed (text), long-video window, overlap, mode
-SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context"]
+# and pose guidance, pose CFG window, solver, seed (text), long-video window, overlap,
+# mode, LoRA files (the picker: only with --lora_dir), LoRA strengths
+SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context", [], ""]
 SEED = SETTINGS.index("0")
 
 
@@ -195,9 +196,45 @@ def test_reuse_settings_loads_a_past_videos_settings(served, client, prepared):
     settings[SEED], settings[4] = "1234", 3
     client.predict(*settings, api_name="/generate")
     values = dict(zip(SETTING_ORDER, app.reuse_settings(0)))  # the newest video
-    assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == 6144
+    assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == "6144"
     with pytest.raises(gr.Error, match="select a video"):
         app.reuse_settings(None)
+
+
+def test_lora_picker_offers_the_folders_files_and_reloads_the_dit(tmp_path):
+    import json as _json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from steadydancer.errors import InputError
+    from steadydancer.ui.app import DancerApp
+
+    dim = _json.loads((tiny_checkpoint() / "config.json").read_text())["dim"]
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(2, dim),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(dim, 2)}, str(loras / "style.safetensors"))
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(2, dim + 1),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(dim, 2)}, str(loras / "wrong.safetensors"))
+    (loras / "notes.txt").write_text("not offered")
+    app = DancerApp(tiny_checkpoint(), tmp_path / "work", lora_dir=loras, device="cpu")
+    assert app.lora_files() == ["style.safetensors", "wrong.safetensors"]
+    pipeline = app.pipe.pipeline
+    pipeline._dit = object()  # stands for a loaded DiT
+    assert app.use_loras(["style.safetensors"], "0.5") == [("style.safetensors", 0.5)]
+    assert pipeline.memory.loras == [(loras / "style.safetensors", 0.5)] and pipeline._dit is None
+    pipeline._dit = loaded = object()
+    app.use_loras(["style.safetensors"], "0.5")  # the same choice: the DiT stays
+    assert pipeline._dit is loaded
+    for names, strengths, words in ((["../x.safetensors"], "", "not a .safetensors file in --lora_dir"),
+                                    (["style.safetensors"], "a", "expected numbers"),
+                                    (["style.safetensors"], "1,2", "one per chosen LoRA"),
+                                    (["wrong.safetensors"], "", "LoRA")):
+        with pytest.raises(InputError, match=words):
+            app.use_loras(names, strengths)
+    assert pipeline.memory.loras == [(loras / "style.safetensors", 0.5)]  # a refused choice changes nothing
+    assert app.use_loras([], "") == [] and pipeline.memory.loras == []
 
 
 def test_cancel_stops_between_steps(served, monkeypatch):

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "page's gallery (default: videos/ in the work folder)")
     parser.add_argument("--auth", default=None, metavar="USER:PASS",
                         help="ask for this user name and password (needed when serving beyond this machine)")
+    parser.add_argument("--lora_dir", default=None,
+                        help="folder of LoRA files (*.safetensors) the page offers, each with a strength")
     parser.add_argument("--allow_any_size", action="store_true", default=False,
                         help="accept pixel areas above the largest official size (default: refused, one "
                              "request could exhaust the memory)")
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     auth = parse_auth(args.auth)
     demo = build_app(args.ckpt_dir, work_dir=args.work_dir, output_dir=args.output_dir,
-                     allow_any_size=args.allow_any_size, device=args.device, offload_model=args.offload_model,
+                     allow_any_size=args.allow_any_size, lora_dir=args.lora_dir, device=args.device,
+                     offload_model=args.offload_model,
                      t5_cpu=args.t5_cpu, memory=memory_options_from_args(args))
     print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(demo, host=args.host, port=args.port, share=args.share, block=True, auth=auth)

@@ -103,7 +103,7 @@ class DancerApp:
 
     def __init__(self, ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
                  output_dir: str | os.PathLike | None = None, allow_any_size: bool = False,
-                 **from_pretrained: Any) -> None:
+                 lora_dir: str | os.PathLike | None = None, **from_pretrained: Any) -> None:
         from ..api import SteadyDancerPipeline
 
         self.pipe = SteadyDancerPipeline.from_pretrained(ckpt_dir, **from_pretrained)  # checks the files now
@@ -112,6 +112,9 @@ class DancerApp:
         self.output_dir = Path(output_dir).resolve() if output_dir else self.work_dir / "videos"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.allow_any_size = allow_any_size
+        self.lora_dir = Path(lora_dir).resolve() if lora_dir else None
+        if self.lora_dir is not None and not self.lora_dir.is_dir():
+            raise InputError(f"--lora_dir {lora_dir}: folder not found")
         self._lock = threading.Lock()
         self._preparing: set[str] = set()  # sessions with a Prepare running
         self._cancel: dict[str, threading.Event] = {}
@@ -188,7 +191,8 @@ class DancerApp:
 
     def generate(self, prompt: str, negative_prompt: str, num_frames: Any, size: Any, steps: Any,
                  guidance_scale: Any, condition_guidance_scale: Any, cfg_start: Any, cfg_end: Any, solver: str,
-                 seed: Any, context_frames: Any, context_overlap: Any, long_video_mode: str, state: dict | None,
+                 seed: Any, context_frames: Any, context_overlap: Any, long_video_mode: str, loras: Any,
+                 lora_strengths: Any, state: dict | None,
                  request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:
         """-> (the mp4, one line: frames, size, seed, time, the gallery)."""
         from ..api import PreparedInputs
@@ -217,6 +221,8 @@ class DancerApp:
                 "context_overlap": number(context_overlap, "window overlap", integer=True, minimum=1),
                 "long_video": long_video_mode,
             }
+            settings["loras"] = [name for name, _ in self.use_loras(loras, lora_strengths)]
+            settings["lora_strengths"] = "" if lora_strengths is None else str(lora_strengths)
             seed_value = parse_seed(seed)
             prepared = PreparedInputs.from_folder(folder)
             total = settings["steps"]
@@ -267,6 +273,53 @@ class DancerApp:
         update_sidecar(path, **{SETTINGS_KEY: settings})
         return path
 
+    # -- LoRAs ----------------------------------------------------------------------------------
+
+    def lora_files(self) -> list[str]:
+        """The LoRA files the picker offers: ``*.safetensors`` in --lora_dir (names, sorted)."""
+        if self.lora_dir is None:
+            return []
+        return sorted(p.name for p in self.lora_dir.glob("*.safetensors") if p.is_file())
+
+    def use_loras(self, names: list[str] | None, strengths: Any) -> list[tuple[str, float]]:
+        """Make the pipeline's DiT carry exactly these LoRAs (reloaded on the next generation when
+        they change; checked against the DiT's layers first). Returns [(name, strength)]."""
+        from dataclasses import replace
+
+        from ..models.memory import check_memory_options
+
+        names = list(names or [])
+        if not names:
+            if self.lora_dir is None:
+                return []  # no picker: the --lora flags (if any) stay as they were
+        elif self.lora_dir is None:
+            raise InputError("LoRAs: start the UI with --lora_dir to pick LoRA files")
+        text = "" if strengths is None else str(strengths).strip()
+        values = [v.strip() for v in text.split(",") if v.strip()] if text else []
+        if values and len(values) not in (1, len(names)):
+            raise InputError(f"LoRA strengths {text!r}: give one, or one per chosen LoRA ({len(names)})")
+        try:
+            numbers = [float(v) for v in values] or [1.0]
+        except ValueError:
+            raise InputError(f"LoRA strengths {text!r}: expected numbers separated by commas") from None
+        numbers = numbers * len(names) if len(numbers) == 1 else numbers
+        chosen = []
+        for name in names:
+            if name not in self.lora_files():  # only files of --lora_dir, never another path
+                raise InputError(f"LoRA {name!r}: not a .safetensors file in --lora_dir")
+            chosen.append((self.lora_dir / name, numbers[len(chosen)]))
+        pipeline = self.pipe.pipeline
+        if chosen != list(pipeline.memory.loras):
+            memory = replace(pipeline.memory, loras=chosen)
+            try:
+                check_memory_options(pipeline.ckpt_dir, pipeline.device, memory)
+            except InputError as exc:
+                raise InputError(str(exc).replace("--lora ", "LoRA ")) from None
+            pipeline.memory = memory
+            pipeline._dit = None  # loaded again, with these LoRAs merged, by the next generation
+            log.info("LoRAs now %s", ", ".join(f"{p.name}:{s:g}" for p, s in chosen) or "none")
+        return [(path.name, strength) for path, strength in chosen]
+
     # -- the gallery --------------------------------------------------------------------------
 
     def videos(self) -> list[Path]:
@@ -292,7 +345,9 @@ class DancerApp:
             raise gr.Error(str(exc)) from None
         if not isinstance(settings, dict):
             raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
-        return [settings.get(key, default) for key, default in zip(SETTING_ORDER, (DEFAULTS[k] for k in SETTING_ORDER))]
+        values = {key: settings.get(key, DEFAULTS[key]) for key in SETTING_ORDER}
+        values["size"], values["seed"] = str(values["size"]), str(values["seed"])  # the controls hold text
+        return [values[key] for key in SETTING_ORDER]
 
 
 def _defaults() -> dict[str, Any]:
@@ -304,7 +359,8 @@ def _defaults() -> dict[str, Any]:
             "steps": sampling.steps, "solver": sampling.solver, "guidance_scale": sampling.guide_scale,
             "condition_guidance_scale": sampling.condition_guide_scale, "cfg_start": sampling.st_cond_cfg,
             "cfg_end": sampling.end_cond_cfg, "context_frames": long_video.context_frames,
-            "context_overlap": long_video.context_overlap, "long_video": long_video.mode}
+            "context_overlap": long_video.context_overlap, "long_video": long_video.mode, "loras": [],
+            "lora_strengths": ""}
 
 
 # initial values of the settings (build_app's ``defaults`` may change them)
@@ -312,15 +368,17 @@ DEFAULTS = _defaults()
 # the generate settings a sidecar stores, in the order of generate's controls (reuse settings)
 SETTING_ORDER = ("prompt", "negative_prompt", "num_frames", "size", "steps", "guidance_scale",
                  "condition_guidance_scale", "cfg_start", "cfg_end", "solver", "seed", "context_frames",
-                 "context_overlap", "long_video")
+                 "context_overlap", "long_video", "loras", "lora_strengths")
 
 
 def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
               defaults: dict[str, Any] | None = None, output_dir: str | os.PathLike | None = None,
-              allow_any_size: bool = False, **from_pretrained: Any) -> gr.Blocks:
+              allow_any_size: bool = False, lora_dir: str | os.PathLike | None = None,
+              **from_pretrained: Any) -> gr.Blocks:
     """The Gradio app (not launched; see :func:`launch`). ``defaults``: initial values of the
     settings (keys of :data:`DEFAULTS`). ``output_dir``: where finished videos and their settings
-    go (default: ``videos/`` in the work folder). ``allow_any_size``: accept a pixel area above the
+    go (default: ``videos/`` in the work folder). ``lora_dir``: the folder whose ``*.safetensors``
+    the LoRA picker offers (None: no picker; the ``loras`` of ``from_pretrained`` stay). ``allow_any_size``: accept a pixel area above the
     largest official size. ``from_pretrained``: the keywords of
     :meth:`SteadyDancerPipeline.from_pretrained` (device, dtype, offload_model, memory options).
     The checkpoint folder is checked here; the models load on the first generation."""
@@ -329,7 +387,8 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
         raise InputError(f"build_app defaults: unknown settings {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
     d = {**DEFAULTS, **(defaults or {})}
     d["seed"] = str(d["seed"])
-    app = DancerApp(ckpt_dir, work_dir, output_dir=output_dir, allow_any_size=allow_any_size, **from_pretrained)
+    app = DancerApp(ckpt_dir, work_dir, output_dir=output_dir, allow_any_size=allow_any_size, lora_dir=lora_dir,
+                    **from_pretrained)
     with gr.Blocks(title="SteadyDancer") as demo:
         state = gr.State(None)  # per session, on the server: {"folder": the prepared poses, ...}
         gr.Markdown("# SteadyDancer\nA reference image + a driving dance video -> a video that starts at the "
@@ -392,6 +451,13 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                         long_video_mode = gr.Dropdown(label="mode", choices=list(MODES), value=d["long_video"],
                                                       info="context: all windows every step (the paper's); "
                                                            "chain: one window after another")
+                with gr.Accordion("LoRAs", open=False, visible=app.lora_dir is not None):
+                    with gr.Row():
+                        lora_names = gr.Dropdown(label="LoRA files", choices=app.lora_files(), value=d["loras"],
+                                                 multiselect=True,
+                                                 info="merged into the model (it reloads when the choice changes)")
+                        lora_strengths = gr.Textbox(label="strengths", value=d["lora_strengths"],
+                                                    info="one number, or one per LoRA, comma-separated (default 1)")
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary")
                     cancel_button = gr.Button("Cancel", variant="stop")
@@ -408,7 +474,7 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
         app.preview_component, app.result_component, app.gallery_component = preview, result, gallery
 
         settings = [prompt, negative_prompt, num_frames, size, steps, guidance, condition_guidance, cfg_start,
-                    cfg_end, solver, seed, context_frames, context_overlap, long_video_mode]
+                    cfg_end, solver, seed, context_frames, context_overlap, long_video_mode, lora_names, lora_strengths]
         # Generate waits while this session prepares: the button is off until Prepare has finished
         prepare_event = prepare_button.click(lambda: gr.update(interactive=False), None, generate_button,
                                              queue=False, api_visibility="private")
