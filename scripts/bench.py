@@ -11,7 +11,11 @@ fp8_matmul (FP8 tensor-core matmuls, CUDA >= 8.9) | batched (the guidance passes
 one forward of B=2 or 3) | compile (torch.compile of each block) | token_chunk:N (each block's
 per-token work over at most N tokens at a time) | load (streaming a checkpoint from --ckpt_dir:
 seconds and peak host memory; no forward) | load_fp8 (the same, quantised block by block to FP8
-as ``--dit_dtype fp8`` loads). ``scripts/make_random_dit.py`` writes a random 14B checkpoint.
+as ``--dit_dtype fp8`` loads) | magcache:T / fbcache:T (step caching at threshold T: a DC-CFG run
+of ``--cache_steps`` steps without and with the cache, same noise; seconds per step of both, the
+forwards skipped and the relative error of the final latent to the uncached one; MagCache uses
+the ratios measured by the uncached run itself, which is its calibration).
+``scripts/make_random_dit.py`` writes a random 14B checkpoint.
 
 A step is the official default: 40 steps with the pose pass inside (0.1, 0.4), i.e. 3 passes
 on 11 steps and 2 on 29 (2.275 passes per step on average).
@@ -50,6 +54,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989
 STEPS, POSE_WINDOW = 40, (0.1, 0.4)
 LOAD_MODES = ("load", "load_fp8")
 SIMPLE_MODES = ("plain", "fp8", "fp8_matmul", "batched", "compile")
+CACHE_MODES = ("magcache", "fbcache")
 TEXT_TOKENS, TEXT_LEN, CLIP_TOKENS = 512, 512, 257
 
 
@@ -207,6 +212,8 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         return row
 
+    if mode.split(":")[0] in CACHE_MODES:
+        return run_cache_mode(mode, cfg, shape, device, dtype, row)
     # Built on the device (fast random init); for block swap the streamed blocks go to the host as
     # they are built and are then packed into one pinned arena.
     resident = int(mode.split(":")[1]) if mode.startswith("block_swap") else None
@@ -247,6 +254,50 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
         latents, t, cond = random_inputs(cfg, shape, 1, device, dtype)
         t1 = time_forward(model, latents, t, cond, device, repeats)
         row.update(forward_s=t1, step_s=t1 * (3 * three + 2 * two) / STEPS, tflops=flops1 / t1 / 1e12)
+    if device.type == "cuda":
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    row["host_peak_gib"] = host_peak_gib()
+    return row
+
+
+CACHE_STEPS = 8  # --cache_steps default: 19 forwards per run (the pose window holds 3 of 8 steps)
+
+
+def run_cache_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
+                   row: dict, steps: int | None = None) -> dict:
+    """magcache:T / fbcache:T: the same DC-CFG run uncached (= MagCache's calibration) and cached."""
+    from steadydancer.models.step_cache import StepCacheOptions, step_cache_session
+    from steadydancer.sampling import sample_dc_cfg
+    from steadydancer.sampling.dc_cfg import run_passes
+
+    steps = steps or int(os.environ.get("BENCH_CACHE_STEPS", CACHE_STEPS))
+    kind, _, threshold = mode.partition(":")
+    model = build_random_dit(cfg, device, dtype)
+    import dataclasses
+
+    noise, _, cond = random_inputs(cfg, shape, 1, device, dtype)
+    # another prompt and another pose stream, same shapes
+    neg_text = dataclasses.replace(cond, text_context=cond.text_context.flip(1))
+    neg_pose = dataclasses.replace(cond, pose_latents=cond.pose_latents.flip(-1))
+
+    def run(options):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad(), step_cache_session(model, options, steps, run_passes) as (passes, cache):
+            latent = sample_dc_cfg(model, noise[0].float(), cond, neg_text, neg_pose, steps=steps, progress=False,
+                                   device=device, passes=passes)
+        _sync(device)
+        return latent, (time.perf_counter() - start) / steps, cache
+
+    reference, plain_step_s, calibration = run(StepCacheOptions(calibrate=True))
+    options = StepCacheOptions(kind, float(threshold),
+                               calibration.calibration_ratios() if kind == "magcache" else None)
+    latent, cached_step_s, cache = run(options)
+    err = ((latent - reference).norm() / reference.norm()).item()
+    row.update(forward_s=cached_step_s * steps / max(1, cache.forwards - cache.skipped), step_s=cached_step_s,
+               uncached_step_s=plain_step_s, skipped=cache.skipped, forwards=cache.forwards, rel_err=err,
+               cache_steps=steps, tflops=forward_flops(cfg, *shape) * (cache.forwards - cache.skipped)
+               / (cached_step_s * steps) / 1e12)
     if device.type == "cuda":
         row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     row["host_peak_gib"] = host_peak_gib()
@@ -294,6 +345,13 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:
+        if mode.split(":")[0] in CACHE_MODES:
+            try:
+                if float(mode.split(":")[1]) < 0:
+                    raise ValueError
+            except (IndexError, ValueError):
+                raise InputError(f"--modes: {mode!r}: expected {mode.split(':')[0]}:T with a threshold T >= 0") from None
+            continue
         if mode not in SIMPLE_MODES + LOAD_MODES and not mode.startswith(("block_swap", "token_chunk")):
             raise InputError(f"--modes: unknown mode {mode!r} (expected {', '.join(SIMPLE_MODES + LOAD_MODES)}, "
                              f"block_swap:K or token_chunk:N)")
@@ -328,6 +386,10 @@ def format_row(r: dict, peak: float | None) -> str:
         return (f"| {r['mode']} ({r['stored_gib']:.2f} GiB stored -> {r['model_gib']:.2f} GiB model) "
                 f"| load {r['load_s']:.1f} s | | | | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
     frac = f"{r['tflops'] / peak:.0%}" if peak else "n/a"
+    if "skipped" in r:     # a step-cache row: s/step cached vs uncached, skips and error in the mode cell
+        return (f"| {r['mode']} ({r['skipped']} of {r['forwards']} forwards skipped, rel. error {r['rel_err']:.2e}, "
+                f"uncached {r['uncached_step_s']:.3f} s/step over {r['cache_steps']} steps) | {r['forward_s']:.3f} "
+                f"| {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
     return (f"| {r['mode']} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
             f"| {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
 

@@ -4,6 +4,7 @@
 #   scripts/gpu_check.sh parity tests      # call 1: CUDA parity fp32 + bf16, the CUDA-only tests (~3 min)
 #   scripts/gpu_check.sh bench             # call 2: the 14B benchmark table, 81 frames (~6 min)
 #   scripts/gpu_check.sh bench_long        # optional call 3: 161 frames, plain vs token_chunk:8192
+#   scripts/gpu_check.sh bench_cache       # optional: step cache rows (33 frames, 8 steps, ~2.5 min a row)
 #   scripts/gpu_check.sh nccl              # 2+ GPUs only: torchrun Ulysses 2 + FSDP (needs av)
 #   scripts/gpu_check.sh --dry-run [STAGE ...]   # print the commands, run nothing (no GPU needed)
 #   DEVICE=cpu BENCH_ARGS="--dim 32 ..." scripts/gpu_check.sh parity bench   # a rehearsal on a CPU
@@ -28,7 +29,9 @@ BENCH_REPEATS=${BENCH_REPEATS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}               # extra bench.py arguments (a rehearsal's reduced shape)
 DEVICE=${DEVICE:-cuda}                    # cpu: rehearse the stages on a machine without a GPU
 LONG_MODES=${LONG_MODES:-plain,token_chunk:8192}
-ALL_STAGES="parity tests nccl bench bench_long"
+CACHE_MODES=${CACHE_MODES:-magcache:0.06,fbcache:0.05,magcache:0.12,fbcache:0.1}
+CACHE_FRAMES=${CACHE_FRAMES:-33}
+ALL_STAGES="parity tests nccl bench bench_long bench_cache"
 GPU_TESTS="tests/test_gpu_paths.py tests/test_block_swap.py tests/test_fp8.py tests/test_block_swap_dit.py
            tests/test_sequence_parallel_attention.py"
 
@@ -38,7 +41,7 @@ for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
     -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-    parity|tests|nccl|bench|bench_long) stages+=("$arg") ;;
+    parity|tests|nccl|bench|bench_long|bench_cache) stages+=("$arg") ;;
     *) echo "error: gpu_check.sh: unknown stage or option '$arg' (stages: $ALL_STAGES; --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -131,6 +134,12 @@ for stage in "${stages[@]}"; do
       # shellcheck disable=SC2086
       run bench.md "$PY" scripts/bench.py --device "$DEVICE" --frames 161 --modes "$LONG_MODES" \
           --repeats "$BENCH_REPEATS" --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
+      ;;
+    bench_cache)
+      # each row: one uncached and one cached DC-CFG run of BENCH_CACHE_STEPS (8) steps, random weights
+      # shellcheck disable=SC2086
+      run bench.md "$PY" scripts/bench.py --device "$DEVICE" --frames "$CACHE_FRAMES" --modes "$CACHE_MODES" \
+          --repeats 1 --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
   esac
   [ $dry = 1 ] || echo "stage $stage: $((SECONDS - started)) s" | tee -a "$RESULTS/device.txt"

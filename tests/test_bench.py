@@ -118,3 +118,18 @@ def test_load_modes_on_a_random_checkpoint(tmp_path) -> None:
     assert abs(rows["load"]["model_gib"] - rows["load_fp8"]["model_gib"] - saved) < 1e-9
     table = bench.format_table([{**rows["load"], "mode": "load"}, rows["load_fp8"]], None)
     assert "| load_fp8 (" in table and "GiB model) | load " in table
+
+
+@pytest.mark.parametrize("mode", ["magcache:0.5", "fbcache:1.0"])
+def test_step_cache_rows_report_skips_and_the_error_to_the_uncached_run(mode: str) -> None:
+    cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS + ["--modes", mode]))
+    row = bench.run_cache_mode(mode, cfg, shape, device, dtype, {"mode": mode}, steps=4)
+    assert row["forwards"] == 2 * 4 + 1              # the pose window holds step 1 of 4
+    assert 0 <= row["skipped"] < row["forwards"] and row["step_s"] > 0 and row["uncached_step_s"] > 0
+    assert row["rel_err"] >= 0 and (row["skipped"] > 0) == (row["rel_err"] > 0)
+    assert "forwards skipped" in bench.format_row(row, None)
+
+
+def test_bad_cache_mode_is_one_line(capsys) -> None:
+    with pytest.raises(bench.InputError, match=r"--modes: 'magcache:x': expected magcache:T"):
+        bench.resolve(bench.parse_args(TINY_ARGS + ["--modes", "magcache:x"]))

@@ -30,7 +30,7 @@ def _manifest_total_mib(kit) -> float:
 
 
 def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
-    proc = _run("gpu_check.sh", "--dry-run", "parity", "tests", "nccl", "bench", "bench_long")
+    proc = _run("gpu_check.sh", "--dry-run", "parity", "tests", "nccl", "bench", "bench_long", "bench_cache")
     assert proc.returncode == 0, proc.stderr
     commands = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     text = "\n".join(commands)
@@ -38,6 +38,7 @@ def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
     assert all(f".gpu_kit/parity/{case}" in text for case in KIT_CASES)
     assert "-m pytest" in text and "tests/test_gpu_paths.py" in text
     assert "scripts/bench.py --device cuda --modes plain," in text and "--frames 161" in text and "--jsonl" in text
+    assert "--frames 33 --modes magcache:0.06,fbcache:0.05" in text          # the step-cache rows
     files = {m.group(1) for m in re.finditer(r">> \S+/(\S+)$", text, re.M)} | {"device.txt"}
     assert len(files) <= 8, files                  # a device run brings back at most 8 files
 

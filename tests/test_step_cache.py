@@ -116,3 +116,37 @@ def test_published_wan_ratios_read_for_every_pass():
         ratios = read_cache_ratios(PUBLISHED_RATIOS / f"wan21_i2v_14b_{name}.json")
         assert {k: len(v) for k, v in ratios.items()} == {p: 40 for p in PASS_NAMES}
         assert ratios["cond"][0] == 1.0 and 0.8 < min(ratios["cond"]) < max(ratios["cond"]) <= 1.0
+
+
+def test_windowed_sampler_keeps_one_cache_per_window_and_pass(model):
+    """Two static windows of 2 latent frames: at threshold 0 the windowed run is unchanged, and
+    every window's passes run in their own contexts (forward count = windows x passes)."""
+    from steadydancer.sampling.context_windows import sample_dc_cfg_windowed
+
+    steps, frames, window = 5, 3, 2
+    noise = torch.randn(16, frames, 4, 4, generator=torch.Generator().manual_seed(4))
+    sets = [tiny_conditions(seed=s, frames=frames) for s in (1, 7, 8)]
+
+    def window_conditions(start):
+        return tuple(type(c)(**{**c.as_kwargs(), "image_cond": c.image_cond[:, :, start:start + window],
+                                "pose_latents": c.pose_latents[:, :, start:start + window]}) for c in sets)
+
+    def run(options):
+        with torch.no_grad():
+            return sample_dc_cfg_windowed(model, noise, window_conditions, lambda step: [0, 1], window,
+                                          steps=steps, shift=3.0, progress=False, step_cache=options)
+
+    from steadydancer.models import step_cache as module
+
+    seen = []
+    original = module.StepCache.pass_context
+    module.StepCache.pass_context = lambda self, name, step, w=0: (seen.append((name, step, w)),
+                                                                   original(self, name, step, w))[1]
+    try:
+        cached = run(StepCacheOptions("fbcache", threshold=0.0))
+    finally:
+        module.StepCache.pass_context = original
+    assert torch.equal(cached, run(None))
+    # pose window 0.1 < idx/5 < 0.4: step 1 only -> 2 windows x (2 x 5 + 1) forwards
+    assert len(seen) == 2 * (2 * steps + 1)
+    assert {w for _, _, w in seen} == {0, 1} and ("uncond_pose", 1, 1) in seen
