@@ -215,8 +215,9 @@ def check_long_video_options(options: LongVideoOptions, names: dict[str, str] = 
                                     or (handover - 1) % 4 or handover >= window):
         raise InputError(f"{names['chain_overlap']} {handover}: frames handed over to the next window, 4n+1 "
                          f"(1, 5, 9, ...) and less than the window ({names['context_frames']} {window})")
-    if not 0 <= float(options.color_match) <= 1:
-        raise InputError(f"{names['color_match']} {options.color_match:g}: a strength, expected 0 to 1")
+    strength = options.color_match
+    if isinstance(strength, str) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise InputError(f"{names['color_match']} {strength}: a strength, expected 0 to 1")
 
 
 def check_generation(size: str | int, frame_num: int | None, sampling: SamplingOptions | None = None,

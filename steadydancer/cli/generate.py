@@ -105,7 +105,7 @@ def add_long_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--context_frames", type=int, default=defaults.context_frames,
                        help="frames the DiT sees at once, 4n+1 (default 81); longer videos are windowed")
     group.add_argument("--context_overlap", type=int, default=defaults.context_overlap,
-                       help="context mode: frames shared by neighbouring windows, at least (default 16)")
+                       help="context mode: the fewest frames neighbouring windows share (default 16)")
     group.add_argument("--long_video", default=defaults.mode, choices=MODES,
                        help="context: every step denoises all windows and fuses them (the paper's method); "
                             "chain: windows one after another, each handed the previous one's last frames")
