@@ -112,7 +112,9 @@ def test_generate_uses_the_latest_poses_of_its_session(served, client):
     first = _folder(served[0], client)
     assert len(list((first / "positive").glob("*.jpg"))) == 9
     job = _prepare(client, 5, submit=True)
-    while job.status().code.name not in ("IN_QUEUE", "PROCESSING", "FINISHED"):
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("IN_QUEUE", "SENDING_DATA", "PROCESSING", "PROGRESS", "FINISHED"):
+        assert time.monotonic() < deadline, job.status()
         time.sleep(0.01)  # the Prepare request has reached the server's queue (as a click would)
     settings = list(SETTINGS)
     settings[2] = 0  # frames: as many as prepared
