@@ -241,7 +241,6 @@ def test_lora_picker_offers_the_folders_files_and_reloads_the_dit(tmp_path):
 
 def test_cancel_stops_between_steps(served, monkeypatch):
     app = served[0].steadydancer
-    from steadydancer.api import PreparedInputs  # noqa: F401
 
     state = {"folder": str(_folder(served[0], None))}
     calls = []
