@@ -239,9 +239,8 @@ def test_lora_picker_offers_the_folders_files_and_reloads_the_dit(tmp_path):
     assert app.use_loras([], "") == [] and pipeline.memory.loras == []
 
 
-def test_cancel_stops_between_steps(served, monkeypatch):
+def test_cancel_stops_between_steps(served, prepared, monkeypatch):
     app = served[0].steadydancer
-
     state = {"folder": str(_folder(served[0], None))}
     calls = []
 
