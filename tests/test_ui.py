@@ -112,7 +112,9 @@ def test_generate_uses_the_latest_poses_of_its_session(served, client):
     first = _folder(served[0], client)
     assert len(list((first / "positive").glob("*.jpg"))) == 9
     job = _prepare(client, 5, submit=True)
-    while job.status().code.name not in ("IN_QUEUE", "PROCESSING", "FINISHED"):
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("IN_QUEUE", "SENDING_DATA", "PROCESSING", "PROGRESS", "FINISHED"):
+        assert time.monotonic() < deadline, job.status()
         time.sleep(0.01)  # the Prepare request has reached the server's queue (as a click would)
     settings = list(SETTINGS)
     settings[2] = 0  # frames: as many as prepared
@@ -237,10 +239,8 @@ def test_lora_picker_offers_the_folders_files_and_reloads_the_dit(tmp_path):
     assert app.use_loras([], "") == [] and pipeline.memory.loras == []
 
 
-def test_cancel_stops_between_steps(served, monkeypatch):
+def test_cancel_stops_between_steps(served, prepared, monkeypatch):
     app = served[0].steadydancer
-    from steadydancer.api import PreparedInputs  # noqa: F401
-
     state = {"folder": str(_folder(served[0], None))}
     calls = []
 
