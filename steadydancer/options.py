@@ -94,6 +94,7 @@ class MemoryOptions:
     cache_threshold: float | None = None
     cache_ratios: Path | None = None
     attention: str | None = None                     # auto | sage | flash3 | flash2 | sdpa (None: auto)
+    vae_tiling: bool = False                         # VAE encode/decode in spatial tiles (diffusers' tiling)
 
     def step_cache_options(self):
         """The StepCacheOptions for the samplers (None without a step cache)."""
@@ -116,7 +117,8 @@ class MemoryOptions:
         names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
                  "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
                  "compile": "--compile", "token_chunk_size": "--token_chunk_size",
-                 "cache_threshold": "--cache_threshold", "cache_ratios": "--cache_ratios", "attention": "--attention"}
+                 "cache_threshold": "--cache_threshold", "cache_ratios": "--cache_ratios", "attention": "--attention",
+                 "vae_tiling": "--vae_tiling"}
         used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
         used += [f"--step_cache {self.step_cache}"] if self.step_cache != "none" else []
         return (["--dit_dtype fp8"] if self.dit_dtype == "fp8" else []) + used

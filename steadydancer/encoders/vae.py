@@ -244,6 +244,63 @@ class WanVAE:
             video = self.model.decode(z[None]).sample
         return video.float().clamp_(-1, 1)[0]
 
+    def enable_tiling(self, tile_px: int = 256, stride_px: int = 192) -> None:
+        """Encode and decode in overlapping spatial tiles of ``tile_px`` pixels at ``stride_px``
+        (diffusers' ``AutoencoderKLWan.enable_tiling``, whose defaults these are): the activations of
+        one tile at a time instead of the whole frame. Not exact: the decoder's middle block attends
+        over its whole input, which is a tile here, and tiles are blended over ``tile_px - stride_px``
+        pixels (docs/speed.md gives the difference on the tiny VAE)."""
+        if not 0 < stride_px <= tile_px or tile_px % 8 or stride_px % 8:
+            raise InputError(f"VAE tiling: tile {tile_px} px and stride {stride_px} px must be multiples of 8 "
+                             "with 0 < stride <= tile")
+        self.model.enable_tiling(tile_px, tile_px, stride_px, stride_px)
+
+    @property
+    def tiling(self) -> bool:
+        return bool(getattr(self.model, "use_tiling", False))
+
+    def _tiled_decode_stream(self, z: torch.Tensor):
+        """:meth:`decode_stream` with diffusers' tiling: each spatial tile keeps its own causal conv
+        cache across the latent frames, and the tiles of one chunk are blended as ``tiled_decode``
+        blends them, so the chunks concatenate to ``tiled_decode``'s video while only one chunk (and
+        the tiles' small caches) is held."""
+        model = self.model
+        ratio = model.spatial_compression_ratio
+        tile_h, tile_w = model.tile_sample_min_height // ratio, model.tile_sample_min_width // ratio
+        step_h, step_w = model.tile_sample_stride_height // ratio, model.tile_sample_stride_width // ratio
+        keep_h, keep_w = model.tile_sample_stride_height, model.tile_sample_stride_width
+        blend_h = model.tile_sample_min_height - keep_h
+        blend_w = model.tile_sample_min_width - keep_w
+        height, width = z.shape[-2:]
+        caches: dict[tuple[int, int], list] = {}
+        try:
+            for k in range(z.shape[2]):
+                rows = []
+                for i in range(0, height, step_h):
+                    row = []
+                    for j in range(0, width, step_w):
+                        model.clear_cache()
+                        model._feat_map = caches.setdefault((i, j), model._feat_map)
+                        model._conv_idx = [0]
+                        tile = model.post_quant_conv(z[:, :, k:k + 1, i:i + tile_h, j:j + tile_w])
+                        row.append(model.decoder(tile, feat_cache=model._feat_map, feat_idx=model._conv_idx,
+                                                 first_chunk=(k == 0)))
+                    rows.append(row)
+                bands = []
+                for i, row in enumerate(rows):
+                    kept = []
+                    for j, tile in enumerate(row):
+                        if i > 0:
+                            tile = model.blend_v(rows[i - 1][j], tile, blend_h)
+                        if j > 0:
+                            tile = model.blend_h(row[j - 1], tile, blend_w)
+                        kept.append(tile[:, :, :, :keep_h, :keep_w])
+                    bands.append(torch.cat(kept, dim=-1))
+                chunk = torch.cat(bands, dim=3)[:, :, :, :height * ratio, :width * ratio]
+                yield chunk.float().clamp_(-1, 1)[0]
+        finally:
+            model.clear_cache()
+
     @torch.no_grad()
     def decode_stream(self, latent: torch.Tensor):
         """Yield the frames of :meth:`decode` chunk by chunk: [3, 1, 8h, 8w] for the first latent
@@ -255,10 +312,16 @@ class WanVAE:
         if latent.ndim != 4 or latent.shape[0] != self.mean.shape[0]:
             raise ValueError(f"expected a latent [{self.mean.shape[0]}, f, h, w], got {tuple(latent.shape)}")
         model = self.model
-        if getattr(model, "use_tiling", False) or getattr(model.config, "patch_size", None) is not None:
-            yield self.decode(latent)  # layouts the per-frame loop below does not cover
+        if getattr(model.config, "patch_size", None) is not None:
+            yield self.decode(latent)  # a layout the per-frame loop below does not cover
             return
         z = latent.to(self.device, torch.float32) / self.inv_std + self.mean
+        tile_h = model.tile_sample_min_height // model.spatial_compression_ratio
+        tile_w = model.tile_sample_min_width // model.spatial_compression_ratio
+        if self.tiling and (z.shape[-2] > tile_h or z.shape[-1] > tile_w):  # as diffusers' _decode decides
+            with self._autocast():
+                yield from self._tiled_decode_stream(z[None])
+            return
         model.clear_cache()
         try:
             with self._autocast():

@@ -72,6 +72,9 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attention", default=None, choices=["auto", "sage", "flash3", "flash2", "sdpa"],
                        help="attention kernel (default auto: SageAttention when installed and the GPU takes it, "
                             "else flash-attn 3, flash-attn 2, SDPA); a forced one that cannot run stops with the reason")
+    group.add_argument("--vae_tiling", action="store_true", default=False,
+                       help="VAE encode and decode in overlapping 256 px tiles (diffusers' tiling; decode still "
+                            "streamed): a lower VAE peak at large sizes, output not bit-identical (docs/speed.md)")
     group.add_argument("--cache_ratios", default=None, metavar="FILE",
                        help="MagCache magnitude ratios (steadydancer calibrate-cache, or "
                             "configs/magcache/wan21_i2v_14b_480p.json as a starting point)")
@@ -123,7 +126,8 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
                          batch_guidance=bool(getattr(args, "batch_guidance", False)),
                          compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size,
                          step_cache=step_cache, cache_threshold=cache_threshold, cache_ratios=cache_ratios,
-                         attention=getattr(args, "attention", None))
+                         attention=getattr(args, "attention", None),
+                         vae_tiling=bool(getattr(args, "vae_tiling", False)))
 
 
 def dit_weights_shapes(options: MemoryOptions) -> dict[str, tuple[int, ...]] | None:

@@ -182,6 +182,8 @@ class DancerPipeline:
 
             log.info("loading VAE from %s", self.files["vae"])
             self._vae = WanVAE(self.files["vae"], device=self.device, dtype=torch.float32)
+            if self.memory.vae_tiling:
+                self._vae.enable_tiling()
         return self._vae
 
     def dit(self):
