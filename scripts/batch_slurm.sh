@@ -27,7 +27,6 @@ NGPU=${NGPU:-${SLURM_GPUS_ON_NODE:-8}}
 GROUP=${GROUP:-1}
 SIZE=${SIZE:-1024*576}
 TORCHRUN=${TORCHRUN:-torchrun}
-PYTHON=${PYTHON:-python}
 if [ "$GROUP" -gt 1 ]; then
     set -- --ulysses_size "$GROUP" --dit_fsdp --t5_fsdp "$@"
 fi

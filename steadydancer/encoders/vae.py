@@ -263,7 +263,7 @@ class WanVAE:
         """:meth:`decode_stream` with diffusers' tiling: each spatial tile keeps its own causal conv
         cache across the latent frames, and the tiles of one chunk are blended as ``tiled_decode``
         blends them, so the chunks concatenate to ``tiled_decode``'s video while only one chunk (and
-        the tiles' small caches) is held."""
+        the tiles' causal caches, together about 1.8x one frame's) is held."""
         model = self.model
         ratio = model.spatial_compression_ratio
         tile_h, tile_w = model.tile_sample_min_height // ratio, model.tile_sample_min_width // ratio
