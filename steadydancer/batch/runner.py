@@ -2,7 +2,7 @@
 per process; resumable, one failed row never stops the others, and any number of runs may share
 one OUT. See docs/batch.md.
 
-Under torchrun the processes form groups of ``ulysses_size x ring_size`` (one process each by
+Under torchrun the processes form groups of ``ulysses_size x ring_size x cfg_parallel`` (one process each by
 default); the group's first process (its leader) takes the next row nobody holds with a claim
 (``batch/claims.py``), the group makes it together (sequence parallel, FSDP), the leader writes.
 Several runs (SLURM array tasks, nodes, a resubmission) on one OUT share the rows the same way.
@@ -78,6 +78,7 @@ class BatchJob:
     t5_cpu: bool = False
     ulysses_size: int = 1
     ring_size: int = 1
+    cfg_parallel: int = 1
     dit_fsdp: bool = False
     t5_fsdp: bool = False
     prepare: dict = field(default_factory=dict)  # prepare_inputs keyword arguments (flags of steadydancer prepare)

@@ -1,5 +1,5 @@
 """``steadydancer batch``: every pair of a manifest, models loaded once per process; also under
-``torchrun`` (groups of --ulysses_size x --ring_size processes), and by any number of runs on one
+``torchrun`` (groups of --ulysses_size x --ring_size x --cfg_parallel processes), and by any number of runs on one
 --out (SLURM array tasks, nodes), which share the rows through per-row claims. See docs/batch.md."""
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def make_job(args: argparse.Namespace, out: Path, manifest: str, prepare: dict,
                     sampling=generate.sampling_options_from_args(args), seed=args.base_seed, prompt=args.prompt,
                     memory=memory_options_from_args(args), long_video=generate.long_video_options_from_args(args),
                     device=args.device, offload_model=args.offload_model, t5_cpu=args.t5_cpu,
-                    ulysses_size=args.ulysses_size, ring_size=args.ring_size, dit_fsdp=args.dit_fsdp,
+                    ulysses_size=args.ulysses_size, ring_size=args.ring_size, cfg_parallel=args.cfg_parallel,
+                    dit_fsdp=args.dit_fsdp,
                     t5_fsdp=args.t5_fsdp, prepare=prepare, manifest=manifest, shard=shard,
                     claim_timeout=claim_timeout)
 
@@ -146,14 +147,14 @@ def run_rows(args: argparse.Namespace, job, rows: list, manifest_rows: list | No
     memory = job.memory
     verify_checkpoint(job.ckpt_dir, dit_from_other_file=bool(memory.gguf or memory.dit_fp8_file))
     env = TorchrunEnv.read()
-    group_size = args.ulysses_size * args.ring_size if env.world_size > 1 else 1
+    group_size = args.ulysses_size * args.ring_size * args.cfg_parallel if env.world_size > 1 else 1
     local = os.environ.get("LOCAL_WORLD_SIZE")
     check_groups_within_nodes(group_size, env.world_size, int(local) if local and local.isdigit() else None)
     num_heads = check_process_flags(args, memory, group_size)
     if env.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
     setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
-                             data_parallel=True, timeout_s=COLLECTIVE_TIMEOUT_S)
+                             data_parallel=True, timeout_s=COLLECTIVE_TIMEOUT_S, cfg_parallel=args.cfg_parallel)
     if setup.is_main and job.shard is not None:
         log.info("shard %d/%d: %d rows of %s", job.shard[0], job.shard[1], len(rows), job.manifest)
     summary = BatchRunner(job, setup).run(rows, manifest_rows)

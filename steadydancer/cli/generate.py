@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Ulysses sequence-parallel degree (must divide the DiT's heads)")
     multi.add_argument("--ring_size", type=int, default=1,
                        help="ring-attention sequence-parallel degree; ulysses_size x ring_size = processes")
+    multi.add_argument("--cfg_parallel", type=int, nargs="?", const=2, default=1, metavar="N",
+                       help="the guidance passes of each step on N groups of --ulysses_size x --ring_size "
+                            "processes (default off; alone: N=2, xDiT's CFG parallelism; 3: one per DC-CFG pass)")
     multi.add_argument("--dit_fsdp", action="store_true", default=False, help="shard the DiT's blocks (FSDP)")
     multi.add_argument("--t5_fsdp", action="store_true", default=False, help="shard T5's blocks (FSDP)")
     extend = parser.add_argument_group("prompt extension (official flags; not supported)")
@@ -157,10 +160,11 @@ def parse_sample_timesteps(value: str | None, solver: str) -> tuple[float, ...] 
 
 def check_parallel_args(args: argparse.Namespace, data_parallel: bool = False) -> None:
     """Multi-GPU flags against torchrun's world size: impossible combinations stop with one line.
-    ``data_parallel`` (batch): the processes form groups of --ulysses_size x --ring_size."""
+    ``data_parallel`` (batch): the processes form groups of --ulysses_size x --ring_size x --cfg_parallel."""
     from ..distributed.launch import check_parallel_flags
 
-    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, data_parallel=data_parallel)
+    check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, data_parallel=data_parallel,
+                         cfg_parallel=args.cfg_parallel)
 
 
 def check_flags(args: argparse.Namespace, data_parallel: bool = False) -> None:

@@ -49,7 +49,7 @@ def check_distributed_args(args: argparse.Namespace, memory=None, data_parallel:
     The same checks as a single process makes when it builds its pipeline (each LoRA against a
     meta-device DiT, FP8-matmul hardware, block count) plus what cannot combine with several
     processes (:func:`~steadydancer.distributed.pipeline.check_parallel_memory_options`).
-    ``data_parallel``: ``batch``'s groups of --ulysses_size x --ring_size processes.
+    ``data_parallel``: ``batch``'s groups of --ulysses_size x --ring_size x --cfg_parallel processes.
     """
     from ..models.loading import read_dit_config
     from ..models.memory import check_memory_options
@@ -57,7 +57,7 @@ def check_distributed_args(args: argparse.Namespace, memory=None, data_parallel:
 
     num_heads = int(read_dit_config(args.ckpt_dir).get("num_heads", 16))
     check_parallel_flags(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
-                         data_parallel=data_parallel)
+                         data_parallel=data_parallel, cfg_parallel=args.cfg_parallel)
     if args.offload_model:
         raise InputError("--offload_model True: not available with several processes (models stay on the GPUs; "
                          "use --dit_fsdp/--t5_fsdp to save memory)")
@@ -100,7 +100,8 @@ def run_distributed(args: argparse.Namespace, sampling, memory=None, long_video=
         logging.getLogger().setLevel(logging.WARNING)  # one log, rank 0's
     elif memory is not None and memory.flags_in_use():
         log.info("memory/speed options: %s", ", ".join(memory.flags_in_use()))
-    setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads)
+    setup = init_distributed(args.ulysses_size, args.ring_size, args.dit_fsdp, args.t5_fsdp, num_heads=num_heads,
+                             cfg_parallel=args.cfg_parallel)
     # On an error this process exits and torchrun stops the others (no barrier that could hang).
     written = generate_video_distributed(
         setup, ckpt_dir=args.ckpt_dir, image=args.image, cond_pos_folder=args.cond_pos_folder,

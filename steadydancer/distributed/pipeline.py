@@ -51,6 +51,10 @@ class DistributedDancerPipeline(DancerPipeline):
             self._dit = self.setup.prepare_dit(model)
         return self._dit
 
+    def guidance_passes(self, guide_scale: float):
+        """The single-process passes, dealt over this rank's CFG group with ``--cfg_parallel``."""
+        return super().guidance_passes(guide_scale).with_split(self.setup.cfg)
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
         """Only the group's first rank decodes (it alone writes the video), as the official code's
         rank 0; others get None."""

@@ -244,33 +244,44 @@ class StepCache:
                     registry.remove_hook(name, recurse=False)
 
 
-def cached_passes(cache: StepCache, skip_negative_text: bool = False) -> Callable[..., list[torch.Tensor]]:
-    """A ``passes`` function for sample_dc_cfg that runs each guidance pass as its own forward in
-    its cache context (``skip_negative_text``: guide scale 1, as ``make_passes``).
+def cache_runner(cache: StepCache) -> Callable[..., list[torch.Tensor]]:
+    """A pass runner for :class:`~steadydancer.sampling.batched.GuidancePasses` that runs each
+    guidance pass as its own forward in its cache context (per pass name and window).
 
-    The step index is the number of distinct timesteps seen so far (sample_dc_cfg calls ``passes``
-    once per step). Batched guidance does not combine with it: one batched forward would share
+    The step index is the number of distinct timesteps seen so far (the sampler calls its
+    ``passes`` once per step and window, with this step's timestep, even on a CFG rank that has
+    no pass to run). Batched guidance does not combine with it: one batched forward would share
     one skip decision between the passes.
     """
     seen: list[float] = []
 
     def run(model, latent: torch.Tensor, timestep: torch.Tensor, conditions: Sequence, out_device,
-            window: int = 0) -> list[torch.Tensor]:
+            indices: Sequence[int], window: int = 0) -> list[torch.Tensor]:
         value = float(timestep.reshape(-1)[0])
         if not seen or seen[-1] != value:
             seen.append(value)
         step = len(seen) - 1
-        outputs: dict[int, torch.Tensor] = {}
-        for index, cond in enumerate(conditions):
-            if skip_negative_text and index == 1:
-                continue
+        outputs = []
+        for index, cond in zip(indices, conditions):
             with cache.pass_context(PASS_NAMES[index], step, window):   # as sampling's run_passes, one pass
-                outputs[index] = model(latent[None], timestep, **cond.as_kwargs())[0].to(device=out_device)
-        if skip_negative_text:
-            outputs[1] = outputs[0]
-        return [outputs[i] for i in range(len(conditions))]
+                outputs.append(model(latent[None], timestep, **cond.as_kwargs())[0].to(device=out_device))
+        return outputs
 
     return run
+
+
+def cached_passes(cache: StepCache, skip_negative_text: bool = False, passes=None) -> Callable[..., list[torch.Tensor]]:
+    """A ``passes`` function for sample_dc_cfg that runs each guidance pass in its cache context.
+
+    ``passes``: the run's own :class:`~steadydancer.sampling.batched.GuidancePasses` (its
+    negative-text skip and CFG split are kept; only how a pass runs changes); otherwise every
+    pass runs here (``skip_negative_text``: guide scale 1, as ``make_passes``).
+    """
+    from steadydancer.sampling.batched import GuidancePasses
+
+    if not isinstance(passes, GuidancePasses):
+        passes = GuidancePasses(skip_negative_text=skip_negative_text)
+    return passes.with_runner(cache_runner(cache))
 
 
 # The ratios of the last calibration run in this process (calibrate-cache reads them after the
@@ -297,7 +308,10 @@ def step_cache_session(model: nn.Module, options: StepCacheOptions | None, steps
     target = getattr(model, "module", model)       # FSDP/compile wrappers keep the blocks inside
     cache = StepCache(target, options, steps)
     try:
-        yield cached_passes(cache, skip_negative_text), cache
+        yield cached_passes(cache, skip_negative_text, passes), cache
+        split = getattr(passes, "split", None)
+        if split is not None:   # CFG parallelism: the line counts the passes of every CFG rank
+            cache.forwards, cache.skipped = split.sum_counts([cache.forwards, cache.skipped])
     finally:
         cache.remove()
         if options.calibrate:

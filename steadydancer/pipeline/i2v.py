@@ -295,7 +295,7 @@ class DancerPipeline:
                 condition_guide_scale=sampling.condition_guide_scale, st_cond_cfg=sampling.st_cond_cfg,
                 end_cond_cfg=sampling.end_cond_cfg, progress=progress, device=device,
                 scheduler_device=self.offload_device, num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
-                passes=sampler_passes(self.memory, sampling.guide_scale),
+                passes=self.guidance_passes(sampling.guide_scale),
                 sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed), callback=callback,
                 step_cache=self.memory.step_cache_options())
         del cond, neg_text, neg_pose, noise
@@ -310,6 +310,11 @@ class DancerPipeline:
         if not decode:
             return latent.float().cpu()
         return self.decode(latent)
+
+    def guidance_passes(self, guide_scale: float):
+        """How the guidance passes of each step run (batched or not; without the negative-text
+        pass at guide scale 1): the ``passes`` of ``sample_dc_cfg``."""
+        return sampler_passes(self.memory, guide_scale)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
         """The video [3, N, H, W] in [-1, 1] (float32, on the CPU) from the final latent [16, f, h, w]."""

@@ -360,14 +360,12 @@ def dit_session(pipeline: "DancerPipeline"):
 
 
 def _sampler_kwargs(pipeline: "DancerPipeline", sampling: "SamplingOptions", seed: int, progress: bool) -> dict:
-    from ..models.memory import sampler_passes
-
     return dict(solver=sampling.solver, steps=sampling.steps, shift=sampling.shift,
                 guide_scale=sampling.guide_scale, condition_guide_scale=sampling.condition_guide_scale,
                 st_cond_cfg=sampling.st_cond_cfg, end_cond_cfg=sampling.end_cond_cfg, progress=progress,
                 device=pipeline.device, scheduler_device=pipeline.offload_device,
                 num_train_timesteps=C.NUM_TRAIN_TIMESTEPS,
-                passes=sampler_passes(pipeline.memory, sampling.guide_scale),
+                passes=pipeline.guidance_passes(sampling.guide_scale),
                 sample_timesteps=sampling.timesteps, solver_seed=lcm_noise_seed(seed),
                 step_cache=pipeline.memory.step_cache_options())
 
