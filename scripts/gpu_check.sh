@@ -121,6 +121,15 @@ for stage in "${stages[@]}"; do
         run nccl.txt torchrun --standalone --nproc_per_node=2 generate_dancer.py --ckpt_dir "$tiny" \
             --input_dir "$inputs" --size '832*480' --frame_num 5 --sample_steps 4 --base_seed 3 \
             --ulysses_size 2 --dit_fsdp --t5_fsdp --save_file /tmp/steadydancer_nccl.mp4 || status=1
+        # CFG parallelism over NCCL against one process: the PSNR of the two videos (>= 40 dB expected)
+        tiny_args=(--ckpt_dir "$tiny" --input_dir "$inputs" --size '832*480' --frame_num 5 --sample_steps 5 --base_seed 3)
+        run nccl.txt "$PY" generate_dancer.py "${tiny_args[@]}" --save_file /tmp/steadydancer_one.mp4 || status=1
+        run nccl.txt torchrun --standalone --nproc_per_node=2 generate_dancer.py "${tiny_args[@]}" --cfg_parallel \
+            --save_file /tmp/steadydancer_cfg.mp4 || status=1
+        run nccl.txt "$PY" -c "import sys, numpy as np; from steadydancer.pose.video import read_video as r
+a, b = (np.stack(r(p)[0]).astype(float) for p in sys.argv[1:]); m = ((a - b) ** 2).mean()
+print('cfg_parallel vs one process: PSNR', 'inf' if m == 0 else round(10 * np.log10(255 ** 2 / m), 2), 'dB')
+sys.exit(0 if m == 0 or 10 * np.log10(255 ** 2 / m) >= 40 else 1)" /tmp/steadydancer_cfg.mp4 /tmp/steadydancer_one.mp4 || status=1
       else
         echo "nccl: one GPU visible, skipped" | tee -a "$RESULTS/nccl.txt"
       fi
