@@ -89,10 +89,12 @@ class MemoryOptions:
     batch_guidance: bool = False
     compile: bool = False
     token_chunk_size: int | None = None
-    # step caching (models/step_cache.py): none | magcache | fbcache, its threshold, MagCache's ratios file
+    # step caching (models/step_cache.py): none | magcache | fbcache | taylorseer, the threshold
+    # (magcache, fbcache), MagCache's ratios file, TaylorSeer's steps between full forwards
     step_cache: str = "none"
     cache_threshold: float | None = None
     cache_ratios: Path | None = None
+    cache_interval: int | None = None
     attention: str | None = None                     # auto | sage | flash3 | flash2 | sdpa (None: auto)
     vae_tiling: bool = False                         # VAE encode/decode in spatial tiles (diffusers' tiling)
 
@@ -106,7 +108,7 @@ class MemoryOptions:
             return StepCacheOptions(calibrate=True)
 
         ratios = read_cache_ratios(self.cache_ratios) if self.cache_ratios is not None else None
-        return StepCacheOptions(self.step_cache, self.cache_threshold, ratios)
+        return StepCacheOptions(self.step_cache, self.cache_threshold, ratios, interval=self.cache_interval)
 
     @property
     def block_swap(self) -> bool:
@@ -117,7 +119,8 @@ class MemoryOptions:
         names = {"dit_fp8_file": "--dit_fp8_file", "gguf": "--gguf", "fp8_matmul": "--fp8_matmul",
                  "loras": "--lora", "blocks_on_gpu": "--blocks_on_gpu", "batch_guidance": "--batch_guidance",
                  "compile": "--compile", "token_chunk_size": "--token_chunk_size",
-                 "cache_threshold": "--cache_threshold", "cache_ratios": "--cache_ratios", "attention": "--attention",
+                 "cache_threshold": "--cache_threshold", "cache_ratios": "--cache_ratios",
+                 "cache_interval": "--cache_interval", "attention": "--attention",
                  "vae_tiling": "--vae_tiling"}
         used = [flag for attr, flag in names.items() if getattr(self, attr) not in (None, False, [])]
         used += [f"--step_cache {self.step_cache}"] if self.step_cache != "none" else []

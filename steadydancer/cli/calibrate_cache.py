@@ -28,9 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     if is_torchrun():
         raise InputError("calibrate-cache runs in one process (the ratios do not depend on the parallel layout)")
-    if getattr(args, "step_cache", "none") != "none" or args.cache_threshold is not None or args.cache_ratios:
-        raise InputError("calibrate-cache measures an uncached run: drop --step_cache, --cache_threshold and "
-                         "--cache_ratios")
+    if (getattr(args, "step_cache", "none") != "none" or args.cache_threshold is not None or args.cache_ratios
+            or getattr(args, "cache_interval", None) is not None):
+        raise InputError("calibrate-cache measures an uncached run: drop --step_cache, --cache_threshold, "
+                         "--cache_ratios and --cache_interval")
     keep_video = args.save_file is not None
     with tempfile.TemporaryDirectory(prefix="steadydancer_calibrate_") as scratch:
         if not keep_video:

@@ -10,7 +10,8 @@ Flags (``add_memory_arguments``):
   --batch_guidance                 run a step's guidance passes as one batched forward
   --token_chunk_size TOKENS        run each block's per-token work over at most TOKENS tokens at a time
   --compile                        torch.compile each transformer block
-  --step_cache none|magcache|fbcache  skip DiT forwards (--cache_threshold X, --cache_ratios FILE)
+  --step_cache none|magcache|fbcache|taylorseer  skip DiT forwards (--cache_threshold X, --cache_ratios FILE,
+                                     --cache_interval N)
   --attention auto|sage|flash3|flash2|sdpa  attention kernel (sage: SageAttention, optional)
 
 Order of work in ``load_dit_with_options``: load (streamed, in the stored low precision where
@@ -64,11 +65,15 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                             "cross-attention, feed-forward) over at most TOKENS tokens at a time, only the "
                             "self-attention kernel over all; about halves a block's activation peak; e.g. 8192")
     # speed: step caching (docs/speed.md)
-    group.add_argument("--step_cache", default="none", choices=["none", "magcache", "fbcache"],
-                       help="skip DiT forwards the previous step predicts (diffusers' MagCache / first-block "
-                            "cache hooks, one cache per guidance pass); the log ends with how many were skipped")
+    group.add_argument("--step_cache", default="none", choices=["none", "magcache", "fbcache", "taylorseer"],
+                       help="skip DiT forwards the previous steps predict (diffusers' MagCache / first-block "
+                            "cache / TaylorSeer hooks, one cache per guidance pass); the log ends with how many "
+                            "were skipped")
     group.add_argument("--cache_threshold", type=float, default=None, metavar="X",
                        help="step cache threshold (default magcache 0.06, fbcache 0.05; 0 skips nothing)")
+    group.add_argument("--cache_interval", type=int, default=None, metavar="N",
+                       help="taylorseer: a full forward every N steps after the first 3, extrapolated in between "
+                            "(default 5, diffusers'; 1 skips nothing)")
     group.add_argument("--attention", default=None, choices=["auto", "sage", "flash3", "flash2", "sdpa"],
                        help="attention kernel (default auto: SageAttention when installed and the GPU takes it, "
                             "else flash-attn 3, flash-attn 2, SDPA); a forced one that cannot run stops with the reason")
@@ -109,10 +114,11 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
     step_cache = getattr(args, "step_cache", None) or "none"
     cache_threshold = getattr(args, "cache_threshold", None)
     cache_ratios = Path(args.cache_ratios) if getattr(args, "cache_ratios", None) else None
-    if step_cache != "none" or cache_threshold is not None or cache_ratios is not None:
+    cache_interval = getattr(args, "cache_interval", None)
+    if step_cache != "none" or cache_threshold is not None or cache_ratios is not None or cache_interval is not None:
         from steadydancer.models.step_cache import check_step_cache_options, read_cache_ratios
 
-        check_step_cache_options(step_cache, cache_threshold, cache_ratios)
+        check_step_cache_options(step_cache, cache_threshold, cache_ratios, interval=cache_interval)
         if cache_ratios is not None:
             read_cache_ratios(cache_ratios)              # unreadable: one line now, not after loading
         if step_cache == "fbcache" and getattr(args, "ulysses_size", 1) * getattr(args, "ring_size", 1) > 1:
@@ -126,6 +132,7 @@ def memory_options_from_args(args: argparse.Namespace) -> MemoryOptions:
                          batch_guidance=bool(getattr(args, "batch_guidance", False)),
                          compile=bool(getattr(args, "compile", False)), token_chunk_size=token_chunk_size,
                          step_cache=step_cache, cache_threshold=cache_threshold, cache_ratios=cache_ratios,
+                         cache_interval=cache_interval,
                          attention=getattr(args, "attention", None),
                          vae_tiling=bool(getattr(args, "vae_tiling", False)))
 
@@ -176,10 +183,12 @@ def check_memory_options(ckpt_dir: str | os.PathLike, device: torch.device | str
     from steadydancer.models.lora import apply_lora
 
     if options.step_cache != "calibrate" and (options.step_cache != "none" or options.cache_threshold is not None
-                                               or options.cache_ratios is not None):   # the Python API's path
+                                               or options.cache_ratios is not None
+                                               or options.cache_interval is not None):   # the Python API's path
         from steadydancer.models.step_cache import check_step_cache_options
 
-        check_step_cache_options(options.step_cache, options.cache_threshold, options.cache_ratios)
+        check_step_cache_options(options.step_cache, options.cache_threshold, options.cache_ratios,
+                                 interval=options.cache_interval)
         options.step_cache_options()                     # reads the ratios file: one line if unreadable
     check_attention_option(options.attention, device)
     if options.blocks_on_gpu is None and not options.fp8_matmul and not options.loras:

@@ -1,7 +1,7 @@
 """Step caching: skip DiT forwards whose output the previous step already predicts well.
 
-``--step_cache magcache|fbcache`` registers diffusers' own hooks (diffusers 0.42
-``hooks/mag_cache.py`` and ``hooks/first_block_cache.py``) on our ``DiTBlock``; this module only
+``--step_cache magcache|fbcache|taylorseer`` registers diffusers' own hooks (diffusers 0.42
+``hooks/mag_cache.py``, ``hooks/first_block_cache.py``, ``hooks/taylorseer_cache.py``) on our ``DiTBlock``; this module only
 gives them what they need for this model and this sampler:
 
 - the block metadata (``TransformerBlockRegistry``): the hidden states are the first argument
@@ -22,10 +22,13 @@ tokens of |residual_t| / |residual_{t-1}|). First-block cache (ParaAttention's F
 block always runs; the rest is skipped when its residual changed by at most the threshold
 (relative mean absolute difference) since the last full forward.
 
-TaylorSeer (diffusers ``hooks/taylorseer_cache.py``) is not offered: its hooks count their own
-steps and predict every hooked module from finite differences with a fixed refresh interval; the
-negative-pose pass, which runs only in a window of steps, would need its step counter driven from
-outside, which its state keeps private (``current_step`` is advanced inside the hook).
+TaylorSeer (Liu et al. 2025, diffusers ``hooks/taylorseer_cache.py``): a full forward on the first
+3 steps and then every ``--cache_interval`` steps (diffusers' defaults 3 and 5); in between the
+output is extrapolated from the last full forwards (first-order Taylor in the step index). Its hooks
+count each context's own forwards, which is right for every pass here: each context sees one forward
+per step on consecutive steps (the negative-pose pass too, inside its window), so the step distances
+it extrapolates over are true ones. We use its "lite" layout (the output head extrapolated, the
+blocks skipped): see :func:`_apply_taylorseer` for the memory reason.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from steadydancer.errors import InputError
 
 log = logging.getLogger(__name__)
 
-STEP_CACHE_KINDS = ("none", "magcache", "fbcache")
+STEP_CACHE_KINDS = ("none", "magcache", "fbcache", "taylorseer")
 # guidance passes in the order sample_dc_cfg runs them (run_passes' condition sets)
 PASS_NAMES = ("cond", "uncond_text", "uncond_pose")
 DEFAULT_THRESHOLDS = {"magcache": 0.06, "fbcache": 0.05}     # diffusers' defaults
@@ -55,6 +58,11 @@ RATIOS_FORMAT = "steadydancer-magcache-ratios-v1"
 # The published Wan 2.1 I2V 14B ratios (MagCache4Wan2.1/magcache_generate.py @ 1a66b6d, 40 UniPC
 # steps, shift 5, cond/uncond interleaved there): a documented starting point, not SteadyDancer's own.
 PUBLISHED_RATIOS = Path(__file__).resolve().parents[2] / "configs" / "magcache"
+# TaylorSeer (diffusers hooks/taylorseer_cache.py, TaylorSeerCacheConfig defaults): a full forward
+# every INTERVAL steps after WARMUP full ones, first-order extrapolation in between
+TAYLORSEER_INTERVAL = 5
+TAYLORSEER_WARMUP_STEPS = 3
+TAYLORSEER_MAX_ORDER = 1
 
 
 @dataclass
@@ -64,6 +72,7 @@ class StepCacheOptions:
     threshold: float | None = None            # None: the kind's default (DEFAULT_THRESHOLDS)
     ratios: dict[str, list[float]] | None = None   # MagCache: pass name -> one ratio per step
     calibrate: bool = False                   # MagCache: measure the ratios, skip nothing
+    interval: int | None = None               # TaylorSeer: steps between full forwards (None: 5)
 
     @property
     def enabled(self) -> bool:
@@ -74,15 +83,24 @@ class StepCacheOptions:
 
 
 def check_step_cache_options(kind: str, threshold: float | None, ratios_file: str | os.PathLike | None,
-                             flag_prefix: str = "--") -> None:
+                             flag_prefix: str = "--", interval: int | None = None) -> None:
     """One-line InputError for a bad combination of the step-cache flags (no file read yet)."""
     if kind not in STEP_CACHE_KINDS:
         raise InputError(f"{flag_prefix}step_cache: expected one of {', '.join(STEP_CACHE_KINDS)}, got {kind!r}")
     if threshold is not None and (threshold != threshold or threshold < 0):
         raise InputError(f"{flag_prefix}cache_threshold: expected a number >= 0, got {threshold}")
-    if kind == "none" and (threshold is not None or ratios_file is not None):
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+        raise InputError(f"{flag_prefix}cache_interval: expected a whole number of steps >= 1, got {interval!r}")
+    if kind == "none" and (threshold is not None or ratios_file is not None or interval is not None):
+        given = (f"{flag_prefix}cache_threshold" if threshold is not None else
+                 f"{flag_prefix}cache_ratios" if ratios_file is not None else f"{flag_prefix}cache_interval")
+        raise InputError(f"{given} needs {flag_prefix}step_cache magcache, fbcache or taylorseer")
+    if interval is not None and kind != "taylorseer":
+        raise InputError(f"{flag_prefix}cache_interval is for {flag_prefix}step_cache taylorseer, not {kind}")
+    if kind == "taylorseer" and (threshold is not None or ratios_file is not None):
         given = f"{flag_prefix}cache_threshold" if threshold is not None else f"{flag_prefix}cache_ratios"
-        raise InputError(f"{given} needs {flag_prefix}step_cache magcache or fbcache")
+        raise InputError(f"{given}: {flag_prefix}step_cache taylorseer has no threshold or ratios; it runs a full "
+                         f"forward every {flag_prefix}cache_interval steps (default {TAYLORSEER_INTERVAL})")
     if kind == "magcache" and ratios_file is None:
         raise InputError(f"{flag_prefix}step_cache magcache needs {flag_prefix}cache_ratios FILE (from `steadydancer "
                          f"calibrate-cache`, or {PUBLISHED_RATIOS}/wan21_i2v_14b_480p.json as a starting point)")
@@ -174,15 +192,21 @@ class StepCache:
         elif kind == "fbcache":
             apply_first_block_cache(model, FirstBlockCacheConfig(threshold=options.effective_threshold()))
             self._head_hook_name, self._head_module = "fbc_leader_block_hook", model.blocks[0]
+        elif kind == "taylorseer":
+            self._head_hook_name, self._head_module = "taylorseer_cache", model.head
+            _apply_taylorseer(model, options.interval or TAYLORSEER_INTERVAL)
         else:
             raise InputError(f"--step_cache: unknown kind {kind!r}")
         self._managers = self._state_managers()
+
+    def _hooked_modules(self) -> list[nn.Module]:
+        return [*self.model.blocks, self.model.head]
 
     def _state_managers(self) -> list:
         from diffusers.hooks.hooks import StateManager
 
         managers = []
-        for block in self.model.blocks:
+        for block in self._hooked_modules():
             registry = getattr(block, "_diffusers_hook", None)
             for hook in (registry.hooks.values() if registry is not None else ()):
                 for value in vars(hook).values():
@@ -215,7 +239,10 @@ class StepCache:
         finally:
             state = head.state_manager.get_state()
             self.forwards += 1
-            self.skipped += int(not state.should_compute)
+            if self.kind == "taylorseer":      # a full forward updates the factors at this step
+                self.skipped += int(state.last_update_step != state.current_step)
+            else:
+                self.skipped += int(not state.should_compute)
             if self.kind == "magcache" and self.options.calibrate and state.calibration_ratios:
                 # by sampler step: the negative-pose pass measures only inside its window, and a
                 # step it does not run keeps ratio 1 (never read: it runs no forward there)
@@ -236,12 +263,32 @@ class StepCache:
         """Unregister the hooks (the blocks run as before)."""
         from diffusers.hooks import HookRegistry
 
-        names = ("mag_cache_leader_block_hook", "mag_cache_block_hook", "fbc_leader_block_hook", "fbc_block_hook")
-        for block in self.model.blocks:
+        names = ("mag_cache_leader_block_hook", "mag_cache_block_hook", "fbc_leader_block_hook", "fbc_block_hook",
+                 "taylorseer_cache")
+        for block in self._hooked_modules():
             registry = HookRegistry.check_if_exists_or_initialize(block)
             for name in names:
                 if registry.get_hook(name) is not None:
                     registry.remove_hook(name, recurse=False)
+
+
+def _apply_taylorseer(model: nn.Module, interval: int) -> None:
+    """diffusers' TaylorSeer hooks in its "lite" layout on our DiT: the output head is extrapolated
+    (Taylor factors of its [B, L, 64] output, float32) and every block is skipped on the steps in
+    between (it returns zeros of its recorded shape without running). The default layout would
+    extrapolate every attention module's [B, L, 5120] output: (order + 1) x 80 modules x 3 passes
+    of ~0.5 GB each at 81 frames 1024*576, more memory than the GPU has."""
+    import re
+
+    from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+
+    names = {id(module): name for name, module in model.named_modules()}
+    exact = lambda module: re.escape(names[id(module)])          # noqa: E731 (patterns are fullmatched names)
+    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=TAYLORSEER_WARMUP_STEPS,
+                                   max_order=TAYLORSEER_MAX_ORDER, taylor_factors_dtype=torch.float32,
+                                   cache_identifiers=[exact(model.head)],
+                                   skip_predict_identifiers=[exact(block) for block in model.blocks])
+    apply_taylorseer_cache(model, config)
 
 
 def cache_runner(cache: StepCache) -> Callable[..., list[torch.Tensor]]:
