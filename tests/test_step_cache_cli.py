@@ -70,3 +70,16 @@ def test_generate_with_magcache_logs_the_skipped_forwards(setup, tmp_path, caplo
     # 4 steps, pose pass at step 1: 9 forwards; from step 1 on (retention 0.2 x 4) the cond and
     # negative-text passes reuse their residual, at most 3 in a row; the pose pass's first forward runs
     assert total == 9 and 0 < skipped < total
+
+
+def test_generate_with_taylorseer_logs_its_schedule(setup, tmp_path, caplog, capsys):
+    """--cache_interval 1 through the command line is the uncached run; 4 steps with the default
+    interval extrapolate step 3 of the cond and negative-text passes (diffusers' schedule)."""
+    assert "--cache_interval is for --step_cache taylorseer" in one_error_line(
+        capsys, argv(setup, "generate", "--step_cache", "fbcache", "--cache_interval", "2",
+                     "--save_file", str(tmp_path / "x.mp4")))
+    out = tmp_path / "taylor.mp4"
+    with caplog.at_level(logging.INFO):
+        assert main(argv(setup, "generate", "--step_cache", "taylorseer", "--save_file", str(out))) == 0
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step cache:")]
+    assert line == ["step cache: 2 of 9 DiT forwards skipped"] and out.is_file()
