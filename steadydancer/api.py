@@ -560,7 +560,8 @@ class SteadyDancerPipeline:
         :class:`~steadydancer.options.MemoryOptions`, or its fields as keywords:
         ``blocks_on_gpu=K`` (block swap), ``loras=[(path, strength)]``, ``gguf=``,
         ``dit_fp8_file=``, ``fp8_matmul=``, ``batch_guidance=``, ``compile=``, ``token_chunk_size=``,
-        ``step_cache="magcache"|"fbcache"``, ``cache_threshold=``, ``cache_ratios=``, ``vae_tiling=True`` (docs/speed.md).
+        ``step_cache="magcache"|"fbcache"|"taylorseer"``, ``cache_threshold=``, ``cache_ratios=``,
+        ``cache_interval=``, ``vae_tiling=True`` (docs/speed.md).
         ``keep_models`` False (a one-shot run, the CLI): with offloading the DiT is dropped after
         sampling instead of parked in host memory.
         """
