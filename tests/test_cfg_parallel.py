@@ -198,7 +198,8 @@ def _psnr(a: Path, b: Path) -> float:
 
 def test_generate_under_torchrun_with_cfg_parallel_equals_one_process(tmp_path):
     """The issue's criterion: torchrun --nproc_per_node=2 ... --cfg_parallel, and --cfg_parallel
-    --ulysses_size 2 on 4 processes, each PSNR >= 40 dB against one process (gloo, tiny checkpoint)."""
+    --ulysses_size 2 on 4 processes (here also --dit_fsdp --t5_fsdp), each PSNR >= 40 dB against one
+    process (gloo, tiny checkpoint)."""
     inputs = write_inputs(tmp_path / "prep", 5)
     common = ["generate", "--ckpt_dir", str(tiny_checkpoint()), "--input_dir", str(inputs), *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
@@ -207,8 +208,9 @@ def test_generate_under_torchrun_with_cfg_parallel_equals_one_process(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     two = _torchrun(2, [*common, "--save_file", str(tmp_path / "cfg2.mp4"), "--cfg_parallel"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
+    # with FSDP: the DiT sharded within each Ulysses pair, T5 over all four
     four = _torchrun(4, [*common, "--save_file", str(tmp_path / "cfg2_sp2.mp4"), "--cfg_parallel",
-                         "--ulysses_size", "2"], tmp_path)
+                         "--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp"], tmp_path)
     assert four.returncode == 0, four.stderr[-3000:]
     psnr = {name: _psnr(tmp_path / f"{name}.mp4", tmp_path / "one.mp4") for name in ("cfg2", "cfg2_sp2")}
     print("PSNR against one process:", psnr)
