@@ -260,14 +260,26 @@ def test_magcache_with_a_published_ratios_file_by_name(served, client, prepared)
     (("fbcache", "abc"), "cache threshold 'abc': expected a number >= 0 (empty: the kind's default)"),
     (("fbcache", "-1"), "cache threshold: expected a number >= 0, got -1.0"),
     (("fbcache", "nan"), "cache threshold: expected a number >= 0, got nan"),
-    (("none", "0.1"), "cache threshold needs step cache magcache or fbcache"),
-    (("none", "", "wan21_i2v_14b_480p.json"), "MagCache ratios needs step cache magcache or fbcache"),
+    # the command line's own check, its flags named as the page's fields
+    (("none", "0.1"), ("none", 0.1, None)),
+    (("none", "", "wan21_i2v_14b_480p.json"), ("none", None, "x.json")),
     (("fbcache", "", "wan21_i2v_14b_480p.json"), "MagCache ratios is for step cache magcache, not fbcache"),
     (("magcache", "0.1"), "MagCache ratios: choose a file for step cache magcache (the published Wan 2.1 I2V "
                           "14B ratios are a starting point; the file of `steadydancer calibrate-cache`, given "
                           "with --cache_ratios at launch, fits this checkpoint)"),
 ])
 def test_bad_speed_settings_are_one_line_naming_the_field(served, client, prepared, speed, message):
+    from steadydancer.errors import InputError
+    from steadydancer.models.step_cache import check_step_cache_options
+
+    if isinstance(message, tuple):  # the CLI's message for these flags, e.g. "--cache_threshold needs ..."
+        with pytest.raises(InputError) as cli:
+            check_step_cache_options(*message)
+        assert str(cli.value).startswith(("--cache_threshold needs --step_cache magcache",
+                                          "--cache_ratios needs --step_cache magcache"))
+        message = (str(cli.value).replace("--step_cache", "step cache").replace("--cache_threshold", "cache threshold")
+                   .replace("--cache_ratios", "MagCache ratios"))
+        assert "--" not in message
     before = served[0].steadydancer.pipe.pipeline.memory
     with pytest.raises(gradio_client.exceptions.AppError) as info:
         client.predict(*_speed(SETTINGS, *speed), api_name="/generate")
@@ -307,6 +319,8 @@ def test_launch_flags_are_the_speed_controls_defaults(tmp_path):
     assert app.cache_kind_chosen("none", "0.25", "mine.json (--cache_ratios)") == ("", "none")
     assert app.cache_kind_chosen("fbcache", "0.25", "mine.json (--cache_ratios)") == ("0.25", "none")
     assert app.cache_kind_chosen("magcache", "0.25", "none") == ("0.25", "mine.json (--cache_ratios)")
+    assert app.cache_kind_chosen("magcache", "", "wan21_i2v_14b_480p.json") == ("", "wan21_i2v_14b_480p.json")
+    assert app.cache_kind_chosen("another", "0.25", "wan21_i2v_14b_480p.json") == ("", "none")  # takes neither
     assert app.use_speed_settings("magcache", "", "mine.json (--cache_ratios)", False)["cache_ratios"] == \
         "mine.json (--cache_ratios)"
     assert app.pipe.pipeline.memory.cache_ratios == own.resolve()

@@ -393,11 +393,13 @@ class DancerApp:
                 "cache_ratios": self.launch_ratios, "vae_tiling": bool(memory.vae_tiling)}
 
     def cache_kind_chosen(self, kind: str, threshold: Any, ratios: Any) -> tuple[Any, Any]:
-        """The user picked a step cache kind: clear what that kind does not take (threshold and
-        ratios for none, ratios for fbcache) and offer the launch-time ratios for magcache."""
-        if kind == "none":
-            return "", NO_RATIOS
-        if kind == "fbcache":
+        """The user picked a step cache kind: clear what that kind does not take (a threshold is
+        taken by the kinds that have a default one, ratios by magcache only) and offer the
+        launch-time ratios for magcache."""
+        from ..models.step_cache import DEFAULT_THRESHOLDS
+
+        threshold = threshold if kind in DEFAULT_THRESHOLDS else ""
+        if kind != "magcache":
             return threshold, NO_RATIOS
         return threshold, self.launch_ratios if ratios in (None, "", NO_RATIOS) else ratios
 
