@@ -28,9 +28,12 @@ from steadydancer.pose.video import read_video  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # generate's inputs: prompt, negative prompt, frames, size (a pixel area: seconds on a CPU), steps, text
 # and pose guidance, pose CFG window, solver, seed (text), long-video window, overlap,
-# mode, LoRA files (the picker: only with --lora_dir), LoRA strengths
-SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context", [], ""]
+# mode, LoRA files (the picker: only with --lora_dir), LoRA strengths, step cache, cache threshold (text),
+# MagCache ratios (a name the UI offers), VAE tiling
+SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context", [], "",
+            "none", "", "none", False]
 SEED = SETTINGS.index("0")
+CACHE, THRESHOLD, RATIOS, TILING = range(16, 20)
 
 
 def _free_port() -> int:
@@ -201,6 +204,189 @@ def test_reuse_settings_loads_a_past_videos_settings(served, client, prepared):
     assert values["seed"] == "1234" and values["steps"] == 3 and values["size"] == "6144"
     with pytest.raises(gr.Error, match="select a video"):
         app.reuse_settings(None)
+
+
+def _speed(settings: list, kind: str, threshold: str = "", ratios: str = "none", tiling: bool = False) -> list:
+    settings = list(settings)
+    settings[CACHE], settings[THRESHOLD], settings[RATIOS], settings[TILING] = kind, threshold, ratios, tiling
+    return settings
+
+
+def test_speed_controls_reach_the_pipeline_the_status_line_and_reuse(served, client, prepared):
+    """fbcache at a threshold that skips: the run's memory options, the skipped forwards in the
+    line under the video, the sidecar; Reuse settings brings them back; the next run without a
+    cache has none (the controls, not the previous run, decide)."""
+    from steadydancer.ui.app import SETTING_ORDER
+
+    app = served[0].steadydancer
+    pipeline = app.pipe.pipeline
+    _, line, _ = client.predict(*_speed(SETTINGS, "fbcache", "1e9", tiling=True), api_name="/generate")
+    memory = pipeline.memory
+    assert (memory.step_cache, memory.cache_threshold, memory.cache_ratios, memory.vae_tiling) == \
+        ("fbcache", 1e9, None, True)
+    assert pipeline.vae().tiling  # reloaded tiled
+    # 2 steps, pose CFG window (0.1, 0.4) empty at 2 steps: 2 passes x 2 steps; each pass's first forward runs
+    assert line.startswith("5 frames, 48x96, 16 fps, seed 0") and line.endswith(
+        ", step cache: 2 of 4 DiT forwards skipped")
+    saved = app.videos()[0]
+    settings = json.loads(saved.with_suffix(".json").read_text())["settings"]
+    assert {k: settings[k] for k in ("step_cache", "cache_threshold", "cache_ratios", "vae_tiling")} == \
+        {"step_cache": "fbcache", "cache_threshold": 1e9, "cache_ratios": "none", "vae_tiling": True}
+    assert settings["step_cache_summary"] == "step cache: 2 of 4 DiT forwards skipped"
+
+    _, plain, _ = client.predict(*SETTINGS, api_name="/generate")
+    assert "step cache" not in plain and pipeline.memory.step_cache == "none" and not pipeline.memory.vae_tiling
+    assert not pipeline.vae().tiling
+    values = dict(zip(SETTING_ORDER, app.reuse_settings(1)))  # the fbcache video, now second newest
+    assert (values["step_cache"], values["cache_threshold"], values["cache_ratios"], values["vae_tiling"]) == \
+        ("fbcache", "1000000000.0", "none", True)
+    reused = [values[key] for key in SETTING_ORDER]
+    _, again, _ = client.predict(*reused, api_name="/generate")  # the reused settings run the same cache
+    assert again.endswith(", step cache: 2 of 4 DiT forwards skipped") and pipeline.memory.cache_threshold == 1e9
+
+
+def test_magcache_with_a_published_ratios_file_by_name(served, client, prepared):
+    from steadydancer.models.step_cache import PUBLISHED_RATIOS
+
+    app = served[0].steadydancer
+    assert app.ratio_choices() == ["none", "wan21_i2v_14b_480p.json", "wan21_i2v_14b_720p.json"]
+    _, line, _ = client.predict(*_speed(SETTINGS, "magcache", "0", "wan21_i2v_14b_480p.json"),
+                                api_name="/generate")
+    assert line.endswith(", step cache: 0 of 4 DiT forwards skipped")  # threshold 0 skips nothing
+    assert app.pipe.pipeline.memory.cache_ratios == PUBLISHED_RATIOS / "wan21_i2v_14b_480p.json"
+
+
+@pytest.mark.parametrize("speed, message", [
+    (("fbcache", "abc"), "cache threshold 'abc': expected a number >= 0 (empty: the kind's default)"),
+    (("fbcache", "-1"), "cache threshold: expected a number >= 0, got -1.0"),
+    (("fbcache", "nan"), "cache threshold: expected a number >= 0, got nan"),
+    # the command line's own check, its flags named as the page's fields
+    (("none", "0.1"), ("none", 0.1, None)),
+    (("none", "", "wan21_i2v_14b_480p.json"), ("none", None, "x.json")),
+    (("fbcache", "", "wan21_i2v_14b_480p.json"), "MagCache ratios is for step cache magcache, not fbcache"),
+    (("magcache", "0.1"), "MagCache ratios: choose a file for step cache magcache (the published Wan 2.1 I2V "
+                          "14B ratios are a starting point; the file of `steadydancer calibrate-cache`, given "
+                          "with --cache_ratios at launch, fits this checkpoint)"),
+])
+def test_bad_speed_settings_are_one_line_naming_the_field(served, client, prepared, speed, message):
+    from steadydancer.errors import InputError
+    from steadydancer.models.step_cache import check_step_cache_options
+
+    if isinstance(message, tuple):  # the CLI's message for these flags, e.g. "--cache_threshold needs ..."
+        with pytest.raises(InputError) as cli:
+            check_step_cache_options(*message)
+        assert str(cli.value).startswith(("--cache_threshold needs --step_cache magcache",
+                                          "--cache_ratios needs --step_cache magcache"))
+        message = (str(cli.value).replace("--step_cache", "step cache").replace("--cache_threshold", "cache threshold")
+                   .replace("--cache_ratios", "MagCache ratios"))
+        assert "--" not in message
+    before = served[0].steadydancer.pipe.pipeline.memory
+    with pytest.raises(gradio_client.exceptions.AppError) as info:
+        client.predict(*_speed(SETTINGS, *speed), api_name="/generate")
+    assert str(info.value) == message
+    assert served[0].steadydancer.pipe.pipeline.memory == before  # a refused setting changes nothing
+
+
+def test_ratios_are_chosen_by_name_never_by_a_server_path(served, client, prepared, tmp_path):
+    from steadydancer.errors import InputError
+
+    app = served[0].steadydancer
+    secret = tmp_path / "ratios.json"
+    secret.write_text("{}")
+    for name in (str(secret), "../../configs/magcache/wan21_i2v_14b_480p.json"):
+        with pytest.raises(InputError, match="not a file this UI offers"):
+            app.use_speed_settings("magcache", "", name, False)
+        with pytest.raises(gradio_client.exceptions.AppError) as info:  # the page's own choice check, or ours
+            client.predict(*_speed(SETTINGS, "magcache", "", name), api_name="/generate")
+        assert "\n" not in str(info.value) and str(tmp_path) not in str(info.value).replace(name, "")
+
+
+def test_launch_flags_are_the_speed_controls_defaults(tmp_path):
+    from steadydancer.models.step_cache import PUBLISHED_RATIOS, write_cache_ratios
+    from steadydancer.ui.app import DancerApp, build_app
+
+    own = write_cache_ratios(tmp_path / "mine.json", {"cond": [1.0, 0.98], "uncond_text": [1.0, 0.97]}, steps=2)
+    demo = build_app(tiny_checkpoint(), work_dir=tmp_path / "work", device="cpu", step_cache="magcache",
+                     cache_ratios=own, cache_threshold=0.25, vae_tiling=True)
+    app = demo.steadydancer
+    assert app.ratio_choices() == ["none", "mine.json (--cache_ratios)", "wan21_i2v_14b_480p.json",
+                                   "wan21_i2v_14b_720p.json"]
+    controls = {block.label: block.value for block in demo.blocks.values()
+                if getattr(block, "label", None) in ("step cache", "cache threshold", "MagCache ratios", "VAE tiling")}
+    assert controls == {"step cache": "magcache", "cache threshold": "0.25",
+                        "MagCache ratios": "mine.json (--cache_ratios)", "VAE tiling": True}
+    # picking a kind in the page clears what it does not take, magcache offers the launch file again
+    assert app.cache_kind_chosen("none", "0.25", "mine.json (--cache_ratios)") == ("", "none")
+    assert app.cache_kind_chosen("fbcache", "0.25", "mine.json (--cache_ratios)") == ("0.25", "none")
+    assert app.cache_kind_chosen("magcache", "0.25", "none") == ("0.25", "mine.json (--cache_ratios)")
+    assert app.cache_kind_chosen("magcache", "", "wan21_i2v_14b_480p.json") == ("", "wan21_i2v_14b_480p.json")
+    assert app.cache_kind_chosen("another", "0.25", "wan21_i2v_14b_480p.json") == ("", "none")  # takes neither
+    assert app.use_speed_settings("magcache", "", "mine.json (--cache_ratios)", False)["cache_ratios"] == \
+        "mine.json (--cache_ratios)"
+    assert app.pipe.pipeline.memory.cache_ratios == own.resolve()
+    # a published file given at launch is offered once, by its published name
+    published = DancerApp(tiny_checkpoint(), tmp_path / "work2", device="cpu", step_cache="magcache",
+                          cache_ratios=PUBLISHED_RATIOS / "wan21_i2v_14b_720p.json")
+    assert published.launch_speed_settings()["cache_ratios"] == "wan21_i2v_14b_720p.json"
+    assert published.ratio_choices() == ["none", "wan21_i2v_14b_480p.json", "wan21_i2v_14b_720p.json"]
+
+
+def test_a_step_cache_with_batched_guidance_is_refused_as_the_cli_refuses_it(tmp_path):
+    from steadydancer.errors import InputError
+    from steadydancer.ui.app import DancerApp
+
+    app = DancerApp(tiny_checkpoint(), tmp_path / "work", device="cpu", batch_guidance=True)
+    with pytest.raises(InputError) as info:
+        app.use_speed_settings("fbcache", "", "none", False)
+    assert str(info.value) == ("step cache: not with batched guidance (the UI was started with --batch_guidance); "
+                               "choose none")
+    assert app.pipe.pipeline.memory.step_cache == "none"
+    assert app.use_speed_settings("none", "", "none", True)["vae_tiling"] is True  # tiling alone is fine
+
+
+def test_cache_reports_of_concurrent_jobs_do_not_mix(monkeypatch):
+    """Two jobs in two threads at once, each recording its own counts (the UI's worker threads)."""
+    import threading
+
+    from steadydancer.models import step_cache
+
+    class FakeCache:  # stands for StepCache: counts set by the thread that runs it
+        def __init__(self, model, options, steps):
+            self.forwards, self.skipped = steps, int(options.threshold)
+
+        def remove(self):
+            pass
+
+        def summary(self):
+            return "fake"
+
+    monkeypatch.setattr(step_cache, "StepCache", FakeCache)
+    monkeypatch.setattr(step_cache, "cached_passes", lambda cache, *args, **kwargs: None)
+    both_open, results = threading.Barrier(2), {}
+
+    def job(name: str, skipped: int, runs: int) -> None:
+        with step_cache.recording_step_cache() as report:
+            both_open.wait()
+            for _ in range(runs):  # e.g. the segments of a chain long video
+                with step_cache.step_cache_session(torch_module(), step_cache.StepCacheOptions("fbcache", skipped),
+                                                   10, None):
+                    both_open.wait()
+        results[name] = report.summary()
+
+    def torch_module():
+        import torch
+
+        return torch.nn.Identity()
+
+    threads = [threading.Thread(target=job, args=("a", 1, 2)), threading.Thread(target=job, args=("b", 5, 2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == {"a": "step cache: 2 of 20 DiT forwards skipped", "b": "step cache: 10 of 20 DiT forwards skipped"}
+    with step_cache.recording_step_cache() as idle:
+        pass
+    assert idle.summary() is None  # no cache ran: no line
 
 
 def test_lora_picker_offers_the_folders_files_and_reloads_the_dit(tmp_path):

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -343,12 +344,50 @@ def take_calibration() -> dict[str, list[float]]:
     return ratios
 
 
+@dataclass
+class StepCacheReport:
+    """The DiT forwards run and skipped by the cached runs of one :func:`recording_step_cache`
+    block (a chain long video runs one cache per segment: their counts add up)."""
+    runs: int = 0
+    forwards: int = 0
+    skipped: int = 0
+
+    def add(self, cache: "StepCache") -> None:
+        self.runs += 1
+        self.forwards += cache.forwards
+        self.skipped += cache.skipped
+
+    def summary(self) -> str | None:
+        """``step cache: N of M DiT forwards skipped``, or None when no cache ran."""
+        return f"step cache: {self.skipped} of {self.forwards} DiT forwards skipped" if self.runs else None
+
+
+# The report of the innermost recording_step_cache block of the running thread / task. A ContextVar,
+# not a module global: every thread (each UI job runs in a worker thread) and asyncio task sees only
+# the report it set, so two users' counts never mix.
+_report: ContextVar[StepCacheReport | None] = ContextVar("steadydancer_step_cache_report", default=None)
+
+
+@contextmanager
+def recording_step_cache() -> Iterator[StepCacheReport]:
+    """Collect the counts of every step-cache run inside the block (same thread or task), for a
+    caller that does not read the log: ``with recording_step_cache() as report: pipe(...)``, then
+    ``report.summary()``."""
+    report = StepCacheReport()
+    token = _report.set(report)
+    try:
+        yield report
+    finally:
+        _report.reset(token)
+
+
 @contextmanager
 def step_cache_session(model: nn.Module, options: StepCacheOptions | None, steps: int,
                        passes: Callable[..., list[torch.Tensor]], skip_negative_text: bool = False
                        ) -> Iterator[tuple[Callable, "StepCache | None"]]:
     """(the ``passes`` to give sample_dc_cfg, the StepCache or None) for one video: ``passes``
-    unchanged without a cache; hooks removed and the summary logged afterwards."""
+    unchanged without a cache; hooks removed and the summary logged afterwards (and counted in
+    the :func:`recording_step_cache` report of this thread, if one is open)."""
     if options is None or not options.enabled:
         yield passes, None
         return
@@ -364,4 +403,7 @@ def step_cache_session(model: nn.Module, options: StepCacheOptions | None, steps
         if options.calibrate:
             _last_calibration.clear()
             _last_calibration.update(cache.calibration_ratios())
+        report = _report.get()
+        if report is not None:
+            report.add(cache)
         log.info(cache.summary())

@@ -14,6 +14,11 @@ page (``gr.Error``), never a traceback.
 
 Finished videos go to the output folder with a JSON sidecar (``X.json``, key ``settings``) that the
 gallery's *Reuse settings* loads back into the controls.
+
+The speed settings (step cache, its threshold and MagCache ratios, VAE tiling) are per generation
+too; their defaults are the flags the UI was started with. The ratios are picked by name from the
+files the server offers (the published ones in ``configs/magcache/`` and the launch-time
+``--cache_ratios`` file), never by a path typed in the page.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import InputError
+from ..models.step_cache import STEP_CACHE_KINDS
 from ..options import MODES, SOLVERS, LongVideoOptions, SamplingOptions, check_seed, largest_area
 from ..pipeline import config as C
 
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 # one queue slot for both steps: the pose stage and the generation share the machine
 QUEUE = "steadydancer"
 SETTINGS_KEY = "settings"  # this app's section of a video's JSON sidecar
+NO_RATIOS = "none"  # the MagCache ratios choice that names no file
+# the UI's names of the step-cache flags, for the messages of the checks the command line runs
+CACHE_FIELD_NAMES = {"--step_cache": "step cache", "--cache_threshold": "cache threshold",
+                     "--cache_ratios": "MagCache ratios"}
 
 
 class Cancelled(Exception):
@@ -91,6 +101,25 @@ def parse_seed(value: Any) -> int | None:
     return seed
 
 
+def parse_threshold(value: Any) -> float | None:
+    """The cache threshold field (text): empty -> None (the kind's default), else a number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InputError(f"cache threshold {value!r}: expected a number >= 0 (empty: the kind's default)")
+    try:
+        return float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InputError(f"cache threshold {value!r}: expected a number >= 0 (empty: the kind's default)") from None
+
+
+def cache_field_names(message: str) -> str:
+    """A step-cache check's message with the page's field names instead of the flags."""
+    for flag, field in CACHE_FIELD_NAMES.items():
+        message = message.replace(flag, field)
+    return message
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an unexpected error, for the page (the traceback goes to the server log)."""
     text = str(exc).strip().splitlines()
@@ -115,6 +144,7 @@ class DancerApp:
         self.lora_dir = Path(lora_dir).resolve() if lora_dir else None
         if self.lora_dir is not None and not self.lora_dir.is_dir():
             raise InputError(f"--lora_dir {lora_dir}: folder not found")
+        self.ratio_files, self.launch_ratios = self._offered_ratio_files(self.pipe.pipeline.memory.cache_ratios)
         self._lock = threading.Lock()
         self._preparing: set[str] = set()  # sessions with a Prepare running
         self._cancel: dict[str, threading.Event] = {}
@@ -192,10 +222,13 @@ class DancerApp:
     def generate(self, prompt: str, negative_prompt: str, num_frames: Any, size: Any, steps: Any,
                  guidance_scale: Any, condition_guidance_scale: Any, cfg_start: Any, cfg_end: Any, solver: str,
                  seed: Any, context_frames: Any, context_overlap: Any, long_video_mode: str, loras: Any,
-                 lora_strengths: Any, state: dict | None,
+                 lora_strengths: Any, step_cache: Any, cache_threshold: Any, cache_ratios: Any, vae_tiling: Any,
+                 state: dict | None,
                  request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:
-        """-> (the mp4, one line: frames, size, seed, time, the gallery)."""
+        """-> (the mp4, one line: frames, size, seed, time and the step cache's skipped forwards, the
+        gallery)."""
         from ..api import PreparedInputs
+        from ..models.step_cache import recording_step_cache
 
         started = time.perf_counter()
         session = self._session(request)
@@ -223,6 +256,7 @@ class DancerApp:
             }
             settings["loras"] = [name for name, _ in self.use_loras(loras, lora_strengths)]
             settings["lora_strengths"] = "" if lora_strengths is None else str(lora_strengths)
+            settings.update(self.use_speed_settings(step_cache, cache_threshold, cache_ratios, vae_tiling))
             seed_value = parse_seed(seed)
             prepared = PreparedInputs.from_folder(folder)
             total = settings["steps"]
@@ -236,12 +270,16 @@ class DancerApp:
             progress(0, desc="encoding (the models load on the first run)")
             long_video = LongVideoOptions(context_frames=settings["context_frames"],
                                           context_overlap=settings["context_overlap"], mode=long_video_mode)
-            out = self.pipe(prepared, prompt=settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
-                            num_frames=settings["num_frames"] or None, size=settings["size"],
-                            num_inference_steps=total, guidance_scale=settings["guidance_scale"],
-                            condition_guidance_scale=settings["condition_guidance_scale"],
-                            cfg_window=(settings["cfg_start"], settings["cfg_end"]), solver=solver,
-                            seed=seed_value, callback_on_step_end=on_step, long_video=long_video, progress=False)
+            # the cache's counts of this job only (recorded per thread: another session's job never mixes in)
+            with recording_step_cache() as cache_report:
+                out = self.pipe(prepared, prompt=settings["prompt"],
+                                negative_prompt=settings["negative_prompt"] or None,
+                                num_frames=settings["num_frames"] or None, size=settings["size"],
+                                num_inference_steps=total, guidance_scale=settings["guidance_scale"],
+                                condition_guidance_scale=settings["condition_guidance_scale"],
+                                cfg_window=(settings["cfg_start"], settings["cfg_end"]), solver=solver,
+                                seed=seed_value, callback_on_step_end=on_step, long_video=long_video,
+                                progress=False)
         except Cancelled:
             raise gr.Error("cancelled") from None
         except (InputError, ValueError, TypeError) as exc:
@@ -251,10 +289,13 @@ class DancerApp:
             raise gr.Error(one_line(exc)) from None
         frames = out.frames[0]
         settings["seed"] = str(out.seed)
+        cache_summary = cache_report.summary()  # None when no cache ran
+        if cache_summary:
+            settings["step_cache_summary"] = cache_summary  # what the cache did (not read back by Reuse)
         path = self.write_video(frames, out.fps, settings, prepared, state)
         width, height = frames[0].size
         info = (f"{len(frames)} frames, {width}x{height}, {out.fps} fps, seed {out.seed}, "
-                f"{time.perf_counter() - started:.1f} s")
+                f"{time.perf_counter() - started:.1f} s" + (f", {cache_summary}" if cache_summary else ""))
         return self._served(path, getattr(self, "result_component", None)), info, self.gallery()
 
     def write_video(self, frames: list, fps: int, settings: dict, prepared: Any, state: dict | None) -> Path:
@@ -320,6 +361,91 @@ class DancerApp:
             log.info("LoRAs now %s", ", ".join(f"{p.name}:{s:g}" for p, s in chosen) or "none")
         return [(path.name, strength) for path, strength in chosen]
 
+    # -- speed: step cache and VAE tiling -----------------------------------------------------
+
+    @staticmethod
+    def _offered_ratio_files(launch_file: Path | None) -> tuple[dict[str, Path], str]:
+        """(choice name -> file, the launch-time file's name or NO_RATIOS): the published ratios
+        (``configs/magcache/*.json``, by file name) and the ``--cache_ratios`` file the UI was
+        started with (``NAME (--cache_ratios)``, unless it is a published one). Only these files can
+        be read from the page: a web user never names a server path."""
+        from ..models.step_cache import PUBLISHED_RATIOS
+
+        offered = {path.name: path for path in sorted(PUBLISHED_RATIOS.glob("*.json")) if path.is_file()}
+        if launch_file is None:
+            return offered, NO_RATIOS
+        launch_file = Path(launch_file).resolve()
+        for name, path in offered.items():
+            if path.resolve() == launch_file:
+                return offered, name
+        name = f"{launch_file.name} (--cache_ratios)"
+        return {name: launch_file, **offered}, name
+
+    def ratio_choices(self) -> list[str]:
+        """The MagCache ratios dropdown's choices: NO_RATIOS, then the offered files."""
+        return [NO_RATIOS, *self.ratio_files]
+
+    def launch_speed_settings(self) -> dict[str, Any]:
+        """The speed controls' values that the UI was started with (its memory/speed flags)."""
+        memory = self.pipe.pipeline.memory
+        return {"step_cache": memory.step_cache,
+                "cache_threshold": "" if memory.cache_threshold is None else str(memory.cache_threshold),
+                "cache_ratios": self.launch_ratios, "vae_tiling": bool(memory.vae_tiling)}
+
+    def cache_kind_chosen(self, kind: str, threshold: Any, ratios: Any) -> tuple[Any, Any]:
+        """The user picked a step cache kind: clear what that kind does not take (a threshold is
+        taken by the kinds that have a default one, ratios by magcache only) and offer the
+        launch-time ratios for magcache."""
+        from ..models.step_cache import DEFAULT_THRESHOLDS
+
+        threshold = threshold if kind in DEFAULT_THRESHOLDS else ""
+        if kind != "magcache":
+            return threshold, NO_RATIOS
+        return threshold, self.launch_ratios if ratios in (None, "", NO_RATIOS) else ratios
+
+    def use_speed_settings(self, kind: Any, threshold: Any, ratios: Any, vae_tiling: Any) -> dict[str, Any]:
+        """Make the next generation run with this step cache and VAE tiling: checked as the command
+        line checks ``--step_cache``/``--cache_threshold``/``--cache_ratios`` (one line naming the
+        page's field), then put into the pipeline's memory options (the DiT stays loaded; the VAE
+        reloads when the tiling changes). Returns the settings as the sidecar stores them."""
+        from dataclasses import replace
+
+        from ..models.step_cache import check_step_cache_options
+
+        kind = "none" if kind in (None, "") else kind
+        value = parse_threshold(threshold)
+        label = NO_RATIOS if ratios in (None, "") else str(ratios)
+        if label != NO_RATIOS and label not in self.ratio_files:
+            raise InputError(f"MagCache ratios {label!r}: not a file this UI offers "
+                             f"({', '.join(self.ratio_choices())})")
+        path = self.ratio_files.get(label)
+        if not isinstance(vae_tiling, bool):
+            raise InputError(f"VAE tiling {vae_tiling!r}: expected true or false")
+        if kind == "magcache" and path is None:  # the CLI's message would name a server path
+            raise InputError("MagCache ratios: choose a file for step cache magcache (the published Wan 2.1 I2V "
+                             "14B ratios are a starting point; the file of `steadydancer calibrate-cache`, given "
+                             "with --cache_ratios at launch, fits this checkpoint)")
+        pipeline = self.pipe.pipeline
+        memory = replace(pipeline.memory, step_cache=kind, cache_threshold=value, cache_ratios=path,
+                         vae_tiling=vae_tiling)
+        try:
+            check_step_cache_options(kind, value, path)
+            if kind != "none" and memory.batch_guidance:
+                raise InputError("step cache: not with batched guidance (the UI was started with "
+                                 "--batch_guidance); choose none")
+            memory.step_cache_options()  # reads the ratios file: one line if it is unreadable
+        except InputError as exc:
+            message = cache_field_names(str(exc))
+            raise InputError(message.replace(str(path), label) if path is not None else message) from None
+        vae = pipeline._vae
+        if vae is not None and vae.tiling != vae_tiling:
+            pipeline._vae = None  # loaded again, tiled or not, by the next generation
+        if memory != pipeline.memory:
+            log.info("speed settings now: step cache %s (threshold %s, ratios %s), VAE tiling %s", kind,
+                     "default" if value is None else f"{value:g}", label, "on" if vae_tiling else "off")
+        pipeline.memory = memory
+        return {"step_cache": kind, "cache_threshold": value, "cache_ratios": label, "vae_tiling": vae_tiling}
+
     # -- the gallery --------------------------------------------------------------------------
 
     def videos(self) -> list[Path]:
@@ -347,6 +473,8 @@ class DancerApp:
             raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
         values = {key: settings.get(key, DEFAULTS[key]) for key in SETTING_ORDER}
         values["size"], values["seed"] = str(values["size"]), str(values["seed"])  # the controls hold text
+        threshold = values["cache_threshold"]
+        values["cache_threshold"] = "" if threshold in (None, "") else str(threshold)
         return [values[key] for key in SETTING_ORDER]
 
 
@@ -360,7 +488,8 @@ def _defaults() -> dict[str, Any]:
             "condition_guidance_scale": sampling.condition_guide_scale, "cfg_start": sampling.st_cond_cfg,
             "cfg_end": sampling.end_cond_cfg, "context_frames": long_video.context_frames,
             "context_overlap": long_video.context_overlap, "long_video": long_video.mode, "loras": [],
-            "lora_strengths": ""}
+            "lora_strengths": "", "step_cache": "none", "cache_threshold": "", "cache_ratios": NO_RATIOS,
+            "vae_tiling": False}
 
 
 # initial values of the settings (build_app's ``defaults`` may change them)
@@ -368,7 +497,8 @@ DEFAULTS = _defaults()
 # the generate settings a sidecar stores, in the order of generate's controls (reuse settings)
 SETTING_ORDER = ("prompt", "negative_prompt", "num_frames", "size", "steps", "guidance_scale",
                  "condition_guidance_scale", "cfg_start", "cfg_end", "solver", "seed", "context_frames",
-                 "context_overlap", "long_video", "loras", "lora_strengths")
+                 "context_overlap", "long_video", "loras", "lora_strengths", "step_cache", "cache_threshold",
+                 "cache_ratios", "vae_tiling")
 
 
 def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
@@ -385,10 +515,11 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
     unknown = sorted(set(defaults or {}) - set(DEFAULTS))
     if unknown:
         raise InputError(f"build_app defaults: unknown settings {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
-    d = {**DEFAULTS, **(defaults or {})}
-    d["seed"] = str(d["seed"])
     app = DancerApp(ckpt_dir, work_dir, output_dir=output_dir, allow_any_size=allow_any_size, lora_dir=lora_dir,
                     **from_pretrained)
+    # the speed controls start at the flags the UI was started with
+    d = {**DEFAULTS, **app.launch_speed_settings(), **(defaults or {})}
+    d["seed"] = str(d["seed"])
     with gr.Blocks(title="SteadyDancer") as demo:
         state = gr.State(None)  # per session, on the server: {"folder": the prepared poses, ...}
         gr.Markdown("# SteadyDancer\nA reference image + a driving dance video -> a video that starts at the "
@@ -458,6 +589,23 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                                                  info="merged into the model (it reloads when the choice changes)")
                         lora_strengths = gr.Textbox(label="strengths", value=d["lora_strengths"],
                                                     info="one number, or one per LoRA, comma-separated (default 1)")
+                with gr.Accordion("speed (step cache, VAE tiling)", open=False):
+                    with gr.Row():
+                        cache_kind = gr.Dropdown(label="step cache", choices=list(STEP_CACHE_KINDS),
+                                                 value=d["step_cache"],
+                                                 info="skip DiT forwards that the previous step predicts: faster, "
+                                                      "slightly different (docs/speed.md)")
+                        cache_threshold = gr.Textbox(label="cache threshold", value=d["cache_threshold"],
+                                                     info="empty: the kind's default (magcache 0.06, fbcache "
+                                                          "0.05); 0 skips nothing, higher skips more")
+                        cache_ratios = gr.Dropdown(label="MagCache ratios", choices=app.ratio_choices(),
+                                                   value=d["cache_ratios"],
+                                                   info="magcache's per-step ratios: the published Wan 2.1 I2V "
+                                                        "14B ones (a starting point) or the --cache_ratios file "
+                                                        "the UI was started with")
+                        vae_tiling = gr.Checkbox(label="VAE tiling", value=d["vae_tiling"],
+                                                 info="encode and decode in tiles: less memory at large sizes "
+                                                      "(the VAE reloads when this changes)")
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary")
                     cancel_button = gr.Button("Cancel", variant="stop")
@@ -474,7 +622,8 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
         app.preview_component, app.result_component, app.gallery_component = preview, result, gallery
 
         settings = [prompt, negative_prompt, num_frames, size, steps, guidance, condition_guidance, cfg_start,
-                    cfg_end, solver, seed, context_frames, context_overlap, long_video_mode, lora_names, lora_strengths]
+                    cfg_end, solver, seed, context_frames, context_overlap, long_video_mode, lora_names, lora_strengths,
+                    cache_kind, cache_threshold, cache_ratios, vae_tiling]
         # Generate waits while this session prepares: the button is off until Prepare has finished
         prepare_event = prepare_button.click(lambda: gr.update(interactive=False), None, generate_button,
                                              queue=False, api_visibility="private")
@@ -485,6 +634,9 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
         generate_button.click(app.generate, [*settings, state], [result, result_info, gallery], api_name="generate",
                               concurrency_limit=1, concurrency_id=QUEUE)
         cancel_button.click(app.cancel, None, result_info, api_name="cancel", queue=False)
+        # only a user's pick (.input), not Reuse settings filling the controls, clears the other fields
+        cache_kind.input(app.cache_kind_chosen, [cache_kind, cache_threshold, cache_ratios],
+                         [cache_threshold, cache_ratios], queue=False, api_visibility="private")
 
         def on_select(event: gr.SelectData):
             return event.index
