@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 # generate's inputs: prompt, negative prompt, frames, size (a pixel area: seconds on a CPU), steps, text
 # and pose guidance, pose CFG window, solver, seed (text), long-video window, overlap,
 # mode, LoRA files (the picker: only with --lora_dir), LoRA strengths, step cache, cache threshold (text),
-# MagCache ratios (a name the UI offers), VAE tiling
+# cache interval (text), MagCache ratios (a name the UI offers), VAE tiling
 SETTINGS = ["a dancer", "", 5, "6144", 2, 5.0, 1.0, 0.1, 0.4, "unipc", "0", 81, 16, "context", [], "",
-            "none", "", "none", False]
+            "none", "", "", "none", False]
 SEED = SETTINGS.index("0")
-CACHE, THRESHOLD, RATIOS, TILING = range(16, 20)
+CACHE, THRESHOLD, INTERVAL, RATIOS, TILING = range(16, 21)
 
 
 def _free_port() -> int:
@@ -206,9 +206,11 @@ def test_reuse_settings_loads_a_past_videos_settings(served, client, prepared):
         app.reuse_settings(None)
 
 
-def _speed(settings: list, kind: str, threshold: str = "", ratios: str = "none", tiling: bool = False) -> list:
+def _speed(settings: list, kind: str, threshold: str = "", ratios: str = "none", tiling: bool = False,
+           interval: str = "") -> list:
     settings = list(settings)
     settings[CACHE], settings[THRESHOLD], settings[RATIOS], settings[TILING] = kind, threshold, ratios, tiling
+    settings[INTERVAL] = interval
     return settings
 
 
@@ -264,6 +266,10 @@ def test_magcache_with_a_published_ratios_file_by_name(served, client, prepared)
     (("none", "0.1"), ("none", 0.1, None)),
     (("none", "", "wan21_i2v_14b_480p.json"), ("none", None, "x.json")),
     (("fbcache", "", "wan21_i2v_14b_480p.json"), "MagCache ratios is for step cache magcache, not fbcache"),
+    (("fbcache", "", "none", False, "3"), "cache interval is for step cache taylorseer, not fbcache"),
+    (("taylorseer", "", "none", False, "abc"), "cache interval 'abc': expected a whole number of steps >= 1 "
+                                                "(empty: the default, 5)"),
+    (("taylorseer", "", "none", False, "0"), "cache interval: expected a whole number of steps >= 1, got 0"),
     (("magcache", "0.1"), "MagCache ratios: choose a file for step cache magcache (the published Wan 2.1 I2V "
                           "14B ratios are a starting point; the file of `steadydancer calibrate-cache`, given "
                           "with --cache_ratios at launch, fits this checkpoint)"),
@@ -285,6 +291,19 @@ def test_bad_speed_settings_are_one_line_naming_the_field(served, client, prepar
         client.predict(*_speed(SETTINGS, *speed), api_name="/generate")
     assert str(info.value) == message
     assert served[0].steadydancer.pipe.pipeline.memory == before  # a refused setting changes nothing
+
+
+def test_taylorseer_interval_reaches_the_pipeline_and_reuse(served, client, prepared):
+    from steadydancer.ui.app import SETTING_ORDER
+
+    app = served[0].steadydancer
+    _, line, _ = client.predict(*_speed(SETTINGS, "taylorseer", interval="1"), api_name="/generate")
+    assert line.endswith(", step cache: 0 of 4 DiT forwards skipped")  # a full forward every step
+    assert (app.pipe.pipeline.memory.step_cache, app.pipe.pipeline.memory.cache_interval) == ("taylorseer", 1)
+    saved = json.loads(app.videos()[0].with_suffix(".json").read_text())["settings"]
+    assert saved["cache_interval"] == 1
+    values = dict(zip(SETTING_ORDER, app.reuse_settings(0)))
+    assert (values["step_cache"], values["cache_interval"]) == ("taylorseer", "1")
 
 
 def test_ratios_are_chosen_by_name_never_by_a_server_path(served, client, prepared, tmp_path):
@@ -316,11 +335,12 @@ def test_launch_flags_are_the_speed_controls_defaults(tmp_path):
     assert controls == {"step cache": "magcache", "cache threshold": "0.25",
                         "MagCache ratios": "mine.json (--cache_ratios)", "VAE tiling": True}
     # picking a kind in the page clears what it does not take, magcache offers the launch file again
-    assert app.cache_kind_chosen("none", "0.25", "mine.json (--cache_ratios)") == ("", "none")
-    assert app.cache_kind_chosen("fbcache", "0.25", "mine.json (--cache_ratios)") == ("0.25", "none")
-    assert app.cache_kind_chosen("magcache", "0.25", "none") == ("0.25", "mine.json (--cache_ratios)")
-    assert app.cache_kind_chosen("magcache", "", "wan21_i2v_14b_480p.json") == ("", "wan21_i2v_14b_480p.json")
-    assert app.cache_kind_chosen("another", "0.25", "wan21_i2v_14b_480p.json") == ("", "none")  # takes neither
+    assert app.cache_kind_chosen("none", "0.25", "mine.json (--cache_ratios)", "3") == ("", "none", "")
+    assert app.cache_kind_chosen("fbcache", "0.25", "mine.json (--cache_ratios)") == ("0.25", "none", "")
+    assert app.cache_kind_chosen("magcache", "0.25", "none") == ("0.25", "mine.json (--cache_ratios)", "")
+    assert app.cache_kind_chosen("magcache", "", "wan21_i2v_14b_480p.json") == ("", "wan21_i2v_14b_480p.json", "")
+    assert app.cache_kind_chosen("taylorseer", "0.25", "wan21_i2v_14b_480p.json", "3") == ("", "none", "3")
+    assert app.cache_kind_chosen("another", "0.25", "wan21_i2v_14b_480p.json") == ("", "none", "")  # takes none
     assert app.use_speed_settings("magcache", "", "mine.json (--cache_ratios)", False)["cache_ratios"] == \
         "mine.json (--cache_ratios)"
     assert app.pipe.pipeline.memory.cache_ratios == own.resolve()

@@ -49,7 +49,7 @@ SETTINGS_KEY = "settings"  # this app's section of a video's JSON sidecar
 NO_RATIOS = "none"  # the MagCache ratios choice that names no file
 # the UI's names of the step-cache flags, for the messages of the checks the command line runs
 CACHE_FIELD_NAMES = {"--step_cache": "step cache", "--cache_threshold": "cache threshold",
-                     "--cache_ratios": "MagCache ratios"}
+                     "--cache_ratios": "MagCache ratios", "--cache_interval": "cache interval"}
 
 
 class Cancelled(Exception):
@@ -111,6 +111,20 @@ def parse_threshold(value: Any) -> float | None:
         return float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise InputError(f"cache threshold {value!r}: expected a number >= 0 (empty: the kind's default)") from None
+
+
+def parse_interval(value: Any) -> int | None:
+    """The cache interval field (text): empty -> None (TaylorSeer's default), else whole steps."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        if isinstance(text, bool) or float(text) != int(float(text)):
+            raise ValueError
+        return int(float(text))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"cache interval {value!r}: expected a whole number of steps >= 1 (empty: the default, "
+                         f"5)") from None
 
 
 def cache_field_names(message: str) -> str:
@@ -222,8 +236,8 @@ class DancerApp:
     def generate(self, prompt: str, negative_prompt: str, num_frames: Any, size: Any, steps: Any,
                  guidance_scale: Any, condition_guidance_scale: Any, cfg_start: Any, cfg_end: Any, solver: str,
                  seed: Any, context_frames: Any, context_overlap: Any, long_video_mode: str, loras: Any,
-                 lora_strengths: Any, step_cache: Any, cache_threshold: Any, cache_ratios: Any, vae_tiling: Any,
-                 state: dict | None,
+                 lora_strengths: Any, step_cache: Any, cache_threshold: Any, cache_interval: Any, cache_ratios: Any,
+                 vae_tiling: Any, state: dict | None,
                  request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, list]:
         """-> (the mp4, one line: frames, size, seed, time and the step cache's skipped forwards, the
         gallery)."""
@@ -256,7 +270,8 @@ class DancerApp:
             }
             settings["loras"] = [name for name, _ in self.use_loras(loras, lora_strengths)]
             settings["lora_strengths"] = "" if lora_strengths is None else str(lora_strengths)
-            settings.update(self.use_speed_settings(step_cache, cache_threshold, cache_ratios, vae_tiling))
+            settings.update(self.use_speed_settings(step_cache, cache_threshold, cache_ratios, vae_tiling,
+                                                    interval=cache_interval))
             seed_value = parse_seed(seed)
             prepared = PreparedInputs.from_folder(folder)
             total = settings["steps"]
@@ -390,22 +405,25 @@ class DancerApp:
         memory = self.pipe.pipeline.memory
         return {"step_cache": memory.step_cache,
                 "cache_threshold": "" if memory.cache_threshold is None else str(memory.cache_threshold),
+                "cache_interval": "" if memory.cache_interval is None else str(memory.cache_interval),
                 "cache_ratios": self.launch_ratios, "vae_tiling": bool(memory.vae_tiling)}
 
-    def cache_kind_chosen(self, kind: str, threshold: Any, ratios: Any) -> tuple[Any, Any]:
+    def cache_kind_chosen(self, kind: str, threshold: Any, ratios: Any, interval: Any = "") -> tuple[Any, Any, Any]:
         """The user picked a step cache kind: clear what that kind does not take (a threshold is
-        taken by the kinds that have a default one, ratios by magcache only) and offer the
-        launch-time ratios for magcache."""
+        taken by the kinds that have a default one, ratios by magcache only, an interval by
+        taylorseer only) and offer the launch-time ratios for magcache. -> (threshold, ratios, interval)."""
         from ..models.step_cache import DEFAULT_THRESHOLDS
 
         threshold = threshold if kind in DEFAULT_THRESHOLDS else ""
+        interval = interval if kind == "taylorseer" else ""
         if kind != "magcache":
-            return threshold, NO_RATIOS
-        return threshold, self.launch_ratios if ratios in (None, "", NO_RATIOS) else ratios
+            return threshold, NO_RATIOS, interval
+        return threshold, self.launch_ratios if ratios in (None, "", NO_RATIOS) else ratios, interval
 
-    def use_speed_settings(self, kind: Any, threshold: Any, ratios: Any, vae_tiling: Any) -> dict[str, Any]:
+    def use_speed_settings(self, kind: Any, threshold: Any, ratios: Any, vae_tiling: Any,
+                           interval: Any = "") -> dict[str, Any]:
         """Make the next generation run with this step cache and VAE tiling: checked as the command
-        line checks ``--step_cache``/``--cache_threshold``/``--cache_ratios`` (one line naming the
+        line checks ``--step_cache``/``--cache_threshold``/``--cache_ratios``/``--cache_interval`` (one line naming the
         page's field), then put into the pipeline's memory options (the DiT stays loaded; the VAE
         reloads when the tiling changes). Returns the settings as the sidecar stores them."""
         from dataclasses import replace
@@ -414,6 +432,7 @@ class DancerApp:
 
         kind = "none" if kind in (None, "") else kind
         value = parse_threshold(threshold)
+        steps_between = parse_interval(interval)
         label = NO_RATIOS if ratios in (None, "") else str(ratios)
         if label != NO_RATIOS and label not in self.ratio_files:
             raise InputError(f"MagCache ratios {label!r}: not a file this UI offers "
@@ -427,9 +446,9 @@ class DancerApp:
                              "with --cache_ratios at launch, fits this checkpoint)")
         pipeline = self.pipe.pipeline
         memory = replace(pipeline.memory, step_cache=kind, cache_threshold=value, cache_ratios=path,
-                         vae_tiling=vae_tiling)
+                         cache_interval=steps_between, vae_tiling=vae_tiling)
         try:
-            check_step_cache_options(kind, value, path)
+            check_step_cache_options(kind, value, path, interval=steps_between)
             if kind != "none" and memory.batch_guidance:
                 raise InputError("step cache: not with batched guidance (the UI was started with "
                                  "--batch_guidance); choose none")
@@ -444,7 +463,8 @@ class DancerApp:
             log.info("speed settings now: step cache %s (threshold %s, ratios %s), VAE tiling %s", kind,
                      "default" if value is None else f"{value:g}", label, "on" if vae_tiling else "off")
         pipeline.memory = memory
-        return {"step_cache": kind, "cache_threshold": value, "cache_ratios": label, "vae_tiling": vae_tiling}
+        return {"step_cache": kind, "cache_threshold": value, "cache_interval": steps_between, "cache_ratios": label,
+                "vae_tiling": vae_tiling}
 
     # -- the gallery --------------------------------------------------------------------------
 
@@ -473,8 +493,8 @@ class DancerApp:
             raise gr.Error(f"{videos[int(index)].name}: no settings saved with this video")
         values = {key: settings.get(key, DEFAULTS[key]) for key in SETTING_ORDER}
         values["size"], values["seed"] = str(values["size"]), str(values["seed"])  # the controls hold text
-        threshold = values["cache_threshold"]
-        values["cache_threshold"] = "" if threshold in (None, "") else str(threshold)
+        for key in ("cache_threshold", "cache_interval"):  # text fields
+            values[key] = "" if values[key] in (None, "") else str(values[key])
         return [values[key] for key in SETTING_ORDER]
 
 
@@ -488,7 +508,8 @@ def _defaults() -> dict[str, Any]:
             "condition_guidance_scale": sampling.condition_guide_scale, "cfg_start": sampling.st_cond_cfg,
             "cfg_end": sampling.end_cond_cfg, "context_frames": long_video.context_frames,
             "context_overlap": long_video.context_overlap, "long_video": long_video.mode, "loras": [],
-            "lora_strengths": "", "step_cache": "none", "cache_threshold": "", "cache_ratios": NO_RATIOS,
+            "lora_strengths": "", "step_cache": "none", "cache_threshold": "", "cache_interval": "",
+            "cache_ratios": NO_RATIOS,
             "vae_tiling": False}
 
 
@@ -498,7 +519,7 @@ DEFAULTS = _defaults()
 SETTING_ORDER = ("prompt", "negative_prompt", "num_frames", "size", "steps", "guidance_scale",
                  "condition_guidance_scale", "cfg_start", "cfg_end", "solver", "seed", "context_frames",
                  "context_overlap", "long_video", "loras", "lora_strengths", "step_cache", "cache_threshold",
-                 "cache_ratios", "vae_tiling")
+                 "cache_interval", "cache_ratios", "vae_tiling")
 
 
 def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
@@ -596,8 +617,13 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                                                  info="skip DiT forwards that the previous step predicts: faster, "
                                                       "slightly different (docs/speed.md)")
                         cache_threshold = gr.Textbox(label="cache threshold", value=d["cache_threshold"],
-                                                     info="empty: the kind's default (magcache 0.06, fbcache "
-                                                          "0.05); 0 skips nothing, higher skips more")
+                                                     info="magcache, fbcache; empty: the kind's default "
+                                                          "(magcache 0.06, fbcache 0.05); 0 skips nothing, higher "
+                                                          "skips more")
+                        cache_interval = gr.Textbox(label="cache interval", value=d["cache_interval"],
+                                                    info="taylorseer: a full forward every N steps after the "
+                                                         "first 3, extrapolated in between; empty: 5; 1 skips "
+                                                         "nothing")
                         cache_ratios = gr.Dropdown(label="MagCache ratios", choices=app.ratio_choices(),
                                                    value=d["cache_ratios"],
                                                    info="magcache's per-step ratios: the published Wan 2.1 I2V "
@@ -623,7 +649,7 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
 
         settings = [prompt, negative_prompt, num_frames, size, steps, guidance, condition_guidance, cfg_start,
                     cfg_end, solver, seed, context_frames, context_overlap, long_video_mode, lora_names, lora_strengths,
-                    cache_kind, cache_threshold, cache_ratios, vae_tiling]
+                    cache_kind, cache_threshold, cache_interval, cache_ratios, vae_tiling]
         # Generate waits while this session prepares: the button is off until Prepare has finished
         prepare_event = prepare_button.click(lambda: gr.update(interactive=False), None, generate_button,
                                              queue=False, api_visibility="private")
@@ -635,8 +661,8 @@ def build_app(ckpt_dir: str | os.PathLike, work_dir: str | os.PathLike | None = 
                               concurrency_limit=1, concurrency_id=QUEUE)
         cancel_button.click(app.cancel, None, result_info, api_name="cancel", queue=False)
         # only a user's pick (.input), not Reuse settings filling the controls, clears the other fields
-        cache_kind.input(app.cache_kind_chosen, [cache_kind, cache_threshold, cache_ratios],
-                         [cache_threshold, cache_ratios], queue=False, api_visibility="private")
+        cache_kind.input(app.cache_kind_chosen, [cache_kind, cache_threshold, cache_ratios, cache_interval],
+                         [cache_threshold, cache_ratios, cache_interval], queue=False, api_visibility="private")
 
         def on_select(event: gr.SelectData):
             return event.index
