@@ -5,6 +5,7 @@
 #   scripts/gpu_check.sh bench             # call 2: the 14B benchmark table, 81 frames (~6 min)
 #   scripts/gpu_check.sh bench_long        # optional call 3: 161 frames, plain vs token_chunk:8192
 #   scripts/gpu_check.sh bench_cache       # optional: step cache rows (33 frames, 8 steps, ~2.5 min a row)
+#   scripts/gpu_check.sh bench_speed       # optional: attention kernels vs SDPA, VAE tiled vs not (~5 min)
 #   scripts/gpu_check.sh nccl              # 2+ GPUs only: torchrun Ulysses 2 + FSDP (needs av)
 #   scripts/gpu_check.sh --dry-run [STAGE ...]   # print the commands, run nothing (no GPU needed)
 #   DEVICE=cpu BENCH_ARGS="--dim 32 ..." scripts/gpu_check.sh parity bench   # a rehearsal on a CPU
@@ -31,7 +32,10 @@ DEVICE=${DEVICE:-cuda}                    # cpu: rehearse the stages on a machin
 LONG_MODES=${LONG_MODES:-plain,token_chunk:8192}
 CACHE_MODES=${CACHE_MODES:-magcache:0.06,fbcache:0.05,magcache:0.12,fbcache:0.1}
 CACHE_FRAMES=${CACHE_FRAMES:-33}
-ALL_STAGES="parity tests nccl bench bench_long bench_cache"
+# the 14B forward with each attention kernel forced (a kernel the machine lacks is a one-line row),
+# then the VAE decode of 81 frames at 1024*576 untiled and tiled
+SPEED_MODES=${SPEED_MODES:-attention:sdpa,attention:sage,attention:flash3,attention:flash2,vae:plain,vae:tiled}
+ALL_STAGES="parity tests nccl bench bench_long bench_cache bench_speed"
 GPU_TESTS="tests/test_gpu_paths.py tests/test_block_swap.py tests/test_fp8.py tests/test_block_swap_dit.py
            tests/test_sequence_parallel_attention.py"
 
@@ -40,8 +44,8 @@ stages=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-    parity|tests|nccl|bench|bench_long|bench_cache) stages+=("$arg") ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    parity|tests|nccl|bench|bench_long|bench_cache|bench_speed) stages+=("$arg") ;;
     *) echo "error: gpu_check.sh: unknown stage or option '$arg' (stages: $ALL_STAGES; --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -140,6 +144,13 @@ for stage in "${stages[@]}"; do
       # shellcheck disable=SC2086
       run bench.md "$PY" scripts/bench.py --device "$DEVICE" --frames "$CACHE_FRAMES" --modes "$CACHE_MODES" \
           --repeats 1 --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
+      ;;
+    bench_speed)
+      # attention rows: build, warm-up, BENCH_REPEATS timed forwards (+1 SDPA forward for the error);
+      # vae:tiled decodes twice (tiled, then untiled for the difference)
+      # shellcheck disable=SC2086
+      run bench.md "$PY" scripts/bench.py --device "$DEVICE" --modes "$SPEED_MODES" --repeats "$BENCH_REPEATS" \
+          --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
   esac
   [ $dry = 1 ] || echo "stage $stage: $((SECONDS - started)) s" | tee -a "$RESULTS/device.txt"
