@@ -24,6 +24,7 @@ KIT=${KIT:-.gpu_kit}
 RESULTS=${RESULTS:-${OUT:-outputs/gpu_check}}
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/steadydancer_site}
+SITE_SPEED=${SITE_SPEED:-/tmp/steadydancer_site_speed}   # the kit's speed_wheels: on bench_speed's path only
 CASES=(dit dit_dpm t5 clip vae)
 BENCH_MODES=${BENCH_MODES:-plain,fp8,fp8_matmul,token_chunk:8192,block_swap:20,block_swap:0,batched}
 BENCH_REPEATS=${BENCH_REPEATS:-1}
@@ -69,6 +70,8 @@ export STEADYDANCER_SHARED="$KIT"        # the tests look for parity cases there
 if [ $dry = 1 ]; then
   echo "# dry run: kit $KIT, results $RESULTS, stages ${stages[*]}"
   echo "+ $PY -m pip install --no-index --no-deps --target $SITE $KIT/wheels/<each wheel whose package is not importable>"
+  [[ " ${stages[*]} " == *" bench_speed "* ]] && \
+    echo "+ $PY -m pip install --no-index --no-deps --target $SITE_SPEED $KIT/speed_wheels/<each, likewise>"
 else
   # the kit first (no GPU needed to find it missing), then the machine
   [ -d "$KIT" ] || fail_setup "no kit at $KIT: build it with scripts/device_kit.sh and send it along (carry: [\"$KIT\"])"
@@ -90,6 +93,16 @@ else
           || fail_setup "could not install $wheel"
     fi
   done
+  if [[ " ${stages[*]} " == *" bench_speed "* ]]; then
+    for wheel in "$KIT"/speed_wheels/*.whl; do
+      [ -e "$wheel" ] || continue
+      package=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z-' 'a-z_')
+      if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$package') is None)" 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_SPEED" "$wheel" \
+            || fail_setup "could not install $wheel"
+      fi
+    done
+  fi
   "$PY" -c "import diffusers, steadydancer.models.dit, steadydancer.parity" \
       || fail_setup "steadydancer does not import (a package the kit should carry is missing: see above)"
   {
@@ -147,9 +160,11 @@ for stage in "${stages[@]}"; do
       ;;
     bench_speed)
       # attention rows: build, warm-up, BENCH_REPEATS timed forwards (+1 SDPA forward for the error);
-      # vae:tiled decodes twice (tiled, then untiled for the difference)
+      # vae:tiled decodes twice (tiled, then untiled for the difference). The speed wheels
+      # (SageAttention) are importable here and nowhere else.
       # shellcheck disable=SC2086
-      run bench.md "$PY" scripts/bench.py --device "$DEVICE" --modes "$SPEED_MODES" --repeats "$BENCH_REPEATS" \
+      run bench.md env PYTHONPATH="$SITE_SPEED:$PYTHONPATH" "$PY" scripts/bench.py --device "$DEVICE" \
+          --modes "$SPEED_MODES" --repeats "$BENCH_REPEATS" \
           --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
   esac

@@ -43,6 +43,10 @@ def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
     # the speed rows: each attention kernel forced, then the VAE untiled and tiled, same result files
     speed = [line for line in commands if "attention:" in line]
     assert len(speed) == 1 and speed[0].endswith("/bench.md")
+    # the kit's speed wheels go to their own folder, on the path of this stage alone
+    assert "--target /tmp/steadydancer_site_speed .gpu_kit/speed_wheels/" in text
+    assert speed[0].startswith("+ env PYTHONPATH=/tmp/steadydancer_site_speed:")
+    assert not any("steadydancer_site_speed" in line for line in commands if "bench.py" in line and line not in speed)
     assert ("scripts/bench.py --device cuda --modes attention:sdpa,attention:sage,attention:flash3,attention:flash2,"
             "vae:plain,vae:tiled --repeats 1 --jsonl ") in speed[0]
     files = {m.group(1) for m in re.finditer(r">> \S+/(\S+)$", text, re.M)} | {"device.txt"}
@@ -99,6 +103,9 @@ def test_kit_with_wheels_builds_under_the_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     wheels = sorted(p.name for p in (kit / "wheels").iterdir())
     assert len(wheels) == 1 and wheels[0].startswith("diffusers-") and wheels[0].endswith("-py3-none-any.whl")
+    # SageAttention 1 (Triton), for the bench_speed stage only
+    assert sorted(p.name for p in (kit / "speed_wheels").iterdir()) == ["sageattention-1.0.6-py3-none-any.whl"]
+    assert "speed wheels (bench_speed only): sageattention-1.0.6" in (kit / "MANIFEST.txt").read_text()
     assert _manifest_total_mib(kit) < LIMIT_MIB
 
 
