@@ -485,7 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="compute dtype (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--modes", default=None,
                    help="comma-separated (default GPU: plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192; "
-                        "CPU: plain,block_swap:1,fp8,batched)")
+                        "CPU: plain,block_swap:1,fp8,batched); also compile, fp8_matmul, load, load_fp8, "
+                        "magcache:T, fbcache:T, attention:sage|flash3|flash2|sdpa, vae:plain, vae:tiled")
     p.add_argument("--frames", type=int, default=None, help="pixel frames, 4n+1 (default 81; CPU 9)")
     p.add_argument("--size", default=None, help="W*H (default 1024*576; CPU 256*144)")
     for name in ("dim", "ffn_dim", "num_heads", "num_layers"):
