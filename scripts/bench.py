@@ -526,7 +526,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
             continue
         if mode.startswith("attention:"):
             if mode.partition(":")[2] not in ATTENTION_KERNELS:
-                raise InputError(f"--modes: {mode!r}: expected attention:NAME with NAME one of {', '.join(ATTENTION_KERNELS)}")
+                raise InputError(f"--modes: {mode!r}: expected attention:NAME with NAME one of "
+                                 f"{', '.join(ATTENTION_KERNELS)}")
             continue
         if mode.split(":")[0] in CACHE_MODES:
             try:
@@ -536,8 +537,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
                 raise InputError(f"--modes: {mode!r}: expected {mode.split(':')[0]}:T with a threshold T >= 0") from None
             continue
         if mode not in SIMPLE_MODES + LOAD_MODES and not mode.startswith(("block_swap", "token_chunk")):
-            raise InputError(f"--modes: unknown mode {mode!r} (expected {', '.join(SIMPLE_MODES + LOAD_MODES + VAE_MODES)}, "
-                             f"block_swap:K, token_chunk:N, magcache:T, fbcache:T or attention:NAME)")
+            raise InputError(f"--modes: unknown mode {mode!r} (expected "
+                             f"{', '.join(SIMPLE_MODES + LOAD_MODES + VAE_MODES)}, block_swap:K, token_chunk:N, "
+                             f"magcache:T, fbcache:T or attention:NAME)")
         if mode.startswith("block_swap"):
             from steadydancer.models.block_swap import check_blocks_on_gpu
             try:

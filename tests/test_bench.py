@@ -232,7 +232,8 @@ def test_driver_prints_refusals_as_rows_and_still_succeeds(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--modes", "attention:xformers"], "error: --modes: 'attention:xformers': expected attention:NAME with NAME one of sage, flash3, flash2, sdpa"),
+    (["--modes", "attention:xformers"],
+     "error: --modes: 'attention:xformers': expected attention:NAME with NAME one of sage, flash3, flash2, sdpa"),
     (["--modes", "vae:big"], "error: --modes: unknown mode 'vae:big'"),
     (["--modes", "vae:tiled", "--vae_tile", "256"], "error: --vae_tile: expected TILE,STRIDE in pixels"),
     (["--modes", "vae:tiled", "--vae_tile", "250,192"], "error: --vae_tile: tile 250 and stride 192 must be multiples of 8"),
