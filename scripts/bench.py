@@ -14,7 +14,13 @@ seconds and peak host memory; no forward) | load_fp8 (the same, quantised block 
 as ``--dit_dtype fp8`` loads) | magcache:T / fbcache:T (step caching at threshold T: a DC-CFG run
 of ``--cache_steps`` steps without and with the cache, same noise; seconds per step of both, the
 forwards skipped and the relative error of the final latent to the uncached one; MagCache uses
-the ratios measured by the uncached run itself, which is its calibration).
+the ratios measured by the uncached run itself, which is its calibration) | attention:NAME (the
+plain forward with the attention kernel NAME = sage, flash3, flash2 or sdpa forced, as ``--attention
+NAME`` does, and the relative error of its output to SDPA's on the same inputs; a kernel that cannot
+run here gives a row with the reason generate would print) | vae:plain / vae:tiled (the Wan 2.1 VAE,
+the released architecture with random weights, in float32 as the pipeline runs it, decoding the
+latent of --frames/--size streamed: seconds, peak GPU memory or, on a CPU, the decode's host peak;
+the tiled row also gives the max and mean absolute difference of its frames to the untiled decode).
 ``scripts/make_random_dit.py`` writes a random 14B checkpoint.
 
 A step is the official default: 40 steps with the pose pass inside (0.1, 0.4), i.e. 3 passes
@@ -23,6 +29,7 @@ on 11 steps and 2 on 29 (2.275 passes per step on average).
     python scripts/bench.py                                  # GPU, 14B, all default modes
     python scripts/bench.py --device cpu                     # reduced shape, a few minutes
     python scripts/bench.py --device cpu --dim 32 --num_layers 2 --frames 5 --size 64*64 --repeats 1
+    python scripts/bench.py --modes attention:sdpa,attention:sage,vae:plain,vae:tiled
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +63,12 @@ STEPS, POSE_WINDOW = 40, (0.1, 0.4)
 LOAD_MODES = ("load", "load_fp8")
 SIMPLE_MODES = ("plain", "fp8", "fp8_matmul", "batched", "compile")
 CACHE_MODES = ("magcache", "fbcache")
+ATTENTION_KERNELS = ("sage", "flash3", "flash2", "sdpa")     # --attention's backends, auto left out
+VAE_MODES = ("vae:plain", "vae:tiled")
+# The released Wan2.1_VAE.pth: base width 96 (widths 96, 192, 384, 384; 127M parameters).
+VAE_DIM = 96
+# diffusers' AutoencoderKLWan.enable_tiling defaults, which --vae_tiling uses: tile and stride, pixels
+VAE_TILE = (256, 192)
 TEXT_TOKENS, TEXT_LEN, CLIP_TOKENS = 512, 512, 257
 
 
@@ -108,6 +122,34 @@ def device_peak_tflops(device: torch.device, override: float | None) -> float | 
 
 def host_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+
+
+def reset_host_peak() -> bool:
+    """Reset the process's peak RSS to its current RSS (Linux /proc/self/clear_refs, "5"), so
+    that :func:`host_peak_since_reset_gib` is one step's peak; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_gib(field: str) -> float | None:
+    """A kB field of /proc/self/status (VmHWM, VmRSS) in GiB; None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return None
+
+
+def host_peak_since_reset_gib() -> float:
+    """Peak RSS (VmHWM) since :func:`reset_host_peak`, GiB; ru_maxrss where /proc is not there."""
+    peak = _proc_status_gib("VmHWM")
+    return host_peak_gib() if peak is None else peak
 
 
 def device_name(device: torch.device) -> str:
@@ -176,24 +218,36 @@ def _sync(device: torch.device) -> None:
 
 
 def time_forward(model, latents, timestep, cond, device: torch.device, repeats: int) -> float:
+    """Seconds per forward: one warm-up, then the mean of ``repeats`` timed forwards."""
+    return time_forward_with_output(model, latents, timestep, cond, device, repeats)[0]
+
+
+def time_forward_with_output(model, latents, timestep, cond, device: torch.device,
+                             repeats: int) -> tuple[float, torch.Tensor]:
+    """:func:`time_forward` and the last forward's output."""
     with torch.no_grad():
         model(latents, timestep, **cond.as_kwargs())           # warm-up (kernels, compile, slots)
         _sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            model(latents, timestep, **cond.as_kwargs())
+            out = model(latents, timestep, **cond.as_kwargs())
         _sync(device)
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, out
 
 
 # ---- one mode (runs in a subprocess) -----------------------------------------------------------
 
 def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
-             repeats: int, ckpt_dir: str | None = None) -> dict:
+             repeats: int, ckpt_dir: str | None = None, vae_dim: int = VAE_DIM,
+             vae_tile: tuple[int, int] = VAE_TILE) -> dict:
     """Measure one mode; returns a dict of numbers (seconds, TFLOP/s, GiB)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     row: dict = {"mode": mode}
+    if mode in VAE_MODES:
+        return run_vae_mode(mode, shape, device, row, vae_dim, vae_tile)
+    if mode.startswith("attention:"):
+        return run_attention_mode(mode, cfg, shape, device, dtype, repeats, row)
     if mode in LOAD_MODES:
         from steadydancer.models.memory import MemoryOptions, load_dit_with_options
         if not ckpt_dir:
@@ -260,6 +314,124 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
     return row
 
 
+def attention_refusal(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why ``--attention kernel`` cannot run the DiT here (one line), or None when it can.
+
+    First the check generate runs before any model loads (its very text), then the kernel's own
+    check of a query of the DiT's dtype and head size (e.g. flash-attn on a CPU or in float32).
+    """
+    from steadydancer.models import attention as kernels
+    from steadydancer.models.memory import check_attention_option
+
+    try:
+        check_attention_option(kernel, device)
+        with kernels.attention_backend(kernel):
+            kernels.select_backend(torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype))
+    except (InputError, RuntimeError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def run_attention_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.device,
+                       dtype: torch.dtype, repeats: int, row: dict) -> dict:
+    """attention:NAME: the plain forward with the kernel NAME forced, and its output's relative L2
+    error to SDPA's on the same model and inputs (0 for sdpa itself). A kernel that cannot run here
+    gives {"mode", "refused": reason} instead of numbers."""
+    from steadydancer.models.attention import attention_backend
+
+    kernel = mode.partition(":")[2]
+    reason = attention_refusal(kernel, device, dtype, cfg["dim"] // cfg["num_heads"])
+    if reason is not None:
+        row["refused"] = reason
+        return row
+    model = build_random_dit(cfg, device, dtype)
+    latents, t, cond = random_inputs(cfg, shape, 1, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with attention_backend(kernel):
+        seconds, out = time_forward_with_output(model, latents, t, cond, device, repeats)
+    rel_err = 0.0
+    if kernel != "sdpa":
+        with torch.no_grad(), attention_backend("sdpa"):
+            reference = model(latents, t, **cond.as_kwargs()).float()
+        rel_err = ((out.float() - reference).norm() / reference.norm()).item()
+    three, two = pass_counts()
+    row.update(forward_s=seconds, step_s=seconds * (3 * three + 2 * two) / STEPS,
+               tflops=forward_flops(cfg, *shape) / seconds / 1e12, rel_err_vs_sdpa=rel_err)
+    if device.type == "cuda":
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    row["host_peak_gib"] = host_peak_gib()
+    return row
+
+
+def vae_tile_count(lat_h: int, lat_w: int, tile: tuple[int, int]) -> int:
+    """Spatial tiles of a tiled decode of a lat_h x lat_w latent (1: no larger than a tile, untiled),
+    as diffusers' AutoencoderKLWan decides (8 pixels a latent cell)."""
+    tile_lat, stride_lat = tile[0] // 8, tile[1] // 8
+    if lat_h <= tile_lat and lat_w <= tile_lat:
+        return 1
+    return len(range(0, lat_h, stride_lat)) * len(range(0, lat_w, stride_lat))
+
+
+def _timed_decode(vae, latent: torch.Tensor, device: torch.device, keep: bool) -> tuple[float, list[torch.Tensor]]:
+    """Seconds of one streamed decode of ``latent``; its chunks (on the host) when ``keep``."""
+    chunks = []
+    _sync(device)
+    start = time.perf_counter()
+    for chunk in vae.decode_stream(latent):
+        if keep:
+            chunks.append(chunk.cpu())
+    _sync(device)
+    return time.perf_counter() - start, chunks
+
+
+def run_vae_mode(mode: str, shape: tuple[int, int, int], device: torch.device, row: dict,
+                 vae_dim: int = VAE_DIM, tile: tuple[int, int] = VAE_TILE) -> dict:
+    """vae:plain / vae:tiled: one streamed decode (as the pipeline decodes, float32) of a random
+    latent [16, F_lat, lat_h, lat_w] by the Wan 2.1 VAE with random weights.
+
+    Memory is the decode's own: GPU peak allocated, or on a CPU the host peak since a reset of the
+    process's peak RSS. The tiled row decodes tiled first (timed, measured), then untiled, and
+    compares the frames: max and mean absolute difference on the [-1, 1] scale.
+    """
+    from steadydancer.encoders.tiny import write_tiny_vae
+    from steadydancer.encoders.vae import WanVAE
+
+    # written and read back through the loader of Wan2.1_VAE.pth: the release's layout, not a copy of it
+    with tempfile.TemporaryDirectory() as folder:
+        vae = WanVAE(write_tiny_vae(Path(folder) / "Wan2.1_VAE.pth", dim=vae_dim), device=device)
+    f_lat, lat_h, lat_w = shape
+    latent = torch.randn(16, f_lat, lat_h, lat_w, generator=torch.Generator().manual_seed(2))
+    tiled = mode == "vae:tiled"
+    if tiled:
+        vae.enable_tiling(*tile)
+    _timed_decode(vae, latent[:, :1], device, keep=False)      # warm-up: one frame, kernels and allocator
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset = reset_host_peak()
+    if reset:
+        row["host_before_gib"] = _proc_status_gib("VmRSS") or 0.0
+    seconds, frames = _timed_decode(vae, latent, device, keep=tiled)
+    row.update(decode_s=seconds, frames=4 * (f_lat - 1) + 1, height=8 * lat_h, width=8 * lat_w,
+               vae_dim=vae_dim, tiles=vae_tile_count(lat_h, lat_w, tile) if tiled else 1,
+               params_m=sum(p.numel() for p in vae.model.parameters()) / 1e6)
+    if device.type == "cuda":
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    row["host_peak_gib"] = host_peak_since_reset_gib() if reset else host_peak_gib()
+    row["host_peak_is_decode_only"] = reset
+    if tiled:
+        row.update(tile_px=tile[0], stride_px=tile[1])
+        vae.model.disable_tiling()
+        total, count, worst, index = 0.0, 0, 0.0, 0
+        for chunk in vae.decode_stream(latent):
+            difference = (chunk.cpu() - frames[index]).abs()
+            total, count = total + difference.double().sum().item(), count + difference.numel()
+            worst = max(worst, difference.max().item())
+            index += 1
+        row.update(max_abs_diff=worst, mean_abs_diff=total / count)
+    return row
+
+
 CACHE_STEPS = 8  # --cache_steps default: 19 forwards per run (the pose window holds 3 of 8 steps)
 
 
@@ -313,13 +485,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="compute dtype (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--modes", default=None,
                    help="comma-separated (default GPU: plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192; "
-                        "CPU: plain,block_swap:1,fp8,batched)")
+                        "CPU: plain,block_swap:1,fp8,batched); also compile, fp8_matmul, load, load_fp8, "
+                        "magcache:T, fbcache:T, attention:sage|flash3|flash2|sdpa, vae:plain, vae:tiled")
     p.add_argument("--frames", type=int, default=None, help="pixel frames, 4n+1 (default 81; CPU 9)")
     p.add_argument("--size", default=None, help="W*H (default 1024*576; CPU 256*144)")
     for name in ("dim", "ffn_dim", "num_heads", "num_layers"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the DiT shape")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak, when not in the table")
+    p.add_argument("--vae_dim", type=int, default=VAE_DIM,
+                   help=f"base width of the VAE of the vae: rows (default {VAE_DIM}, the release's)")
+    p.add_argument("--vae_tile", default=f"{VAE_TILE[0]},{VAE_TILE[1]}",
+                   help="TILE,STRIDE in pixels for vae:tiled (default diffusers' %(default)s, as --vae_tiling)")
     p.add_argument("--ckpt_dir", default=None, help="for the load mode")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--jsonl", default=None, help="append each row to this file (JSON lines) as it finishes")
@@ -345,6 +522,13 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:
+        if mode in VAE_MODES:
+            continue
+        if mode.startswith("attention:"):
+            if mode.partition(":")[2] not in ATTENTION_KERNELS:
+                raise InputError(f"--modes: {mode!r}: expected attention:NAME with NAME one of "
+                                 f"{', '.join(ATTENTION_KERNELS)}")
+            continue
         if mode.split(":")[0] in CACHE_MODES:
             try:
                 if float(mode.split(":")[1]) < 0:
@@ -353,8 +537,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
                 raise InputError(f"--modes: {mode!r}: expected {mode.split(':')[0]}:T with a threshold T >= 0") from None
             continue
         if mode not in SIMPLE_MODES + LOAD_MODES and not mode.startswith(("block_swap", "token_chunk")):
-            raise InputError(f"--modes: unknown mode {mode!r} (expected {', '.join(SIMPLE_MODES + LOAD_MODES)}, "
-                             f"block_swap:K or token_chunk:N)")
+            raise InputError(f"--modes: unknown mode {mode!r} (expected "
+                             f"{', '.join(SIMPLE_MODES + LOAD_MODES + VAE_MODES)}, block_swap:K, token_chunk:N, "
+                             f"magcache:T, fbcache:T or attention:NAME)")
         if mode.startswith("block_swap"):
             from steadydancer.models.block_swap import check_blocks_on_gpu
             try:
@@ -372,6 +557,17 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     return cfg, shape, device, dtype, modes
 
 
+def parse_vae_tile(text: str) -> tuple[int, int]:
+    """--vae_tile 'TILE,STRIDE' -> (tile, stride) in pixels, both multiples of 8, 0 < stride <= tile."""
+    try:
+        tile, stride = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--vae_tile: expected TILE,STRIDE in pixels (e.g. 256,192), got {text!r}") from None
+    if not 0 < stride <= tile or tile % 8 or stride % 8:
+        raise InputError(f"--vae_tile: tile {tile} and stride {stride} must be multiples of 8 with 0 < stride <= tile")
+    return tile, stride
+
+
 TABLE_HEAD = ("| mode | s/forward | s/step | TFLOP/s | of peak | GPU peak GiB | host peak GiB | wall s |\n"
               "|---|---|---|---|---|---|---|---|")
 
@@ -381,7 +577,18 @@ def format_row(r: dict, peak: float | None) -> str:
     wall = f"{r['wall_s']:.0f}" if "wall_s" in r else ""
     if "error" in r:
         return f"| {r['mode']} | failed: {r['error']} | | | | | | {wall} |"
+    if "refused" in r:     # the kernel cannot run here: the reason generate gives, not a failure
+        return f"| {r['mode']} | refused: {r['refused']} | | | | | | {wall} |"
     gpu = f"{r['gpu_peak_gib']:.2f}" if "gpu_peak_gib" in r else "n/a"
+    if r["mode"] in VAE_MODES:  # a decode, not a DiT forward: seconds in the s/forward column
+        what = f"{r['frames']} frames {r['width']}x{r['height']}, VAE dim {r['vae_dim']}"
+        if r["mode"] == "vae:tiled":
+            what += (f", {r['tiles']} tiles of {r['tile_px']} px at stride {r['stride_px']}; vs untiled: max abs diff "
+                     f"{r['max_abs_diff']:.3g}, mean {r['mean_abs_diff']:.3g}")
+        host = f"{r['host_peak_gib']:.2f}"
+        if r.get("host_peak_is_decode_only"):   # the peak during the decode, and the RSS it started from
+            host += f" ({r['host_before_gib']:.2f} before)"
+        return f"| {r['mode']} ({what}) | decode {r['decode_s']:.2f} s | | | | {gpu} | {host} | {wall} |"
     if r["mode"] in LOAD_MODES:
         return (f"| {r['mode']} ({r['stored_gib']:.2f} GiB stored -> {r['model_gib']:.2f} GiB model) "
                 f"| load {r['load_s']:.1f} s | | | | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
@@ -390,7 +597,10 @@ def format_row(r: dict, peak: float | None) -> str:
         return (f"| {r['mode']} ({r['skipped']} of {r['forwards']} forwards skipped, rel. error {r['rel_err']:.2e}, "
                 f"uncached {r['uncached_step_s']:.3f} s/step over {r['cache_steps']} steps) | {r['forward_s']:.3f} "
                 f"| {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
-    return (f"| {r['mode']} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
+    mode = r["mode"]
+    if "rel_err_vs_sdpa" in r:
+        mode += f" (rel. error vs SDPA {r['rel_err_vs_sdpa']:.2e})"
+    return (f"| {mode} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
             f"| {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
 
 
@@ -417,8 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, shape, device, dtype, modes = resolve(args)
+        vae_tile = parse_vae_tile(args.vae_tile)
+        if args.vae_dim < 1:
+            raise InputError(f"--vae_dim: expected a positive width, got {args.vae_dim}")
         if args.worker:
-            row = run_mode(args.worker, cfg, shape, device, dtype, args.repeats, args.ckpt_dir)
+            row = run_mode(args.worker, cfg, shape, device, dtype, args.repeats, args.ckpt_dir,
+                           vae_dim=args.vae_dim, vae_tile=vae_tile)
             print("BENCH_ROW " + json.dumps(row))
             return 0
     except InputError as exc:
@@ -427,10 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     peak = device_peak_tflops(device, args.peak_tflops)
     f, h, w = shape
     header = f"device: {device_name(device)}; dtype {str(dtype).replace('torch.', '')}"
-    if any(mode not in LOAD_MODES for mode in modes):
+    if any(mode not in LOAD_MODES + VAE_MODES for mode in modes):
         header += (f"; DiT dim {cfg['dim']}, ffn {cfg['ffn_dim']}, heads {cfg['num_heads']}, layers "
                    f"{cfg['num_layers']}; latent {f}x{h}x{w} ({(f + 2) * (h // 2) * (w // 2)} tokens); "
                    f"{forward_flops(cfg, *shape) / 1e12:.2f} TFLOP per forward; peak {peak or 'unknown'} TFLOP/s")
+    if any(mode in VAE_MODES for mode in modes):
+        header += (f"; VAE dim {args.vae_dim} float32, latent 16x{f}x{h}x{w} -> {4 * (f - 1) + 1} frames "
+                   f"{8 * w}x{8 * h}, tiles {vae_tile[0]} px at stride {vae_tile[1]}")
     if args.ckpt_dir and any(mode in LOAD_MODES for mode in modes):
         header += f"; loads {args.ckpt_dir}"
     # the header and each row are printed (and appended to --jsonl) as soon as they exist, so a run

@@ -5,6 +5,7 @@
 #   scripts/gpu_check.sh bench             # call 2: the 14B benchmark table, 81 frames (~6 min)
 #   scripts/gpu_check.sh bench_long        # optional call 3: 161 frames, plain vs token_chunk:8192
 #   scripts/gpu_check.sh bench_cache       # optional: step cache rows (33 frames, 8 steps, ~2.5 min a row)
+#   scripts/gpu_check.sh bench_speed       # optional: attention kernels vs SDPA, VAE tiled vs not (~5 min)
 #   scripts/gpu_check.sh nccl              # 2+ GPUs only: torchrun Ulysses 2 + FSDP (needs av)
 #   scripts/gpu_check.sh --dry-run [STAGE ...]   # print the commands, run nothing (no GPU needed)
 #   DEVICE=cpu BENCH_ARGS="--dim 32 ..." scripts/gpu_check.sh parity bench   # a rehearsal on a CPU
@@ -23,6 +24,7 @@ KIT=${KIT:-.gpu_kit}
 RESULTS=${RESULTS:-${OUT:-outputs/gpu_check}}
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/steadydancer_site}
+SITE_SPEED=${SITE_SPEED:-/tmp/steadydancer_site_speed}   # the kit's speed_wheels: on bench_speed's path only
 CASES=(dit dit_dpm t5 clip vae)
 BENCH_MODES=${BENCH_MODES:-plain,fp8,fp8_matmul,token_chunk:8192,block_swap:20,block_swap:0,batched}
 BENCH_REPEATS=${BENCH_REPEATS:-1}
@@ -31,7 +33,10 @@ DEVICE=${DEVICE:-cuda}                    # cpu: rehearse the stages on a machin
 LONG_MODES=${LONG_MODES:-plain,token_chunk:8192}
 CACHE_MODES=${CACHE_MODES:-magcache:0.06,fbcache:0.05,magcache:0.12,fbcache:0.1}
 CACHE_FRAMES=${CACHE_FRAMES:-33}
-ALL_STAGES="parity tests nccl bench bench_long bench_cache"
+# the 14B forward with each attention kernel forced (a kernel the machine lacks is a one-line row),
+# then the VAE decode of 81 frames at 1024*576 untiled and tiled
+SPEED_MODES=${SPEED_MODES:-attention:sdpa,attention:sage,attention:flash3,attention:flash2,vae:plain,vae:tiled}
+ALL_STAGES="parity tests nccl bench bench_long bench_cache bench_speed"
 GPU_TESTS="tests/test_gpu_paths.py tests/test_block_swap.py tests/test_fp8.py tests/test_block_swap_dit.py
            tests/test_sequence_parallel_attention.py"
 
@@ -40,8 +45,8 @@ stages=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-    parity|tests|nccl|bench|bench_long|bench_cache) stages+=("$arg") ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    parity|tests|nccl|bench|bench_long|bench_cache|bench_speed) stages+=("$arg") ;;
     *) echo "error: gpu_check.sh: unknown stage or option '$arg' (stages: $ALL_STAGES; --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -65,6 +70,8 @@ export STEADYDANCER_SHARED="$KIT"        # the tests look for parity cases there
 if [ $dry = 1 ]; then
   echo "# dry run: kit $KIT, results $RESULTS, stages ${stages[*]}"
   echo "+ $PY -m pip install --no-index --no-deps --target $SITE $KIT/wheels/<each wheel whose package is not importable>"
+  [[ " ${stages[*]} " == *" bench_speed "* ]] && \
+    echo "+ $PY -m pip install --no-index --no-deps --target $SITE_SPEED $KIT/speed_wheels/<each, likewise>"
 else
   # the kit first (no GPU needed to find it missing), then the machine
   [ -d "$KIT" ] || fail_setup "no kit at $KIT: build it with scripts/device_kit.sh and send it along (carry: [\"$KIT\"])"
@@ -86,6 +93,16 @@ else
           || fail_setup "could not install $wheel"
     fi
   done
+  if [[ " ${stages[*]} " == *" bench_speed "* ]]; then
+    for wheel in "$KIT"/speed_wheels/*.whl; do
+      [ -e "$wheel" ] || continue
+      package=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z-' 'a-z_')
+      if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$package') is None)" 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_SPEED" "$wheel" \
+            || fail_setup "could not install $wheel"
+      fi
+    done
+  fi
   "$PY" -c "import diffusers, steadydancer.models.dit, steadydancer.parity" \
       || fail_setup "steadydancer does not import (a package the kit should carry is missing: see above)"
   {
@@ -149,6 +166,15 @@ sys.exit(0 if m == 0 or 10 * np.log10(255 ** 2 / m) >= 40 else 1)" /tmp/steadyda
       # shellcheck disable=SC2086
       run bench.md "$PY" scripts/bench.py --device "$DEVICE" --frames "$CACHE_FRAMES" --modes "$CACHE_MODES" \
           --repeats 1 --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
+      ;;
+    bench_speed)
+      # attention rows: build, warm-up, BENCH_REPEATS timed forwards (+1 SDPA forward for the error);
+      # vae:tiled decodes twice (tiled, then untiled for the difference). The speed wheels
+      # (SageAttention) are importable here and nowhere else.
+      # shellcheck disable=SC2086
+      run bench.md env PYTHONPATH="$SITE_SPEED:$PYTHONPATH" "$PY" scripts/bench.py --device "$DEVICE" \
+          --modes "$SPEED_MODES" --repeats "$BENCH_REPEATS" \
+          --jsonl "$RESULTS/bench.jsonl" $BENCH_ARGS || status=1
       ;;
   esac
   [ $dry = 1 ] || echo "stage $stage: $((SECONDS - started)) s" | tee -a "$RESULTS/device.txt"

@@ -133,3 +133,112 @@ def test_step_cache_rows_report_skips_and_the_error_to_the_uncached_run(mode: st
 def test_bad_cache_mode_is_one_line(capsys) -> None:
     with pytest.raises(bench.InputError, match=r"--modes: 'magcache:x': expected magcache:T"):
         bench.resolve(bench.parse_args(TINY_ARGS + ["--modes", "magcache:x"]))
+
+
+# ---- attention:NAME and vae:plain / vae:tiled rows (issue 23) -----------------------------------
+
+def _expected_refusal(kernel: str) -> str | None:
+    """The line generate prints for --attention KERNEL on this CPU (None when it would run)."""
+    from steadydancer.errors import InputError
+    from steadydancer.models.memory import check_attention_option
+
+    try:
+        check_attention_option(kernel, "cpu")
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("kernel", ["sage", "flash3", "flash2"])
+def test_an_attention_kernel_that_cannot_run_gives_its_reason_not_a_failure(kernel: str) -> None:
+    cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS))
+    row = bench.run_mode(f"attention:{kernel}", cfg, shape, device, dtype, repeats=1)
+    assert set(row) == {"mode", "refused"}
+    # generate's own text where its check refuses; else the kernel's (e.g. flash-attn on a CPU)
+    expected = _expected_refusal(kernel)
+    if expected is not None:
+        assert row["refused"] == expected
+    else:
+        assert "needs CUDA fp16/bf16" in row["refused"]
+    line = bench.format_row({**row, "wall_s": 1.0}, None)
+    assert line.startswith(f"| attention:{kernel} | refused: ") and "\n" not in line
+
+
+def test_sdpa_row_is_the_reference_and_a_forced_kernel_reports_its_error_against_it(monkeypatch) -> None:
+    import types
+
+    import steadydancer.models.attention as kernels
+
+    cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS))
+    sdpa = bench.run_mode("attention:sdpa", cfg, shape, device, dtype, repeats=1)
+    assert sdpa["rel_err_vs_sdpa"] == 0.0 and sdpa["forward_s"] > 0 and sdpa["tflops"] > 0
+    assert "(rel. error vs SDPA 0.00e+00) |" in bench.format_row(sdpa, None)
+
+    # a stand-in "sage" that is SDPA plus a 1 % relative perturbation: the row must see about that
+    calls = []
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, **kwargs):
+        calls.append(tensor_layout)
+        exact = kernels._run_backend("sdpa", q, k, v)
+        return exact + 0.01 * exact.abs().mean() * torch.randn_like(exact)
+
+    monkeypatch.setattr(kernels, "_sage", types.SimpleNamespace(sageattn=sageattn))
+    monkeypatch.setattr(kernels, "sage_refusal", lambda *args, **kwargs: None)
+    sage = bench.run_mode("attention:sage", cfg, shape, device, dtype, repeats=1)
+    assert calls and set(calls) == {"NHD"}                   # the forced kernel ran, in every attention
+    assert 1e-5 < sage["rel_err_vs_sdpa"] < 0.5, sage
+
+
+def test_vae_rows_time_the_decode_and_tiled_reports_its_difference_to_untiled() -> None:
+    cfg, shape, device, dtype, _ = bench.resolve(bench.parse_args(TINY_ARGS))
+    assert shape == (2, 8, 8)                                   # 5 frames at 64x64
+    plain = bench.run_vae_mode("vae:plain", shape, device, {"mode": "vae:plain"}, vae_dim=4, tile=(32, 24))
+    assert plain["decode_s"] > 0 and plain["frames"] == 5 and (plain["width"], plain["height"]) == (64, 64)
+    assert plain["tiles"] == 1 and "max_abs_diff" not in plain and plain["host_peak_gib"] > 0
+    tiled = bench.run_vae_mode("vae:tiled", shape, device, {"mode": "vae:tiled"}, vae_dim=4, tile=(32, 24))
+    assert tiled["tiles"] == 9 == bench.vae_tile_count(8, 8, (32, 24))   # rows and columns at 0, 3, 6
+    assert 0 < tiled["mean_abs_diff"] < tiled["max_abs_diff"] <= 2.0      # tiled is close, not exact
+    if tiled["host_peak_is_decode_only"]:
+        assert tiled["host_peak_gib"] >= tiled["host_before_gib"] > 0
+    line = bench.format_row({**tiled, "wall_s": 1.0}, None)
+    assert line.startswith("| vae:tiled (5 frames 64x64, VAE dim 4, 9 tiles of 32 px at stride 24; vs untiled")
+    # a latent no larger than one tile is decoded untiled: bit for bit the same frames
+    one = bench.run_vae_mode("vae:tiled", shape, device, {"mode": "vae:tiled"}, vae_dim=4, tile=(64, 48))
+    assert one["tiles"] == 1 and one["max_abs_diff"] == 0.0
+
+
+def test_the_vae_of_the_rows_is_the_released_architecture() -> None:
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):   # the layout write_tiny_vae writes, at the release's width
+        vae = AutoencoderKLWan(base_dim=bench.VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                               attn_scales=[], temperal_downsample=[False, True, True])
+    params = sum(p.numel() for p in vae.parameters())
+    assert 126.5e6 < params < 127.5e6                          # Wan2.1_VAE.pth: 508 MB of float32
+    assert bench.vae_tile_count(72, 128, bench.VAE_TILE) == 18   # 1024*576: 3 x 6 tiles of 256 px
+
+
+def test_driver_prints_refusals_as_rows_and_still_succeeds(tmp_path) -> None:
+    lines = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *TINY_ARGS, "--vae_dim", "4",
+                           "--vae_tile", "32,24", "--modes", "attention:flash3,vae:tiled", "--jsonl", str(lines)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr                 # a refused kernel is a result, not a failure
+    assert "| attention:flash3 | refused: " in proc.stdout and "| vae:tiled (5 frames 64x64" in proc.stdout
+    assert "VAE dim 4 float32, latent 16x2x8x8 -> 5 frames 64x64" in proc.stdout
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [r.get("mode") for r in records[1:]] == ["attention:flash3", "vae:tiled"]
+    assert records[2]["max_abs_diff"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modes", "attention:xformers"],
+     "error: --modes: 'attention:xformers': expected attention:NAME with NAME one of sage, flash3, flash2, sdpa"),
+    (["--modes", "vae:big"], "error: --modes: unknown mode 'vae:big'"),
+    (["--modes", "vae:tiled", "--vae_tile", "256"], "error: --vae_tile: expected TILE,STRIDE in pixels"),
+    (["--modes", "vae:tiled", "--vae_tile", "250,192"], "error: --vae_tile: tile 250 and stride 192 must be multiples of 8"),
+])
+def test_bad_attention_and_vae_arguments_are_one_line(capsys, args: list[str], message: str) -> None:
+    assert bench.main([*TINY_ARGS, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err

@@ -30,7 +30,8 @@ def _manifest_total_mib(kit) -> float:
 
 
 def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
-    proc = _run("gpu_check.sh", "--dry-run", "parity", "tests", "nccl", "bench", "bench_long", "bench_cache")
+    proc = _run("gpu_check.sh", "--dry-run", "parity", "tests", "nccl", "bench", "bench_long", "bench_cache",
+                "bench_speed")
     assert proc.returncode == 0, proc.stderr
     commands = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     text = "\n".join(commands)
@@ -39,6 +40,15 @@ def test_dry_run_lists_every_stage_and_at_most_eight_result_files():
     assert "-m pytest" in text and "tests/test_gpu_paths.py" in text
     assert "scripts/bench.py --device cuda --modes plain," in text and "--frames 161" in text and "--jsonl" in text
     assert "--frames 33 --modes magcache:0.06,fbcache:0.05" in text          # the step-cache rows
+    # the speed rows: each attention kernel forced, then the VAE untiled and tiled, same result files
+    speed = [line for line in commands if "attention:" in line]
+    assert len(speed) == 1 and speed[0].endswith("/bench.md")
+    # the kit's speed wheels go to their own folder, on the path of this stage alone
+    assert "--target /tmp/steadydancer_site_speed .gpu_kit/speed_wheels/" in text
+    assert speed[0].startswith("+ env PYTHONPATH=/tmp/steadydancer_site_speed:")
+    assert not any("steadydancer_site_speed" in line for line in commands if "bench.py" in line and line not in speed)
+    assert ("scripts/bench.py --device cuda --modes attention:sdpa,attention:sage,attention:flash3,attention:flash2,"
+            "vae:plain,vae:tiled --repeats 1 --jsonl ") in speed[0]
     files = {m.group(1) for m in re.finditer(r">> \S+/(\S+)$", text, re.M)} | {"device.txt"}
     assert len(files) <= 8, files                  # a device run brings back at most 8 files
 
@@ -93,6 +103,9 @@ def test_kit_with_wheels_builds_under_the_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     wheels = sorted(p.name for p in (kit / "wheels").iterdir())
     assert len(wheels) == 1 and wheels[0].startswith("diffusers-") and wheels[0].endswith("-py3-none-any.whl")
+    # SageAttention 1 (Triton), for the bench_speed stage only
+    assert sorted(p.name for p in (kit / "speed_wheels").iterdir()) == ["sageattention-1.0.6-py3-none-any.whl"]
+    assert "speed wheels (bench_speed only): sageattention-1.0.6" in (kit / "MANIFEST.txt").read_text()
     assert _manifest_total_mib(kit) < LIMIT_MIB
 
 
@@ -130,3 +143,21 @@ def test_cpu_rehearsal_of_the_bench_stage_saves_rows_as_they_finish(tmp_path):
     assert "| block_swap:1 |" in table
     assert len((out / "bench.jsonl").read_text().splitlines()) == 2          # header + the row
     assert "stage bench:" in (out / "device.txt").read_text()
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_of_the_speed_stage_keeps_refused_kernels_as_rows(tmp_path):
+    """bench_speed on the CPU: sage cannot run here and says so in its row; the stage still passes."""
+    (tmp_path / "kit").mkdir()
+    out = tmp_path / "out"
+    proc = _run("gpu_check.sh", "bench_speed", DEVICE="cpu", KIT=str(tmp_path / "kit"), RESULTS=str(out),
+                SPEED_MODES="attention:sage,attention:sdpa,vae:tiled", OMP_NUM_THREADS="1",
+                BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64 "
+                           "--vae_dim 4 --vae_tile 32,24")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.jsonl", "bench.md", "device.txt"]
+    table = (out / "bench.md").read_text()
+    assert "| attention:sage | refused: --attention sage: " in table
+    assert "| attention:sdpa (rel. error vs SDPA 0.00e+00) |" in table and "| vae:tiled (5 frames 64x64" in table
+    assert len((out / "bench.jsonl").read_text().splitlines()) == 4          # header + 3 rows
+    assert "stage bench_speed:" in (out / "device.txt").read_text()
