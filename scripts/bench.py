@@ -20,7 +20,11 @@ NAME`` does, and the relative error of its output to SDPA's on the same inputs; 
 run here gives a row with the reason generate would print) | vae:plain / vae:tiled (the Wan 2.1 VAE,
 the released architecture with random weights, in float32 as the pipeline runs it, decoding the
 latent of --frames/--size streamed: seconds, peak GPU memory or, on a CPU, the decode's host peak;
-the tiled row also gives the max and mean absolute difference of its frames to the untiled decode).
+the tiled row also gives the max and mean absolute difference of its frames to the untiled decode) |
+cfg_parallel (``--cfg_parallel`` on two processes: torchrun --nproc_per_node=2 of this script, one
+GPU each, the guidance passes of a 3-pass and a 2-pass step dealt over the two and gathered;
+seconds per step of each and the average step, and the relative error of the gathered predictions
+to the process's own forwards; on a CUDA machine with one GPU a row saying so).
 ``scripts/make_random_dit.py`` writes a random 14B checkpoint.
 
 A step is the official default: 40 steps with the pose pass inside (0.1, 0.4), i.e. 3 passes
@@ -246,6 +250,8 @@ def run_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.de
     row: dict = {"mode": mode}
     if mode in VAE_MODES:
         return run_vae_mode(mode, shape, device, row, vae_dim, vae_tile)
+    if mode == "cfg_parallel":
+        return run_cfg_parallel_mode(cfg, shape, dtype, repeats, row)
     if mode.startswith("attention:"):
         return run_attention_mode(mode, cfg, shape, device, dtype, repeats, row)
     if mode in LOAD_MODES:
@@ -435,6 +441,56 @@ def run_vae_mode(mode: str, shape: tuple[int, int, int], device: torch.device, r
 CACHE_STEPS = 8  # --cache_steps default: 19 forwards per run (the pose window holds 3 of 8 steps)
 
 
+def run_cfg_parallel_mode(cfg: dict, shape: tuple[int, int, int], dtype: torch.dtype, repeats: int,
+                          row: dict) -> dict:
+    """cfg_parallel, in each of the two torchrun processes: the same random DiT and inputs on both,
+    the steps' passes through generate's CFG-parallel ``passes`` (cond + neg_pose here, neg_text
+    there, then the exchange). Every rank returns the row; rank 0's is printed."""
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from steadydancer.distributed.launch import init_distributed
+    from steadydancer.sampling.batched import GuidancePasses
+
+    setup = init_distributed(cfg_parallel=2)
+    device = setup.device
+    model = build_random_dit(cfg, device, dtype)
+    latents, t, cond = random_inputs(cfg, shape, 1, device, dtype)
+    sets = [cond, replace(cond, text_context=cond.text_context.flip(1)),
+            replace(cond, pose_latents=cond.pose_latents.flip(2))]
+    split = GuidancePasses(split=setup.cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step_seconds(passes: int) -> tuple[float, list[torch.Tensor]]:
+        with torch.no_grad():
+            split(model, latents[0], t[:1], sets[:passes], device)      # warm-up
+            _sync(device)
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                preds = split(model, latents[0], t[:1], sets[:passes], device)
+            _sync(device)
+        return (time.perf_counter() - start) / repeats, preds
+
+    step3, gathered = step_seconds(3)
+    step2, _ = step_seconds(2)
+    with torch.no_grad():
+        own = GuidancePasses()(model, latents[0], t[:1], sets, device)
+    err = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(gathered, own))
+    three, two = pass_counts()
+    step = (three * step3 + two * step2) / STEPS
+    row.update(forward_s=step2, step_s=step, cfg_step3_s=step3, cfg_step2_s=step2, cfg_rel_err=err,
+               processes=setup.world_size,
+               tflops=forward_flops(cfg, *shape) * (3 * three + 2 * two) / STEPS / step / 1e12)
+    if device.type == "cuda":
+        row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    row["host_peak_gib"] = host_peak_gib()
+    setup.shutdown()
+    return row
+
+
 def run_cache_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
                    row: dict, steps: int | None = None) -> dict:
     """magcache:T / fbcache:T: the same DC-CFG run uncached (= MagCache's calibration) and cached."""
@@ -522,7 +578,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
     default_modes = "plain,block_swap:1,fp8,batched" if on_cpu else "plain,block_swap:20,block_swap:0,fp8,batched,token_chunk:8192"
     modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
     for mode in modes:
-        if mode in VAE_MODES:
+        if mode in VAE_MODES + ("cfg_parallel",):
             continue
         if mode.startswith("attention:"):
             if mode.partition(":")[2] not in ATTENTION_KERNELS:
@@ -539,7 +595,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict, tuple[int, int, int], torch
         if mode not in SIMPLE_MODES + LOAD_MODES and not mode.startswith(("block_swap", "token_chunk")):
             raise InputError(f"--modes: unknown mode {mode!r} (expected "
                              f"{', '.join(SIMPLE_MODES + LOAD_MODES + VAE_MODES)}, block_swap:K, token_chunk:N, "
-                             f"magcache:T, fbcache:T or attention:NAME)")
+                             f"magcache:T, fbcache:T, attention:NAME or cfg_parallel)")
         if mode.startswith("block_swap"):
             from steadydancer.models.block_swap import check_blocks_on_gpu
             try:
@@ -598,6 +654,9 @@ def format_row(r: dict, peak: float | None) -> str:
                 f"uncached {r['uncached_step_s']:.3f} s/step over {r['cache_steps']} steps) | {r['forward_s']:.3f} "
                 f"| {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} | {gpu} | {r['host_peak_gib']:.2f} | {wall} |")
     mode = r["mode"]
+    if "cfg_rel_err" in r:   # TFLOP/s and "of peak" count both GPUs' work against one GPU's peak
+        mode += (f" ({r['processes']} processes, TFLOP/s of both; s/forward = a 2-pass step, "
+                 f"a 3-pass step {r['cfg_step3_s']:.3f} s; gathered vs own forwards rel. error {r['cfg_rel_err']:.2e})")
     if "rel_err_vs_sdpa" in r:
         mode += f" (rel. error vs SDPA {r['rel_err_vs_sdpa']:.2e})"
     return (f"| {mode} | {r['forward_s']:.3f} | {r['step_s']:.3f} | {r['tflops']:.3g} | {frac} "
@@ -608,10 +667,16 @@ def format_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join([TABLE_HEAD] + [format_row(r, peak) for r in rows])
 
 
-def run_worker(mode: str, base_args: list[str]) -> dict:
-    """Run one mode in its own process; its row (or {"mode", "error"})."""
+def run_worker(mode: str, base_args: list[str], device: torch.device | None = None) -> dict:
+    """Run one mode in its own process (cfg_parallel: two, under torchrun); its row (or {"mode",
+    "error"}, or {"mode", "refused"} when the machine cannot run it)."""
     started = time.perf_counter()
     cmd = [sys.executable, str(Path(__file__).resolve())] + base_args + ["--worker", mode]
+    if mode == "cfg_parallel":
+        if device is not None and device.type == "cuda" and torch.cuda.device_count() < 2:
+            return {"mode": mode, "refused": f"needs two GPUs, {torch.cuda.device_count()} visible",
+                    "wall_s": time.perf_counter() - started}
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")]
     if proc.returncode or not found:
@@ -633,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker:
             row = run_mode(args.worker, cfg, shape, device, dtype, args.repeats, args.ckpt_dir,
                            vae_dim=args.vae_dim, vae_tile=vae_tile)
-            print("BENCH_ROW " + json.dumps(row))
+            if os.environ.get("RANK", "0") == "0":   # cfg_parallel: one row, rank 0's
+                print("BENCH_ROW " + json.dumps(row))
             return 0
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -660,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     base = list(argv if argv is not None else sys.argv[1:])
     for mode in modes:
-        row = run_worker(mode, base)
+        row = run_worker(mode, base, device)
         rows.append(row)
         print(format_row(row, peak), flush=True)
         if args.jsonl:

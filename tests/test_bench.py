@@ -242,3 +242,20 @@ def test_bad_attention_and_vae_arguments_are_one_line(capsys, args: list[str], m
     assert bench.main([*TINY_ARGS, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_cfg_parallel_row_runs_two_processes_and_the_exchange_is_exact(tmp_path, monkeypatch) -> None:
+    """cfg_parallel: two torchrun processes (gloo here) time a 3-pass and a 2-pass step; the
+    predictions gathered from the other process equal this process's own forwards exactly. On a
+    CUDA machine with one GPU the row says it needs two, without failing the table."""
+    lines = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *TINY_ARGS, "--modes", "cfg_parallel",
+                           "--jsonl", str(lines)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(lines.read_text().splitlines()[1])
+    assert row["mode"] == "cfg_parallel" and row["processes"] == 2 and row["cfg_rel_err"] == 0.0
+    assert row["cfg_step3_s"] > 0 and row["cfg_step2_s"] > 0 and row["step_s"] > 0
+    assert "| cfg_parallel (2 processes" in proc.stdout
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    refused = bench.run_worker("cfg_parallel", TINY_ARGS, torch.device("cuda"))
+    assert refused["refused"] == "needs two GPUs, 1 visible"
