@@ -20,8 +20,8 @@ def sample(model, options: StepCacheOptions | None, guide_scale: float = 5.0):
     noise = tiny_latents(seed=5)[0]
     cond, neg_text, neg_pose = tiny_conditions(seed=1), tiny_conditions(seed=7), tiny_conditions(seed=8)
     skip = guide_scale == 1.0
-    with torch.no_grad(), step_cache_session(model, options, STEPS, make_passes(skip_negative_text=skip),
-                                             skip_negative_text=skip) as (passes, cache):
+    with torch.no_grad(), step_cache_session(model, options, STEPS,
+                                             make_passes(skip_negative_text=skip)) as (passes, cache):
         latent = sample_dc_cfg(model, noise, cond, neg_text, neg_pose, steps=STEPS, shift=3.0,
                                guide_scale=guide_scale, progress=False, passes=passes)
     return latent, cache

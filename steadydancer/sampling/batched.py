@@ -30,9 +30,30 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .conditions import DiTConditions
-from .dc_cfg import DenoiseModel, run_passes
 
-__all__ = ["GuidancePasses", "PassRunner", "PassSplit", "make_passes", "run_passes_batched"]
+__all__ = ["DenoiseModel", "GuidancePasses", "PassRunner", "PassSplit", "make_passes", "run_passes",
+           "run_passes_batched"]
+
+class DenoiseModel(Protocol):
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        """latents [B,16,F,h,w], timestep [B] (0..1000) -> flow prediction [B,16,F,h,w]."""
+
+
+def run_passes(model: DenoiseModel, latent: torch.Tensor, timestep: torch.Tensor,
+               conditions: Sequence[DiTConditions], out_device: torch.device) -> list[torch.Tensor]:
+    """One model call per condition set; returns the predictions [16,F,h,w] on ``out_device``.
+
+    ``latent`` [16,F,h,w] and ``timestep`` [1] are already on the model's device. Predictions keep
+    the model's output dtype: the official code combines the guidance passes in that dtype (bf16
+    on GPU) and only the solver step works in float32.
+    """
+    outputs = []
+    for cond in conditions:
+        pred = model(latent[None], timestep, **cond.as_kwargs())[0]
+        outputs.append(pred.to(device=out_device))
+        del pred
+    return outputs
+
 
 # runner(model, latent [16,F,h,w], timestep [1], condition sets, out_device, pass indices, window)
 #   -> one prediction [16,F,h,w] per condition set. The pass indices (0 cond, 1 neg_text,

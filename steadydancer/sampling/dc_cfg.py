@@ -12,11 +12,12 @@ implementation can replace that one function without touching the loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..progress import progress as progress_bar
+from .batched import DenoiseModel, GuidancePasses, run_passes
 from .conditions import DiTConditions
 from .schedulers import make_scheduler
 
@@ -41,11 +42,6 @@ def run_step_callback(callback: StepCallback | None, idx: int, t: torch.Tensor, 
     return out.to(device=latent.device, dtype=latent.dtype)
 
 
-class DenoiseModel(Protocol):
-    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
-        """latents [B,16,F,h,w], timestep [B] (0..1000) -> flow prediction [B,16,F,h,w]."""
-
-
 def pose_cfg_active(idx: int, steps: int, st_cond_cfg: float, end_cond_cfg: float) -> bool:
     """Whether step ``idx`` of ``steps`` runs the negative-pose pass (strict inequalities, as official)."""
     frac = idx / steps
@@ -55,22 +51,6 @@ def pose_cfg_active(idx: int, steps: int, st_cond_cfg: float, end_cond_cfg: floa
 def pose_cfg_steps(steps: int, st_cond_cfg: float, end_cond_cfg: float) -> list[int]:
     """Indices of the steps that run the third (negative-pose) pass."""
     return [i for i in range(steps) if pose_cfg_active(i, steps, st_cond_cfg, end_cond_cfg)]
-
-
-def run_passes(model: DenoiseModel, latent: torch.Tensor, timestep: torch.Tensor,
-               conditions: Sequence[DiTConditions], out_device: torch.device) -> list[torch.Tensor]:
-    """One model call per condition set; returns the predictions [16,F,h,w] on ``out_device``.
-
-    ``latent`` [16,F,h,w] and ``timestep`` [1] are already on the model's device. Predictions keep
-    the model's output dtype: the official code combines the guidance passes in that dtype (bf16
-    on GPU) and only the solver step works in float32.
-    """
-    outputs = []
-    for cond in conditions:
-        pred = model(latent[None], timestep, **cond.as_kwargs())[0]
-        outputs.append(pred.to(device=out_device))
-        del pred
-    return outputs
 
 
 def _reporting_forwards(model: DenoiseModel, bar) -> DenoiseModel:
@@ -127,8 +107,9 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
         from ..models.step_cache import step_cache_session
 
         steps_run = len(sample_timesteps) if sample_timesteps else steps
-        with step_cache_session(model, step_cache, steps_run, passes,
-                                skip_negative_text=guide_scale == 1.0) as (cached, _):
+        if not isinstance(passes, GuidancePasses):  # a plain function: every pass in its cache context
+            passes = GuidancePasses(skip_negative_text=guide_scale == 1.0)
+        with step_cache_session(model, step_cache, steps_run, passes) as (cached, _):
             return sample_dc_cfg(model, noise, cond, neg_text, neg_pose, solver, steps, shift, guide_scale,
                                  condition_guide_scale, st_cond_cfg, end_cond_cfg, progress, device=device,
                                  scheduler_device=scheduler_device, num_train_timesteps=num_train_timesteps,
