@@ -85,23 +85,21 @@ else
         || fail_setup "no CUDA device visible (this script checks the GPU paths; DEVICE=cpu rehearses them)"
   fi
   mkdir -p "$RESULTS"
-  for wheel in "$KIT"/wheels/*.whl; do
-    [ -e "$wheel" ] || continue
-    package=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z-' 'a-z_')
-    if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$package') is None)" 2>/dev/null; then
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$wheel" \
-          || fail_setup "could not install $wheel"
-    fi
-  done
-  if [[ " ${stages[*]} " == *" bench_speed "* ]]; then
-    for wheel in "$KIT"/speed_wheels/*.whl; do
+  # install_wheels DIR TARGET: each wheel of DIR whose package is not importable yet, into TARGET
+  install_wheels() {
+    local wheel package
+    for wheel in "$1"/*.whl; do
       [ -e "$wheel" ] || continue
       package=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z-' 'a-z_')
       if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$package') is None)" 2>/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_SPEED" "$wheel" \
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$2" "$wheel" \
             || fail_setup "could not install $wheel"
       fi
     done
+  }
+  install_wheels "$KIT/wheels" "$SITE"
+  if [[ " ${stages[*]} " == *" bench_speed "* ]]; then
+    install_wheels "$KIT/speed_wheels" "$SITE_SPEED"
   fi
   "$PY" -c "import diffusers, steadydancer.models.dit, steadydancer.parity" \
       || fail_setup "steadydancer does not import (a package the kit should carry is missing: see above)"

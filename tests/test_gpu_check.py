@@ -22,6 +22,18 @@ def _run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, "PYTHON": sys.executable, **env})
 
 
+def _rehearse(tmp_path, stage: str, **env: str):
+    """gpu_check.sh STAGE with DEVICE=cpu and an empty kit; asserts status 0 and the stage's three
+    result files; returns the results folder."""
+    (tmp_path / "kit").mkdir()
+    out = tmp_path / "out"
+    proc = _run("gpu_check.sh", stage, DEVICE="cpu", KIT=str(tmp_path / "kit"), RESULTS=str(out), OMP_NUM_THREADS="1",
+                **env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.jsonl", "bench.md", "device.txt"]
+    return out
+
+
 def _manifest_total_mib(kit) -> float:
     text = (kit / "MANIFEST.txt").read_text()
     match = re.search(r"= ([0-9.]+) MiB of 64 MiB", text)
@@ -132,13 +144,8 @@ def test_torchrun_recipe_on_one_gpu_runs_the_single_gpu_command(tmp_path):
 @pytest.mark.slow
 def test_cpu_rehearsal_of_the_bench_stage_saves_rows_as_they_finish(tmp_path):
     """DEVICE=cpu runs the real stage (not the dry run) at a tiny shape: files, rows, status."""
-    (tmp_path / "kit").mkdir()
-    out = tmp_path / "out"
-    proc = _run("gpu_check.sh", "bench", DEVICE="cpu", KIT=str(tmp_path / "kit"), RESULTS=str(out),
-                BENCH_MODES="block_swap:1", OMP_NUM_THREADS="1",
-                BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["bench.jsonl", "bench.md", "device.txt"]
+    out = _rehearse(tmp_path, "bench", BENCH_MODES="block_swap:1",
+                    BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64")
     table = (out / "bench.md").read_text()
     assert "| block_swap:1 |" in table
     assert len((out / "bench.jsonl").read_text().splitlines()) == 2          # header + the row
@@ -148,14 +155,9 @@ def test_cpu_rehearsal_of_the_bench_stage_saves_rows_as_they_finish(tmp_path):
 @pytest.mark.slow
 def test_cpu_rehearsal_of_the_speed_stage_keeps_refused_kernels_as_rows(tmp_path):
     """bench_speed on the CPU: sage cannot run here and says so in its row; the stage still passes."""
-    (tmp_path / "kit").mkdir()
-    out = tmp_path / "out"
-    proc = _run("gpu_check.sh", "bench_speed", DEVICE="cpu", KIT=str(tmp_path / "kit"), RESULTS=str(out),
-                SPEED_MODES="attention:sage,attention:sdpa,vae:tiled", OMP_NUM_THREADS="1",
-                BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64 "
-                           "--vae_dim 4 --vae_tile 32,24")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["bench.jsonl", "bench.md", "device.txt"]
+    out = _rehearse(tmp_path, "bench_speed", SPEED_MODES="attention:sage,attention:sdpa,vae:tiled",
+                    BENCH_ARGS="--dim 32 --ffn_dim 64 --num_heads 2 --num_layers 2 --frames 5 --size 64*64 "
+                               "--vae_dim 4 --vae_tile 32,24")
     table = (out / "bench.md").read_text()
     assert "| attention:sage | refused: --attention sage: " in table
     assert "| attention:sdpa (rel. error vs SDPA 0.00e+00) |" in table and "| vae:tiled (5 frames 64x64" in table
