@@ -496,7 +496,7 @@ def run_cache_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: to
     """magcache:T / fbcache:T: the same DC-CFG run uncached (= MagCache's calibration) and cached."""
     from steadydancer.models.step_cache import StepCacheOptions, step_cache_session
     from steadydancer.sampling import sample_dc_cfg
-    from steadydancer.sampling.dc_cfg import run_passes
+    from steadydancer.sampling.batched import make_passes
 
     steps = steps or int(os.environ.get("BENCH_CACHE_STEPS", CACHE_STEPS))
     kind, _, threshold = mode.partition(":")
@@ -511,7 +511,7 @@ def run_cache_mode(mode: str, cfg: dict, shape: tuple[int, int, int], device: to
     def run(options):
         _sync(device)
         start = time.perf_counter()
-        with torch.no_grad(), step_cache_session(model, options, steps, run_passes) as (passes, cache):
+        with torch.no_grad(), step_cache_session(model, options, steps, make_passes()) as (passes, cache):
             latent = sample_dc_cfg(model, noise[0].float(), cond, neg_text, neg_pose, steps=steps, progress=False,
                                    device=device, passes=passes)
         _sync(device)

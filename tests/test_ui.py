@@ -369,6 +369,7 @@ def test_cache_reports_of_concurrent_jobs_do_not_mix(monkeypatch):
     import threading
 
     from steadydancer.models import step_cache
+    from steadydancer.sampling.batched import make_passes
 
     class FakeCache:  # stands for StepCache: counts set by the thread that runs it
         def __init__(self, model, options, steps):
@@ -381,7 +382,6 @@ def test_cache_reports_of_concurrent_jobs_do_not_mix(monkeypatch):
             return "fake"
 
     monkeypatch.setattr(step_cache, "StepCache", FakeCache)
-    monkeypatch.setattr(step_cache, "cached_passes", lambda cache, *args, **kwargs: None)
     both_open, results = threading.Barrier(2), {}
 
     def job(name: str, skipped: int, runs: int) -> None:
@@ -389,7 +389,7 @@ def test_cache_reports_of_concurrent_jobs_do_not_mix(monkeypatch):
             both_open.wait()
             for _ in range(runs):  # e.g. the segments of a chain long video
                 with step_cache.step_cache_session(torch_module(), step_cache.StepCacheOptions("fbcache", skipped),
-                                                   10, None):
+                                                   10, make_passes()):
                     both_open.wait()
         results[name] = report.summary()
 

@@ -66,7 +66,6 @@ class CfgParallelSplit:
             out[index] = row[:numel].view(like.shape).to(dtype=WIRE_DTYPES[code], device=out_device)
         return out
 
-
     def sum_counts(self, counts: Sequence[int]) -> list[int]:
         """Each count summed over the CFG group (e.g. the step cache's forwards and skips)."""
         total = torch.tensor(list(counts), dtype=torch.int64)

@@ -171,11 +171,6 @@ class DistributedSetup:
         return self.groups is not None
 
     @property
-    def cfg_degree(self) -> int:
-        """Ranks that share the guidance passes of a step (1: no CFG parallelism)."""
-        return self.cfg.degree if self.cfg is not None else 1
-
-    @property
     def dit_group(self) -> object | None:
         """The ProcessGroup the DiT is sharded over (``dit_fsdp``): the video's group, or with CFG
         parallelism its sequence-parallel block (the CFG ranks run different passes, so their

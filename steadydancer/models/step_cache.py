@@ -318,23 +318,6 @@ def cache_runner(cache: StepCache) -> Callable[..., list[torch.Tensor]]:
     return run
 
 
-def cached_passes(cache: StepCache, passes) -> Callable[..., list[torch.Tensor]]:
-    """A ``passes`` function for sample_dc_cfg that runs each guidance pass in its cache context.
-
-    ``passes``: the run's :class:`~steadydancer.sampling.batched.GuidancePasses` (its
-    negative-text skip and CFG split are kept; only how a pass runs changes). Anything else
-    (a plain function) is replaced by every pass run in its cache context.
-    """
-    runner = cache_runner(cache)
-    if hasattr(passes, "with_runner"):
-        return passes.with_runner(runner)
-
-    def every_pass(model, latent, timestep, conditions, out_device, window: int = 0) -> list[torch.Tensor]:
-        return runner(model, latent, timestep, conditions, out_device, range(len(conditions)), window)
-
-    return every_pass
-
-
 # The ratios of the last calibration run in this process (calibrate-cache reads them after the
 # generation: the sampler owns the StepCache, the command only sees the finished video).
 _last_calibration: dict[str, list[float]] = {}
@@ -388,15 +371,17 @@ def recording_step_cache() -> Iterator[StepCacheReport]:
 def step_cache_session(model: nn.Module, options: StepCacheOptions | None, steps: int,
                        passes: Callable[..., list[torch.Tensor]]) -> Iterator[tuple[Callable, "StepCache | None"]]:
     """(the ``passes`` to give sample_dc_cfg, the StepCache or None) for one video: ``passes``
-    unchanged without a cache; hooks removed and the summary logged afterwards (and counted in
-    the :func:`recording_step_cache` report of this thread, if one is open)."""
+    unchanged without a cache, else ``passes`` (a :class:`~steadydancer.sampling.batched.GuidancePasses`:
+    its negative-text skip and CFG split are kept) with each pass run in its cache context; hooks
+    removed and the summary logged afterwards (and counted in the :func:`recording_step_cache`
+    report of this thread, if one is open)."""
     if options is None or not options.enabled:
         yield passes, None
         return
     target = getattr(model, "module", model)       # FSDP/compile wrappers keep the blocks inside
     cache = StepCache(target, options, steps)
     try:
-        yield cached_passes(cache, passes), cache
+        yield passes.with_runner(cache_runner(cache)), cache
         split = getattr(passes, "split", None)
         if split is not None:   # CFG parallelism: the line counts the passes of every CFG rank
             cache.forwards, cache.skipped = split.sum_counts([cache.forwards, cache.skipped])

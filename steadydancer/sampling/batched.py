@@ -135,3 +135,11 @@ class GuidancePasses:
 def make_passes(batch_guidance: bool = False, skip_negative_text: bool = False) -> GuidancePasses:
     """A ``passes`` function for ``sample_dc_cfg`` (see :class:`GuidancePasses`)."""
     return GuidancePasses(batch_guidance=batch_guidance, skip_negative_text=skip_negative_text)
+
+
+def as_guidance_passes(passes: Callable[..., list[torch.Tensor]], skip_negative_text: bool) -> GuidancePasses:
+    """``passes`` itself when it is a :class:`GuidancePasses`; a plain function (it cannot take a
+    step cache's runner) becomes every pass run in turn, without neg_text when ``skip_negative_text``."""
+    if isinstance(passes, GuidancePasses):
+        return passes
+    return GuidancePasses(skip_negative_text=skip_negative_text)

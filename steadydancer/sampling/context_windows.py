@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..progress import progress as progress_bar
-from .batched import DenoiseModel, GuidancePasses, run_passes
+from .batched import DenoiseModel, as_guidance_passes, run_passes
 from .conditions import DiTConditions
 from .dc_cfg import StepCallback, combine_guidance, pose_cfg_active, run_step_callback
 from .schedulers import make_scheduler
@@ -211,8 +211,7 @@ def sample_dc_cfg_windowed(model: DenoiseModel, noise: torch.Tensor, window_cond
         from ..models.step_cache import step_cache_session
 
         steps_run = len(sample_timesteps) if sample_timesteps else steps
-        if not isinstance(passes, GuidancePasses):  # a plain function: every pass in its cache context
-            passes = GuidancePasses(skip_negative_text=guide_scale == 1.0)
+        passes = as_guidance_passes(passes, skip_negative_text=guide_scale == 1.0)
         with step_cache_session(model, step_cache, steps_run, passes) as (cached, _):
             return sample_dc_cfg_windowed(
                 model, noise, window_conditions, plan, window, fuse, solver, steps, shift, guide_scale,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..progress import progress as progress_bar
-from .batched import DenoiseModel, GuidancePasses, run_passes
+from .batched import DenoiseModel, as_guidance_passes, run_passes
 from .conditions import DiTConditions
 from .schedulers import make_scheduler
 
@@ -107,8 +107,7 @@ def sample_dc_cfg(model: DenoiseModel, noise: torch.Tensor, cond: DiTConditions,
         from ..models.step_cache import step_cache_session
 
         steps_run = len(sample_timesteps) if sample_timesteps else steps
-        if not isinstance(passes, GuidancePasses):  # a plain function: every pass in its cache context
-            passes = GuidancePasses(skip_negative_text=guide_scale == 1.0)
+        passes = as_guidance_passes(passes, skip_negative_text=guide_scale == 1.0)
         with step_cache_session(model, step_cache, steps_run, passes) as (cached, _):
             return sample_dc_cfg(model, noise, cond, neg_text, neg_pose, solver, steps, shift, guide_scale,
                                  condition_guide_scale, st_cond_cfg, end_cond_cfg, progress, device=device,
